@@ -1,0 +1,63 @@
+# mnist-edge: every target works on a fresh clone; `make venv` is implied.
+# Variables: PYTHON (interpreter for the venv), DATASET, DEVICE, ARGS (extra CLI options).
+
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+EXTRAS  ?= train,export,cpu,dev
+DATASET ?= mnist
+DEVICE  ?= auto
+ARGS    ?=
+STAMP   := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help venv data train export parity samples infer bench test test-fast lint format clean distclean
+
+help: ## Show this help
+	@echo "mnist-edge — make targets (a fresh clone needs nothing but python3):"
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "Variables: DATASET=mnist|fashion-mnist  DEVICE=auto|cpu|cuda  ARGS='extra CLI options'"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+venv: $(STAMP) ## Create .venv and install the project (idempotent; quick when done)
+
+data: $(STAMP) ## Download MNIST into data/ (offline mirror when there is no internet)
+	$(BIN)/mnist-train --dataset $(DATASET) --prepare-only $(ARGS)
+
+train: $(STAMP) ## Train the reference convnet (15 epochs) -> artifacts/model.pt + report
+	$(BIN)/mnist-train --dataset $(DATASET) --device $(DEVICE) $(ARGS)
+
+export: $(STAMP) ## Export artifacts/model.pt -> artifacts/mnist.onnx + mnist.int8.onnx (validated)
+	$(BIN)/mnist-export $(ARGS)
+
+parity: $(STAMP) ## Compare PyTorch, ONNX fp32 and int8 on the full test set
+	$(BIN)/mnist-export --parity-only $(ARGS)
+
+samples: $(STAMP) ## Write some test-set digits (and photo-like variants) into images/
+	$(BIN)/python -m mnist_edge.runtime.samples images $(ARGS)
+
+bench: $(STAMP) ## Benchmarks: training speed, model-only and end-to-end inference -> artifacts/bench.json
+	$(BIN)/python -m tests.bench $(ARGS)
+
+test: $(STAMP) ## Run the test suite
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: $(STAMP) ## ruff check + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## Apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean: ## Remove caches (keeps data/, artifacts/ and .venv/)
+	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean ## Remove everything made by commands: .venv/ data/ artifacts/ images/
+	rm -rf $(VENV) data artifacts images

@@ -1,0 +1,176 @@
+"""Checkpoints that carry their own recipe, loadable with ``weights_only=True``.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so
+``torch.load(path, weights_only=True)`` reads it without unpickling code:
+
+=================  ==========================================================
+key                value
+=================  ==========================================================
+format             ``"mnist-edge-checkpoint"``
+format_version     ``1``
+model_config       :meth:`ConvNetConfig.to_dict` (rebuilds the net alone)
+state_dict         the model weights
+recipe             the training config as a JSON-able dict
+dataset            ``{"name": str, "classes": [str, ...]}``
+metrics            test/val loss and accuracy, per-epoch ``history``
+versions           torch, torchvision, mnist-edge, python
+device             the device the model was trained on
+created            ISO-8601 UTC timestamp
+complete           ``True`` for a finished run, ``False`` for a resume point
+epoch              epochs completed
+resume             (resume points only) optimizer state and RNG states
+=================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mnist_edge.runtime import __version__ as MNIST_EDGE_VERSION
+from mnist_edge.runtime.atomic import atomic_path
+from mnist_edge.train.model import ConvNet, ConvNetConfig
+
+FORMAT = "mnist-edge-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or not an mnist-edge checkpoint."""
+
+
+def library_versions() -> dict[str, str]:
+    """Versions recorded in checkpoints and ONNX metadata."""
+    import torchvision
+
+    return {
+        "mnist_edge": MNIST_EDGE_VERSION,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+    }
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the rebuilt model (eval mode) and everything saved beside it."""
+
+    model: ConvNet
+    path: Path
+    sha256: str
+    recipe: dict[str, Any]
+    dataset: dict[str, Any]
+    metrics: dict[str, Any]
+    versions: dict[str, str]
+    device: str
+    created: str
+    complete: bool
+    epoch: int
+    raw: dict[str, Any] = field(repr=False)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.dataset["classes"])
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_payload(
+    model: ConvNet,
+    *,
+    recipe: dict[str, Any],
+    dataset: dict[str, Any],
+    metrics: dict[str, Any],
+    device: str,
+    complete: bool,
+    epoch: int,
+    resume: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Assemble the checkpoint dict (weights moved to CPU)."""
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": model.config.to_dict(),
+        "state_dict": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()},
+        "recipe": dict(recipe),
+        "dataset": dict(dataset),
+        "metrics": dict(metrics),
+        "versions": library_versions(),
+        "device": device,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "complete": complete,
+        "epoch": epoch,
+    }
+    if resume is not None:
+        payload["resume"] = resume
+    return payload
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` atomically and return the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Load a checkpoint safely (``weights_only=True``) and rebuild its model.
+
+    Raises:
+        CheckpointError: the file is missing, not a torch file, not ours, or its
+            weights do not fit its own model config. The message names the file
+            and says how to make a good one.
+    """
+    path = Path(path)
+    hint = "run `make train` (or `mnist-train`) to make one"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; {hint}")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is unreadable ({reason}); {hint}") from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not an mnist-edge checkpoint; {hint}")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {raw.get('format_version')!r}, "
+            f"this mnist-edge reads {FORMAT_VERSION}; retrain with this version"
+        )
+    try:
+        config = ConvNetConfig.from_dict(raw["model_config"])
+        model = ConvNet(config)
+        model.load_state_dict(raw["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {path} does not match its model config ({reason}); {hint}") from exc
+    model.eval()
+    return Checkpoint(
+        model=model,
+        path=path,
+        sha256=sha256_file(path),
+        recipe=raw.get("recipe", {}),
+        dataset=raw.get("dataset", {}),
+        metrics=raw.get("metrics", {}),
+        versions=raw.get("versions", {}),
+        device=raw.get("device", "cpu"),
+        created=raw.get("created", ""),
+        complete=bool(raw.get("complete", False)),
+        epoch=int(raw.get("epoch", 0)),
+        raw=raw,
+    )

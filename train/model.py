@@ -1,0 +1,134 @@
+"""The reference convnet: the Keras "Simple MNIST convnet", layer for layer.
+
+Conv 32 3x3 relu -> MaxPool 2 -> Conv 64 3x3 relu -> MaxPool 2 -> Flatten ->
+Dropout 0.5 -> Dense 10 (softmax). 34,826 parameters for 1x28x28 inputs.
+
+``forward`` returns logits (training uses cross-entropy on them);
+``predict_proba`` and :class:`ProbabilityModel` give the reference's softmax
+probabilities, which is what the exported ONNX graph outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+REFERENCE_PARAMETERS = 34_826
+
+
+@dataclass(frozen=True)
+class ConvNetConfig:
+    """Shape of the convnet. The defaults are the reference model."""
+
+    in_channels: int = 1
+    image_size: int = 28
+    num_classes: int = 10
+    conv1_channels: int = 32
+    conv2_channels: int = 64
+    kernel_size: int = 3
+    dropout: float = 0.5
+
+    def to_dict(self) -> dict[str, int | float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ConvNetConfig:
+        """Rebuild a config from :meth:`to_dict` output (unknown keys are an error)."""
+        return cls(**data)
+
+    @property
+    def flat_features(self) -> int:
+        """Features after the second pool (1600 for the reference)."""
+        size = self.image_size
+        for _ in range(2):
+            size = (size - self.kernel_size + 1) // 2  # valid conv, then pool 2
+        return self.conv2_channels * size * size
+
+
+class ConvNet(nn.Module):
+    """The reference convnet; ``forward`` maps (N, C, H, W) images to (N, classes) logits."""
+
+    def __init__(self, config: ConvNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ConvNetConfig()
+        c = self.config
+        self.conv1 = nn.Conv2d(c.in_channels, c.conv1_channels, c.kernel_size)
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(c.conv1_channels, c.conv2_channels, c.kernel_size)
+        self.pool2 = nn.MaxPool2d(2)
+        self.flatten = nn.Flatten()
+        self.dropout = nn.Dropout(c.dropout)
+        self.dense = nn.Linear(c.flat_features, c.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(torch.relu(self.conv1(x)))  # (N, 32, 13, 13)
+        x = self.pool2(torch.relu(self.conv2(x)))  # (N, 64, 5, 5)
+        x = self.dropout(self.flatten(x))  # (N, 1600)
+        return self.dense(x)  # (N, 10) logits
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities, as the reference's final layer gives them."""
+        return torch.softmax(self(x), dim=1)
+
+
+class ProbabilityModel(nn.Module):
+    """Wraps a :class:`ConvNet` so ``forward`` returns softmax probabilities (for export)."""
+
+    def __init__(self, net: ConvNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(image), dim=1)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def summary(model: ConvNet) -> str:
+    """A Keras-like table: layer (type), output shape, parameters, and the totals."""
+    c = model.config
+    rows: list[tuple[str, str, int]] = []
+    shape: tuple[int, ...] = (c.in_channels, c.image_size, c.image_size)
+    x = torch.zeros(1, *shape)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for name, layer in model.named_children():
+                x = layer(x)
+                if isinstance(layer, nn.Conv2d):
+                    x = torch.relu(x)  # the reference fuses relu into the conv layer
+                params = sum(p.numel() for p in layer.parameters())
+                kind = type(layer).__name__
+                shape_txt = "(None, " + ", ".join(str(d) for d in x.shape[1:]) + ")"
+                rows.append((f"{name} ({kind})", shape_txt, params))
+    finally:
+        model.train(was_training)
+    total = count_parameters(model)
+    widths = (
+        max(len("Layer (type)"), *(len(r[0]) for r in rows)),
+        max(len("Output Shape"), *(len(r[1]) for r in rows)),
+        max(len("Param #"), *(len(f"{r[2]:,}") for r in rows)),
+    )
+    line = "─" * (sum(widths) + 6)
+    out = [
+        'Model: "mnist_convnet"',
+        line,
+        f"{'Layer (type)':<{widths[0]}}   {'Output Shape':<{widths[1]}}   {'Param #':>{widths[2]}}",
+        "━" * (sum(widths) + 6),
+    ]
+    out += [f"{n:<{widths[0]}}   {s:<{widths[1]}}   {p:>{widths[2]},}" for n, s, p in rows]
+    out += [
+        line,
+        f" Total params: {total:,}",
+        f" Trainable params: {total:,}",
+        " Non-trainable params: 0",
+        line,
+    ]
+    return "\n".join(out)
