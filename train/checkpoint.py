@@ -52,8 +52,8 @@ def library_versions() -> dict[str, str]:
 
     return {
         "mnist_edge": MNIST_EDGE_VERSION,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
         "python": platform.python_version(),
     }
 
@@ -78,6 +78,15 @@ class Checkpoint:
     @property
     def classes(self) -> list[str]:
         return list(self.dataset["classes"])
+
+
+def _reason(exc: BaseException) -> str:
+    """One readable line out of torch's multi-paragraph load errors."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith("WeightsUnpickler error:"):
+            return ln
+    return lines[0] if lines else type(exc).__name__
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -143,8 +152,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is unreadable ({reason}); {hint}") from exc
+        raise CheckpointError(f"checkpoint {path} is unreadable ({_reason(exc)}); {hint}") from exc
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not an mnist-edge checkpoint; {hint}")
     if raw.get("format_version") != FORMAT_VERSION:
