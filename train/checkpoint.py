@@ -86,6 +86,8 @@ def _reason(exc: BaseException) -> str:
     for ln in lines:
         if ln.startswith("WeightsUnpickler error:"):
             return ln
+    if lines and lines[0].startswith("Weights only load failed"):
+        return "not a valid torch file"
     return lines[0] if lines else type(exc).__name__
 
 
