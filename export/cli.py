@@ -1,0 +1,179 @@
+"""``mnist-export``: checkpoint -> validated ONNX files (fp32, int8, edge variants) + reports.
+
+Parses options, calls :func:`mnist_edge.export.pipeline.export_onnx` (or
+:func:`~mnist_edge.export.pipeline.check_artifacts` with ``--parity-only``),
+prints the parity table. Progress goes to stderr, the table to stdout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+OPSET_MIN, OPSET_MAX = 18, 23  # keep in step with mnist_edge.export.onnx.SUPPORTED_OPSETS
+
+
+def _progress(line: str) -> None:
+    click.echo(line, err=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("artifacts/model.pt"),
+    help="Checkpoint written by mnist-train.",
+)
+@click.option(
+    "--out-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("artifacts"),
+    help="Where the .onnx files, export.json and report.md go.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("data"),
+    help="Dataset folder (test set for parity, training images for calibration).",
+)
+@click.option(
+    "--opset",
+    type=click.IntRange(OPSET_MIN, OPSET_MAX),
+    default=18,
+    help="ONNX opset (tested range).",
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-5,
+    help="Max |ONNX fp32 - PyTorch| over all probabilities.",
+)
+@click.option(
+    "--int8-max-drop",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.002,
+    help="Max accuracy drop of int8 vs PyTorch (0.002 = 0.2 points).",
+)
+@click.option(
+    "--calibration-images",
+    type=click.IntRange(min=1),
+    default=1000,
+    help="Training images used to calibrate int8.",
+)
+@click.option("--int8/--no-int8", default=True, help="Also write the int8 (QDQ) model.")
+@click.option(
+    "--fixed-batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Also write files with this static batch size (NPUs, compilers).",
+)
+@click.option(
+    "--uint8-input", is_flag=True, help="Also write files taking uint8 pixels [batch, 28, 28]."
+)
+@click.option(
+    "--ort",
+    "ort_format",
+    is_flag=True,
+    help="Also write .ort files and mnist.required_operators.config (minimal/mobile builds).",
+)
+@click.option(
+    "--allow-mismatch",
+    is_flag=True,
+    help="Write files even if validation fails (failures are reported).",
+)
+@click.option(
+    "--eval-limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Compare on the first N test images only [default: all].",
+)
+@click.option(
+    "--parity-only",
+    is_flag=True,
+    help="Export nothing: compare the existing files in --out-dir with the checkpoint.",
+)
+def main(
+    checkpoint: Path,
+    out_dir: Path,
+    data_dir: Path,
+    opset: int,
+    tolerance: float,
+    int8_max_drop: float,
+    calibration_images: int,
+    int8: bool,
+    fixed_batch: int | None,
+    uint8_input: bool,
+    ort_format: bool,
+    allow_mismatch: bool,
+    eval_limit: int | None,
+    parity_only: bool,
+) -> None:
+    """Export artifacts/model.pt to a validated ONNX model (fp32 and int8).
+
+    Writes artifacts/mnist.onnx and artifacts/mnist.int8.onnx only after both
+    match PyTorch on the test set; nothing is written when a check fails.
+    """
+    from mnist_edge.export.onnx import ExportConfig, ExportConfigError
+    from mnist_edge.export.pipeline import ArtifactError, check_artifacts, export_onnx
+    from mnist_edge.export.report import parity_table
+    from mnist_edge.export.verify import ValidationError
+    from mnist_edge.train.checkpoint import CheckpointError
+    from mnist_edge.train.data import DataError
+
+    if not checkpoint.is_file():
+        raise click.BadParameter(
+            f"{checkpoint} does not exist; run `make train` first or pass --checkpoint PATH",
+            param_hint="--checkpoint",
+        )
+    try:
+        config = ExportConfig(
+            opset=opset,
+            tolerance=tolerance,
+            int8=int8,
+            int8_max_accuracy_drop=int8_max_drop,
+            calibration_images=calibration_images,
+            fixed_batch=fixed_batch,
+            uint8_input=uint8_input,
+            ort=ort_format,
+            allow_mismatch=allow_mismatch,
+            data_dir=data_dir,
+            eval_limit=eval_limit,
+        )
+        if parity_only:
+            reports = check_artifacts(checkpoint, out_dir, config, _progress)
+            sizes = {r.name: (out_dir / r.name).stat().st_size for r in reports}
+            reference = reports[0].reference_accuracy if reports else float("nan")
+            click.echo(parity_table(reports, reference, sizes))
+            failed = [r for r in reports if not r.ok]
+            if failed:
+                raise click.ClickException(
+                    f"{len(failed)} of {len(reports)} files out of tolerance ({', '.join(r.name for r in failed)}); "
+                    "run `make export` to re-export them"
+                )
+            return
+        report = export_onnx(checkpoint, out_dir, config, _progress)
+    except ValidationError as exc:
+        for failure in exc.failures:
+            click.echo(f"  - {failure}", err=True)
+        raise click.ClickException(
+            f"validation failed ({len(exc.failures)} problems above); nothing was written. "
+            "Fix the cause, or pass --allow-mismatch to write the files anyway"
+        ) from exc
+    except (ExportConfigError, ArtifactError, CheckpointError, DataError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    sizes = {f.path.name: f.size_bytes for f in report.files}
+    click.echo(
+        parity_table([f.parity for f in report.files if f.parity], report.pytorch_accuracy, sizes)
+    )
+    for f in report.files:
+        click.echo(f"wrote {f.path} ({f.size_bytes / 1024:.1f} KiB)")
+    if report.required_operators:
+        click.echo(f"wrote {report.required_operators}")
+    click.echo(f"wrote {out_dir / 'export.json'} and the Export section of {out_dir / 'report.md'}")
+    if not report.ok:
+        click.echo(
+            f"WARNING: {len(report.failures)} validation failures; files written because of --allow-mismatch",
+            err=True,
+        )

@@ -1,0 +1,225 @@
+"""Export reports: the report objects, ``export.json``, the "Export" section of ``report.md``, the parity table.
+
+The training stage writes ``report.md`` first; this module replaces only the
+text between its markers (or appends the section), and creates the file if
+it is missing. Both files are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mnist_edge.export.verify import GraphSpec, ParityReport
+from mnist_edge.runtime.atomic import atomic_write_text
+
+BEGIN = "<!-- export:begin -->"
+END = "<!-- export:end -->"
+
+
+@dataclass
+class ExportedFile:
+    """One file an export made (or would have made, had validation passed)."""
+
+    path: Path
+    precision: str
+    spec: GraphSpec
+    size_bytes: int = 0
+    op_counts: dict[str, int] = field(default_factory=dict)
+    parity: ParityReport | None = None
+    written: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.path.name,
+            "precision": self.precision,
+            "fixed_batch": self.spec.fixed_batch,
+            "uint8_input": self.spec.uint8_input,
+            "size_bytes": self.size_bytes,
+            "op_counts": self.op_counts,
+            "written": self.written,
+            "parity": self.parity.to_dict() if self.parity else None,
+        }
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_onnx` did: its files with their parity numbers, and the time taken."""
+
+    checkpoint: Path
+    checkpoint_sha256: str
+    dataset: str
+    opset: int
+    eval_images: int
+    pytorch_accuracy: float
+    calibration_images: int
+    quantization: dict[str, Any]
+    files: list[ExportedFile] = field(default_factory=list)
+    required_operators: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{f.path.name}: {m}" for f in self.files if f.parity for m in f.parity.failures]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "checkpoint": str(self.checkpoint),
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "dataset": self.dataset,
+            "exporter": "torch.onnx.export(dynamo=True, optimize=True)",
+            "opset": self.opset,
+            "eval_images": self.eval_images,
+            "pytorch_accuracy": self.pytorch_accuracy,
+            "calibration_images": self.calibration_images,
+            "quantization": self.quantization,
+            "files": [f.to_dict() for f in self.files],
+            "required_operators": self.required_operators.name if self.required_operators else None,
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            "versions": self.versions,
+            "ok": self.ok,
+            "failures": self.failures,
+        }
+
+
+def _num(x: float, fmt: str) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024:.1f} KiB"
+
+
+def parity_rows(
+    reports: Sequence[ParityReport], sizes: dict[str, int] | None = None
+) -> list[list[str]]:
+    """Table rows: file, precision, images, accuracy, vs PyTorch, max |diff|, agreement, size, result."""
+    rows = []
+    for r in reports:
+        delta = r.accuracy - r.reference_accuracy
+        rows.append(
+            [
+                r.name,
+                r.precision,
+                f"{r.images:,}",
+                _num(r.accuracy, ".4f"),
+                _num(delta * 100, "+.2f") + " pt" if not math.isnan(delta) else "—",
+                _num(r.max_abs_diff, ".2e"),
+                _num(r.agreement * 100, ".2f") + " %" if not math.isnan(r.agreement) else "—",
+                _size(sizes[r.name]) if sizes and r.name in sizes else "—",
+                "ok" if r.ok else "FAIL",
+            ]
+        )
+    return rows
+
+
+HEADERS = [
+    "file",
+    "precision",
+    "images",
+    "accuracy",
+    "vs PyTorch",
+    "max |Δp|",
+    "argmax agree",
+    "size",
+    "result",
+]
+
+
+def parity_table(
+    reports: Sequence[ParityReport], pytorch_accuracy: float, sizes: dict[str, int] | None = None
+) -> str:
+    """A plain-text table for the terminal, headed by PyTorch's accuracy, failures listed below."""
+    rows = [HEADERS, *parity_rows(reports, sizes)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADERS))]
+    lines = [f"PyTorch accuracy: {pytorch_accuracy:.4f}"]
+    for n, row in enumerate(rows):
+        lines.append(
+            "  ".join(
+                cell.ljust(w) if i < 2 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    for r in reports:
+        lines += [f"  {r.name}: {f}" for f in r.failures]
+    return "\n".join(lines)
+
+
+def markdown_section(report: ExportReport) -> str:
+    """The "Export" section of ``report.md`` (between the markers)."""
+    sizes = {f.path.name: f.size_bytes for f in report.files}
+    parities = [f.parity for f in report.files if f.parity]
+    table = [
+        "| " + " | ".join(h.replace("|", "\\|") for h in HEADERS) + " |",  # escape |Δp|
+        "|" + "|".join("---" for _ in HEADERS) + "|",
+        *("| " + " | ".join(row) + " |" for row in parity_rows(parities, sizes)),
+    ]
+    ops = [
+        f"- `{f.path.name}`: " + ", ".join(f"{k} {v}" for k, v in f.op_counts.items())
+        for f in report.files
+        if f.op_counts
+    ]
+    q = report.quantization
+    lines = [
+        BEGIN,
+        "## Export",
+        "",
+        f"Checkpoint `{report.checkpoint}` (sha256 `{report.checkpoint_sha256[:12]}`), dataset {report.dataset}; "
+        f"exported with `torch.onnx.export(dynamo=True)`, opset {report.opset}.",
+        f"Compared with PyTorch on {report.eval_images:,} test images: PyTorch accuracy {report.pytorch_accuracy:.4f}.",
+        "",
+        *table,
+        "",
+        f"int8: static QDQ, activations uint8, weights int8 per-channel={q.get('per_channel')} "
+        f"reduce-range={q.get('reduce_range')}, calibrated on {report.calibration_images:,} training images.",
+        "",
+        "Operators:",
+        "",
+        *ops,
+        "",
+        "Time: " + ", ".join(f"{k} {v:.1f} s" for k, v in report.timings.items()),
+        END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def update_report_md(path: Path, section: str) -> None:
+    """Replace the text between the export markers of ``path`` with ``section`` (append if absent)."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else "# mnist-edge report\n"
+    begin, end = text.find(BEGIN), text.find(END)
+    if begin != -1 and end > begin:
+        text = text[:begin] + section.rstrip("\n") + text[end + len(END) :]
+        if not text.endswith("\n"):
+            text += "\n"
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    atomic_write_text(path, text)
+
+
+def _json_safe(value: object) -> object:
+    """NaN (a check that could not run) becomes null: JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_reports(report: ExportReport, out_dir: Path) -> None:
+    """Write ``out_dir/export.json`` and the "Export" section of ``out_dir/report.md``."""
+    data = _json_safe(report.to_dict())
+    atomic_write_text(out_dir / "export.json", json.dumps(data, indent=2, allow_nan=False) + "\n")
+    update_report_md(out_dir / "report.md", markdown_section(report))

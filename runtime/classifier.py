@@ -1,0 +1,202 @@
+"""The :class:`Classifier`: an mnist-edge ONNX model that labels preprocessed digits.
+
+Reads labels and preprocessing from the model's metadata, feeds float32
+``[N, 1, H, W]`` or uint8 ``[N, H, W]`` inputs, pads and chunks for models
+with a fixed batch size, and uses IOBinding on GPU providers.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from mnist_edge.runtime.metadata import ModelMetadata
+from mnist_edge.runtime.session import (
+    GPU_PROVIDERS,
+    MissingMetadataWarning,
+    ModelError,
+    SessionConfig,
+    create_session,
+    short_name,
+)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Results for N images.
+
+    Attributes:
+        indices: int64 (N,) winning class per image.
+        probabilities: float32 (N, classes).
+        classes: label text per class index (from the model's metadata).
+    """
+
+    indices: np.ndarray
+    probabilities: np.ndarray
+    classes: tuple[str, ...]
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.classes[i] for i in self.indices]
+
+    @property
+    def confidences(self) -> np.ndarray:
+        """float32 (N,) probability of the winning class."""
+        return self.probabilities[np.arange(len(self.indices)), self.indices]
+
+    def top_k(self, k: int) -> np.ndarray:
+        """int64 (N, k) class indices, most probable first (ties: lower index first)."""
+        return np.argsort(-self.probabilities, axis=1, kind="stable")[:, :k]
+
+
+class Classifier:
+    """An mnist-edge ONNX model ready to classify preprocessed digits.
+
+    Args:
+        model: path to the ``.onnx`` file.
+        provider: shorthand for ``config.provider``.
+        config: the rest of the session settings (default :class:`SessionConfig`).
+
+    Raises:
+        ModelError, ProviderError: see :func:`create_session`; also an input or
+            output layout that is not ``[N, 1, H, W]``/``[N, H, W]`` -> ``[N, classes]``.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        provider: str | None = None,
+        config: SessionConfig | None = None,
+    ) -> None:
+        config = config or SessionConfig()
+        if provider is not None:
+            config = replace(config, provider=provider)
+        self.path = Path(model)
+        self.session = create_session(self.path, config)
+        self.provider = self.session.get_providers()[0]
+        try:
+            self.metadata = ModelMetadata.from_props(
+                self.session.get_modelmeta().custom_metadata_map
+            )
+        except ValueError as exc:
+            raise ModelError(f"{self.path}: {exc}; re-export it with `make export`") from None
+        if not self.metadata.from_file:
+            warnings.warn(
+                f"{self.path} has no mnist-edge metadata; using MNIST labels 0-9 and MNIST preprocessing",
+                MissingMetadataWarning,
+                stacklevel=2,
+            )
+        self._check_io()
+        use_binding = (
+            config.io_binding if config.io_binding is not None else self.provider in GPU_PROVIDERS
+        )
+        self._binding = self.session.io_binding() if use_binding else None
+
+    def _check_io(self) -> None:
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or not outputs:
+            raise ModelError(f"{self.path}: expected one image input and a probabilities output")
+        inp = inputs[0]
+        self.input_name = inp.name
+        self.output_name = next(
+            (o.name for o in outputs if o.name == "probabilities"), outputs[0].name
+        )
+        types = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}
+        if inp.type not in types:
+            raise ModelError(
+                f"{self.path}: input {inp.name!r} is {inp.type}, want float32 or uint8"
+            )
+        self.input_dtype = types[inp.type]
+        if len(inp.shape) not in (3, 4):
+            raise ModelError(
+                f"{self.path}: input {inp.name!r} has shape {inp.shape}, want [N, 1, H, W] or [N, H, W]"
+            )
+        self.input_rank = len(inp.shape)
+        batch = inp.shape[0]
+        self.static_batch = batch if isinstance(batch, int) and batch > 0 else None
+        self.classes = self.metadata.labels
+        self.size = self.metadata.preprocessing.size
+
+    def _scale(self, images: np.ndarray) -> np.ndarray:
+        """uint8/float (N, H, W) -> the model's input (N, 1, H, W) float32 or (N, H, W) uint8."""
+        if self.input_dtype == np.uint8:
+            x = (
+                images
+                if images.dtype == np.uint8
+                else np.clip(images * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            )
+        elif images.dtype == np.uint8:
+            scale = self.metadata.preprocessing.scale
+            inv = 1.0 / scale
+            # x / 255 (not x * (1/255)): bit-identical to the training tensors (ToTensor divides)
+            if abs(inv - round(inv)) < 1e-6:
+                x = images.astype(np.float32) / np.float32(round(inv))
+            else:
+                x = images.astype(np.float32) * np.float32(scale)
+        else:
+            x = images.astype(np.float32, copy=False)
+        if self.input_rank == 4 and x.ndim == 3:
+            x = x[:, None]  # (N, 1, H, W)
+        return np.ascontiguousarray(x)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Run the graph on model-shaped input; returns float32 (N, classes). Handles static batch sizes."""
+        n = x.shape[0]
+        if self.static_batch is not None and n != self.static_batch:
+            step = self.static_batch
+            parts = []
+            for start in range(0, n, step):
+                chunk = x[start : start + step]
+                if len(chunk) < step:  # pad the last chunk to the fixed batch
+                    pad = np.zeros((step - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
+                    chunk = np.concatenate([chunk, pad])
+                parts.append(self._run(chunk)[: min(step, n - start)])
+            return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32)
+        return self._run(x)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        if self._binding is None:
+            return self.session.run([self.output_name], {self.input_name: x})[0]
+        binding = self._binding
+        binding.bind_cpu_input(self.input_name, x)
+        binding.bind_output(self.output_name, "cpu")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def predict(self, images: np.ndarray) -> Predictions:
+        """Classify preprocessed digits.
+
+        Args:
+            images: uint8 (N, H, W) pixels, or float (N, H, W)/(N, 1, H, W) in [0, 1],
+                white digit on black, already MNIST-style (see :mod:`.images`).
+
+        Returns:
+            :class:`Predictions` for the N images.
+        """
+        images = np.asarray(images)
+        if images.ndim == 4 and images.shape[1] == 1:
+            images = images[:, 0]
+        if images.ndim == 2:
+            images = images[None]
+        if images.ndim != 3 or images.shape[1:] != (self.size, self.size):
+            raise ValueError(
+                f"images must be (N, {self.size}, {self.size}) or (N, 1, {self.size}, {self.size}), "
+                f"got {images.shape}; preprocess pictures with mnist_edge.runtime.images.preprocess"
+            )
+        if len(images) == 0:
+            probs = np.zeros((0, len(self.classes)), dtype=np.float32)
+        else:
+            probs = self.run(self._scale(images))  # (N, classes)
+        if probs.ndim != 2 or probs.shape[1] != len(self.classes):
+            raise ModelError(
+                f"{self.path}: output has shape {probs.shape}, labels say {len(self.classes)} classes"
+            )
+        return Predictions(np.argmax(probs, axis=1), probs, self.classes)
+
+    def describe(self) -> str:
+        """One line: provider, model path and precision."""
+        return f"{short_name(self.provider)} · {self.path} ({self.metadata.precision})"

@@ -1,0 +1,309 @@
+"""Decode image files and turn them into MNIST-style 28x28 digits (numpy + pillow only).
+
+MNIST itself was made like this: grayscale, white digit on black, cropped to the
+ink, scaled to fit a 20x20 box keeping the aspect ratio (anti-aliased), then put
+in a 28x28 field so that the centre of mass sits at the centre.
+:func:`preprocess` repeats those steps for any picture (photo, scan, drawing).
+An image that is already 28x28 is taken as prepared: only inversion applies, so
+MNIST test images saved as PNG give exactly the tensor path's predictions.
+
+Everything here is a plain function of a path or an array, safe to run in a
+worker process.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mnist_edge.runtime.idx import IdxFormatError, read_idx
+from mnist_edge.runtime.metadata import Preprocessing
+
+INVERT_MODES = ("auto", "always", "never")
+FOREGROUNDS = ("white-on-black", "black-on-white")
+CENTERINGS = ("center-of-mass", "bbox")
+_ORIENTATION = 0x0112  # EXIF tag
+
+
+class ImageError(ValueError):
+    """An input could not be read as a digit image; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How files become model inputs.
+
+    Attributes:
+        preprocessing: the model's preprocessing (from its metadata).
+        invert: ``"auto"`` inverts a dark-on-light picture, ``"always"``/``"never"`` force it.
+        max_pixels: pictures with more pixels are refused (decompression bombs).
+    """
+
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    invert: str = "auto"
+    max_pixels: int = 40_000_000
+
+    def __post_init__(self) -> None:
+        if self.invert not in INVERT_MODES:
+            raise ValueError(
+                f"invert must be one of {', '.join(INVERT_MODES)}, not {self.invert!r}"
+            )
+        pre = self.preprocessing
+        if pre.foreground not in FOREGROUNDS or pre.centering not in CENTERINGS:
+            raise ValueError(
+                f"unsupported preprocessing foreground={pre.foreground!r} centering={pre.centering!r} "
+                f"(this runtime knows {', '.join(FOREGROUNDS)}; {', '.join(CENTERINGS)})"
+            )
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, not {self.max_pixels}")
+
+
+def is_array_file(path: str | os.PathLike[str]) -> bool:
+    """True for files that hold many images (``.npy``, IDX such as ``t10k-images-idx3-ubyte[.gz]``)."""
+    name = os.fspath(path).lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    return name.endswith((".npy", ".idx", "-ubyte", ".ubyte"))
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _to_gray(img: Image.Image) -> np.ndarray:
+    """Any PIL image -> uint8 (H, W); transparency composited on a background that contrasts with the ink."""
+    mode = img.mode
+    if mode == "P" or mode == "PA":
+        img = img.convert("RGBA" if "transparency" in img.info or mode == "PA" else "RGB")
+        mode = img.mode
+    if mode in ("LA", "La", "RGBA", "RGBa"):
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)  # (H, W, 4)
+        alpha = rgba[..., 3] / 255.0
+        gray = rgba[..., 0] * 0.299 + rgba[..., 1] * 0.587 + rgba[..., 2] * 0.114
+        weight = float(alpha.sum())
+        # The ink is the opaque part; lay it on black if it is bright, on white if it is dark.
+        ink = float((gray * alpha).sum() / weight) if weight > 0 else 0.0
+        background = 0.0 if ink >= 128 else 255.0
+        out = gray * alpha + background * (1.0 - alpha)
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if mode.startswith("I;16"):
+            arr = arr / 257.0
+        else:  # 32-bit int or float: scale the actual range
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return np.clip(arr + 0.5, 0, 255).astype(np.uint8)
+    if mode != "L":
+        img = img.convert("L")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def decode_image(path: str | os.PathLike[str], max_pixels: int = 40_000_000) -> np.ndarray:
+    """Read one picture file as uint8 grayscale (H, W), EXIF orientation applied.
+
+    Raises:
+        ImageError: unreadable, not an image, truncated/corrupt, or over ``max_pixels``.
+    """
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise ImageError(f"cannot read image: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageError("is a directory")
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
+        raise ImageError("not a regular file (FIFO, device or socket)")
+    if info.st_size == 0:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        # PIL warns (and from 2x its limit raises) on decompression bombs; make it one error.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise ImageError(
+                        f"image is {width}x{height} pixels, over the limit of {max_pixels} "
+                        "(possible decompression bomb)"
+                    )
+                # getexif() is cheap next to decoding; transposing copies, so only when needed
+                if img.getexif().get(_ORIENTATION, 1) not in (0, 1):
+                    img = ImageOps.exif_transpose(img)
+                return _to_gray(img)  # first frame of an animation
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"image too large (possible decompression bomb): {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image (unknown or unsupported file format)") from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise ImageError(f"cannot read image: {reason}") from None
+    except (ValueError, SyntaxError, EOFError, MemoryError, struct.error) as exc:
+        raise ImageError(f"corrupt image: {exc or type(exc).__name__}") from None
+
+
+# ---------------------------------------------------------------- preprocessing
+
+
+def needs_inversion(gray: np.ndarray) -> bool:
+    """True when the picture looks dark-on-light: its border is mostly bright."""
+    if gray.shape[0] < 3 or gray.shape[1] < 3:
+        return float(gray.mean()) > 127.5
+    border = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
+    return 2 * int(np.count_nonzero(border > 127)) > border.size  # median above mid-grey
+
+
+def _center_of_mass(img: np.ndarray) -> tuple[float, float]:
+    total = float(img.sum())
+    rows = np.arange(img.shape[0], dtype=np.float64)
+    cols = np.arange(img.shape[1], dtype=np.float64)
+    return (
+        float(img.sum(axis=1) @ rows) / total,
+        float(img.sum(axis=0) @ cols) / total,
+    )
+
+
+def preprocess(gray: np.ndarray, options: ImageOptions = ImageOptions()) -> np.ndarray:
+    """MNIST-style preprocessing of a grayscale picture.
+
+    Args:
+        gray: uint8 (H, W), any size.
+        options: target size/fit from the model's preprocessing, and the inversion mode.
+
+    Returns:
+        uint8 (size, size) white-on-black digit. A picture already ``size`` x ``size``
+        is returned unchanged except for inversion.
+    """
+    pre = options.preprocessing
+    if options.invert == "always" or (options.invert == "auto" and needs_inversion(gray)):
+        gray = 255 - gray
+    size = pre.size
+    if gray.shape == (size, size):
+        return _foreground(np.ascontiguousarray(gray, dtype=np.uint8), pre)
+
+    work = gray.astype(np.float32)
+    # Photos and scans: background is rarely exactly black, subtract it and stretch.
+    h, w = work.shape
+    border = (
+        np.concatenate([work[0], work[-1], work[:, 0], work[:, -1]])
+        if h > 2 and w > 2
+        else work.ravel()
+    )
+    work = np.clip(work - float(np.median(border)), 0, None)
+    peak = float(work.max())
+    if peak <= 0:
+        return _foreground(np.zeros((size, size), dtype=np.uint8), pre)  # blank picture
+    work *= 255.0 / peak
+    ink = work > 0.2 * 255.0  # (H, W) bool
+    rows = np.flatnonzero(ink.any(axis=1))
+    cols = np.flatnonzero(ink.any(axis=0))
+    work = work[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    work[work < 0.1 * 255.0] = 0.0  # drop faint noise inside the box
+
+    ch, cw = work.shape
+    scale = pre.fit / max(ch, cw)
+    nh, nw = max(1, round(ch * scale)), max(1, round(cw * scale))
+    fitted = Image.fromarray(np.clip(work + 0.5, 0, 255).astype(np.uint8), mode="L")
+    fitted = np.asarray(fitted.resize((nw, nh), Image.Resampling.LANCZOS), dtype=np.float32)
+
+    out = np.zeros((size, size), dtype=np.float32)
+    if float(fitted.sum()) <= 0:
+        return _foreground(out.astype(np.uint8), pre)
+    if pre.centering == "center-of-mass":
+        cy, cx = _center_of_mass(fitted)  # MNIST puts it at pixel (14, 14)
+    else:  # "bbox": the middle of the fitted box
+        cy, cx = nh / 2, nw / 2
+    top = round(size / 2 - cy)
+    left = round(size / 2 - cx)
+    # paste with clipping at the field's edges
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + nh, size), min(left + nw, size)
+    if y1 > y0 and x1 > x0:
+        out[y0:y1, x0:x1] = fitted[y0 - top : y1 - top, x0 - left : x1 - left]
+    return _foreground(np.clip(out + 0.5, 0, 255).astype(np.uint8), pre)
+
+
+def _foreground(digit: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """White-on-black (as made here) -> what the model wants."""
+    return 255 - digit if pre.foreground == "black-on-white" else digit
+
+
+def load_image(path: str | os.PathLike[str], options: ImageOptions = ImageOptions()) -> np.ndarray:
+    """Decode and preprocess one picture file -> uint8 (28, 28).
+
+    Raises:
+        ImageError: the file cannot be used (the message says why).
+    """
+    return preprocess(decode_image(path, options.max_pixels), options)
+
+
+def load_batch(
+    paths: list[str], options: ImageOptions = ImageOptions()
+) -> tuple[np.ndarray, list[str | None]]:
+    """Decode and preprocess many picture files (the unit of work of a decoder process).
+
+    Returns:
+        images: uint8 (len(paths), size, size); zeros where the file failed.
+        errors: per path, ``None`` or the reason it failed.
+    """
+    size = options.preprocessing.size
+    images = np.zeros((len(paths), size, size), dtype=np.uint8)
+    errors: list[str | None] = [None] * len(paths)
+    for i, path in enumerate(paths):
+        try:
+            images[i] = load_image(path, options)
+        except ImageError as exc:
+            errors[i] = str(exc)
+    return images, errors
+
+
+# ---------------------------------------------------------------- array files
+
+
+def open_array_file(path: str | os.PathLike[str]) -> np.ndarray:
+    """Open a ``.npy`` or IDX file of digits, memory-mapped where possible.
+
+    Returns:
+        array (N, H, W): uint8, or float in [0, 1]. A single (H, W) image or
+        (N, 1, H, W) stack is reshaped to (N, H, W).
+
+    Raises:
+        ImageError: unreadable, not an array file, or a shape that is not images.
+    """
+    path = Path(path)
+    try:
+        if path.name.lower().endswith(".npy"):
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        else:
+            array = read_idx(path)
+    except (IdxFormatError, ValueError, EOFError) as exc:
+        raise ImageError(f"corrupt array file: {exc}") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read array file: {exc.strerror or exc}") from None
+    if array.ndim == 2:
+        array = array[None]
+    elif array.ndim == 4 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 3 or array.shape[1] < 1 or array.shape[2] < 1:
+        raise ImageError(
+            f"array of shape {tuple(array.shape)} is not images (want (N, H, W) or (N, 1, H, W))"
+        )
+    if array.dtype.kind not in "uif":
+        raise ImageError(f"array dtype {array.dtype} is not numeric")
+    return array
+
+
+def array_to_uint8(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) uint8, or float in [0, 1] -> uint8 (N, H, W), rounding floats."""
+    if images.dtype == np.uint8:
+        return np.ascontiguousarray(images)
+    if images.dtype.kind == "f":
+        return np.clip(np.asarray(images, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.clip(images, 0, 255).astype(np.uint8)

@@ -1,0 +1,358 @@
+"""Inference benchmark: model-only throughput/latency and end-to-end ``mnist-infer`` on the 10k test PNGs.
+
+Run from the repo root::
+
+    .venv/bin/python tests/bench_infer.py --model artifacts/mnist.onnx --int8-model artifacts/mnist.int8.onnx
+
+Measures, on the CPU (and CUDA when onnxruntime has it):
+
+* model only: PyTorch eager, plain ONNX Runtime (default session, no
+  mnist-edge code), and our :class:`Classifier` on fp32 and int8, at batch
+  1/32/256/1024 (images/s, best of ``--repeats``), plus p50/p99 latency at batch 1;
+* end to end: ``mnist-infer`` on the 10k MNIST test set written as PNG
+  (images/s once started, start-up time, total wall time) against a naive loop
+  (PIL open + one session run per image).
+
+Merges an ``"inference"`` section into ``artifacts/bench.json`` (read, modify,
+atomic write) and prints a markdown table (the one in the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from mnist_edge.runtime.atomic import atomic_write_text
+from mnist_edge.runtime.classifier import Classifier
+from mnist_edge.runtime.samples import SamplesError, load_test_set, write_samples
+from mnist_edge.runtime.session import SessionConfig, usable_cores
+
+BATCHES = (1, 32, 256, 1024)
+SUMMARY = re.compile(r"(\d+) images, (\d+) failed, ([\d,]+) images/s")
+
+
+class BenchError(RuntimeError):
+    """A prerequisite (model, data) is missing."""
+
+
+def _throughput(run, images: np.ndarray, batch: int, repeats: int, limit: int) -> float:
+    """Best images/s of ``run(batch_array)`` over the first ``limit`` images."""
+    data = images[:limit]
+    run(data[:batch])  # warm-up (allocations, kernels)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(0, len(data), batch):
+            run(data[i : i + batch])
+        best = min(best, time.perf_counter() - start)
+    return len(data) / best
+
+
+def _latency(run, images: np.ndarray, count: int) -> dict[str, float]:
+    for i in range(20):
+        run(images[i : i + 1])
+    times = []
+    for i in range(count):
+        start = time.perf_counter()
+        run(images[i % len(images) : i % len(images) + 1])
+        times.append(time.perf_counter() - start)
+    ms = np.array(times) * 1e3
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 4),
+        "p99_ms": round(float(np.percentile(ms, 99)), 4),
+    }
+
+
+def _engine_rows(engines: dict, pixels: np.ndarray, floats: np.ndarray, args) -> dict:
+    rows = {}
+    for name, (run, wants_float) in engines.items():
+        data = floats if wants_float else pixels
+        row = {}
+        for batch in BATCHES:
+            limit = min(len(data), 2000 if batch == 1 else len(data))
+            row[f"batch_{batch}"] = round(_throughput(run, data, batch, args.repeats, limit))
+        row.update(_latency(run, data, args.latency_runs))
+        rows[name] = row
+        print(
+            f"  {name:<24} " + "  ".join(f"b{b}={row[f'batch_{b}']:>7,}/s" for b in BATCHES),
+            file=sys.stderr,
+        )
+    return rows
+
+
+def model_only(args, pixels: np.ndarray, providers: list[str]) -> dict:
+    floats = (pixels.astype(np.float32) / np.float32(255))[:, None]  # (N, 1, 28, 28)
+    engines: dict = {}
+    torch_note = _torch_engine(args, engines)
+    for provider in providers:
+        plain_opts = ort.SessionOptions()
+        plain_opts.log_severity_level = 3
+        full = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[provider]
+        plain = ort.InferenceSession(str(args.model), plain_opts, providers=[full])
+        name = plain.get_inputs()[0].name
+        engines[f"ort-plain fp32 ({provider})"] = (
+            lambda x, s=plain, n=name: s.run(None, {n: x}),
+            True,
+        )
+        for label, path in (("fp32", args.model), ("int8", args.int8_model)):
+            if provider == "cuda" and label == "int8":
+                continue  # int8 QDQ kernels are a CPU feature; on CUDA it would be measuring fallbacks
+            # The benchmark loop calls back to back: spinning threads win here (the CLI turns it off).
+            clf = Classifier(path, config=SessionConfig(provider=provider, allow_spinning=True))
+            engines[f"mnist-edge {label} ({provider})"] = (clf.predict, False)
+    rows = _engine_rows(engines, pixels, floats, args)
+    plain_best = max(
+        v
+        for k, r in rows.items()
+        if k.startswith("ort-plain fp32 (cpu)")
+        for b, v in r.items()
+        if b.startswith("batch_")
+    )
+    ours_best = max(
+        v
+        for k, r in rows.items()
+        if k.startswith("mnist-edge fp32 (cpu)")
+        for b, v in r.items()
+        if b.startswith("batch_")
+    )
+    return {
+        "engines": rows,
+        "torch": torch_note,
+        "fp32_vs_plain_ort": round(ours_best / plain_best, 3),
+    }
+
+
+def _torch_engine(args, engines: dict) -> str:
+    try:
+        import torch
+
+        from mnist_edge.train.model import ConvNet, ProbabilityModel
+    except ImportError:
+        return "torch not installed: skipped"
+    torch.set_num_threads(usable_cores())
+    if args.checkpoint.is_file():
+        from mnist_edge.train.checkpoint import load_checkpoint
+
+        net, note = load_checkpoint(args.checkpoint).model, f"weights from {args.checkpoint}"
+    else:
+        net, note = ConvNet(), "untrained weights (no checkpoint; speed does not depend on them)"
+    model = ProbabilityModel(net).eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+
+    engines["pytorch eager fp32 (cpu)"] = (run, True)
+    return note
+
+
+def _mnist_infer(args, inputs: list[str], extra: list[str] = ()) -> tuple[float, str]:
+    exe = Path(sys.executable).with_name("mnist-infer")
+    cmd = [
+        str(exe),
+        *inputs,
+        "--model",
+        str(args.model),
+        "--format",
+        "csv",
+        "-o",
+        os.devnull,
+        *extra,
+    ]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise BenchError(f"mnist-infer failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    return wall, proc.stderr
+
+
+def decoding(files: list[str], workers: int) -> dict:
+    """Decode + preprocess the PNGs: one thread, ``workers`` threads, ``workers`` processes (why processes)."""
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    from mnist_edge.runtime.decode import _new_pool
+    from mnist_edge.runtime.images import load_batch
+
+    chunks = [files[i : i + 64] for i in range(0, len(files), 64)]
+    out = {}
+    start = time.perf_counter()
+    for chunk in chunks:
+        load_batch(chunk)
+    out["one_thread_s"] = time.perf_counter() - start
+    with ThreadPoolExecutor(workers) as pool:
+        start = time.perf_counter()
+        list(pool.map(load_batch, chunks))
+        out[f"{workers}_threads_s"] = time.perf_counter() - start
+    pool: ProcessPoolExecutor = _new_pool(workers)  # started before the clock, as in mnist-infer
+    try:
+        start = time.perf_counter()
+        list(pool.map(load_batch, chunks))
+        out[f"{workers}_processes_s"] = time.perf_counter() - start
+    finally:
+        pool.shutdown()
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def end_to_end(args, pixels: np.ndarray, labels: np.ndarray, png_dir: Path) -> dict:
+    if not any(png_dir.glob("*.png")):
+        write_samples(png_dir, pixels, labels, count=len(pixels), variant_count=0)
+    files = sorted(str(p) for p in png_dir.glob("*.png"))
+    startups = sorted(_mnist_infer(args, files[:1])[0] for _ in range(3))
+    runs = []
+    for _ in range(args.repeats):
+        wall, err = _mnist_infer(args, [str(png_dir)], ["--provider", args.provider])
+        match = SUMMARY.search(err)
+        if match is None or int(match.group(1)) != len(files) or int(match.group(2)) != 0:
+            raise BenchError(
+                f"mnist-infer did not account for all {len(files)} images: {err.strip()}"
+            )
+        runs.append((float(match.group(3).replace(",", "")), wall))
+    rate, wall = max(runs)
+    decode = decoding(files, usable_cores())
+    # Naive loop: what a first script would do.
+    session = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    count = min(len(files), args.naive_limit)
+    start = time.perf_counter()
+    for path in files[:count]:
+        x = np.asarray(Image.open(path), dtype=np.float32)[None, None] / np.float32(255)
+        session.run(None, {name: x})
+    naive = count / (time.perf_counter() - start)
+    return {
+        "images": len(files),
+        "mnist_infer_images_per_s": round(rate),
+        "mnist_infer_wall_s": round(wall, 3),
+        "startup_s": round(startups[1], 3),
+        "naive_loop_images_per_s": round(naive),
+        "speedup_vs_naive": round(rate / naive, 2),
+        "decode_only": decode,
+    }
+
+
+def markdown(section: dict) -> str:
+    engines = section["model_only"]["engines"]
+    lines = [
+        "| engine | "
+        + " | ".join(f"batch {b} (img/s)" for b in BATCHES)
+        + " | p50 b1 (ms) | p99 b1 (ms) |",
+        "|---|" + "---:|" * (len(BATCHES) + 2),
+    ]
+    for name, row in engines.items():
+        cells = [f"{row[f'batch_{b}']:,}" for b in BATCHES] + [
+            f"{row['p50_ms']:.3f}",
+            f"{row['p99_ms']:.3f}",
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    e2e = section["end_to_end"]
+    lines += [
+        "",
+        f"| end to end ({e2e['images']:,} MNIST PNGs) | images/s |",
+        "|---|---:|",
+        f"| `mnist-infer` (once started; start-up {e2e['startup_s']:.2f} s, wall {e2e['mnist_infer_wall_s']:.2f} s) | {e2e['mnist_infer_images_per_s']:,} |",
+        f"| naive loop (PIL open + session.run per image) | {e2e['naive_loop_images_per_s']:,} |",
+        f"| speed-up | {e2e['speedup_vs_naive']:.1f}x |",
+        "",
+        "Decoding + preprocessing the PNGs alone (s): "
+        + ", ".join(
+            f"{k.removesuffix('_s').replace('_', ' ')} {v:.2f}"
+            for k, v in e2e["decode_only"].items()
+        ),
+        "",
+        f"Host: {section['host']['cpu']}, {section['host']['cores']} cores, onnxruntime {section['host']['onnxruntime']}; "
+        f"our fp32 path reaches {section['model_only']['fp32_vs_plain_ort']:.0%} of plain ONNX Runtime's best.",
+    ]
+    return "\n".join(lines)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=Path("artifacts/mnist.onnx"))
+    parser.add_argument("--int8-model", type=Path, default=Path("artifacts/mnist.int8.onnx"))
+    parser.add_argument("--checkpoint", type=Path, default=Path("artifacts/model.pt"))
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--png-dir", type=Path, default=None, help="reuse/keep the 10k PNGs here")
+    parser.add_argument("--out", type=Path, default=Path("artifacts/bench.json"))
+    parser.add_argument("--provider", default="auto", help="provider for the end-to-end run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--latency-runs", type=int, default=1000)
+    parser.add_argument("--naive-limit", type=int, default=10_000)
+    args = parser.parse_args(argv)
+
+    missing = [str(p) for p in (args.model, args.int8_model) if not p.is_file()]
+    if missing:
+        print(
+            f"bench_infer: missing {', '.join(missing)}; run `make train export` first",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        pixels, labels = load_test_set(args.data_dir)  # (10000, 28, 28) uint8
+    except SamplesError as exc:
+        print(f"bench_infer: {exc}", file=sys.stderr)
+        return 2
+    providers = ["cpu"] + (
+        ["cuda"] if "CUDAExecutionProvider" in ort.get_available_providers() else []
+    )
+    section = {
+        "host": {
+            "cpu": _cpu_name(),
+            "cores": usable_cores(),
+            "onnxruntime": ort.__version__,
+            "providers": providers,
+            "python": platform.python_version(),
+        },
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    print("model only ...", file=sys.stderr)
+    section["model_only"] = model_only(args, pixels, providers)
+    print("end to end ...", file=sys.stderr)
+    try:
+        if args.png_dir is not None:
+            args.png_dir.mkdir(parents=True, exist_ok=True)
+            section["end_to_end"] = end_to_end(args, pixels, labels, args.png_dir)
+        else:
+            with tempfile.TemporaryDirectory(prefix="mnist-png-") as tmp:
+                section["end_to_end"] = end_to_end(args, pixels, labels, Path(tmp))
+    except BenchError as exc:
+        print(f"bench_infer: {exc}", file=sys.stderr)
+        return 1
+
+    report = {}
+    if args.out.is_file():
+        try:
+            report = json.loads(args.out.read_text())
+        except (OSError, ValueError):
+            report = {}
+    report["inference"] = section
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    print(markdown(section))
+    print(f"\nsaved to {args.out} (section 'inference')", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Input expansion and the streamed, ordered batch pipeline (runtime/batch.py)."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from runtime_models import digit, expected_probabilities, linear_model
+
+from mnist_edge.runtime.batch import PipelineConfig, run_pipeline
+from mnist_edge.runtime.classifier import Classifier
+from mnist_edge.runtime.images import ImageOptions
+from mnist_edge.runtime.inputs import Source, expand_inputs
+
+
+def _png(path, seed):
+    Image.fromarray(digit(seed)).save(path)
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """b/ and a/ with digits, a hidden file, a nested folder, and an empty folder."""
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "deep").mkdir(parents=True)
+    (tmp_path / "empty").mkdir()
+    _png(tmp_path / "b" / "2.png", 2)
+    _png(tmp_path / "b" / "1.png", 1)
+    _png(tmp_path / "a" / "deep" / "3.png", 3)
+    _png(tmp_path / "a" / ".hidden.png", 4)
+    return tmp_path
+
+
+def _paths(sources):
+    return [
+        (os.path.relpath(s.path) if os.path.isabs(s.path) else s.path, s.error) for s in sources
+    ]
+
+
+def test_directories_are_walked_sorted_and_hidden_files_skipped(tree):
+    got = [s.path for s in expand_inputs([str(tree / "b"), str(tree / "a")])]
+    assert got == [
+        str(tree / "b" / "1.png"),
+        str(tree / "b" / "2.png"),
+        str(tree / "a" / "deep" / "3.png"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda p: p / "missing.png", "no such file"),
+        (lambda p: p / "empty", "empty directory"),
+        (lambda p: p / "nomatch*.png", "no file matches"),
+    ],
+    ids=["missing", "empty-dir", "glob-no-match"],
+)
+def test_bad_paths_become_error_sources(tree, make, reason):
+    (source,) = list(expand_inputs([str(make(tree))]))
+    assert source.error is not None and reason in source.error
+
+
+def test_broken_symlink_and_symlink_loop(tmp_path):
+    os.symlink(tmp_path / "nowhere.png", tmp_path / "broken.png")
+    os.symlink(tmp_path / "loop.png", tmp_path / "loop.png")
+    errors = {os.path.basename(s.path): s.error for s in expand_inputs([str(tmp_path)])}
+    assert "broken symlink" in errors["broken.png"]
+    assert "symlink loop" in errors["loop.png"]
+    (direct,) = list(expand_inputs([str(tmp_path / "loop.png")]))
+    assert "symlink loop" in direct.error
+
+
+def test_directory_link_cycle_is_reported_once(tmp_path):
+    (tmp_path / "d").mkdir()
+    _png(tmp_path / "d" / "x.png", 0)
+    os.symlink(tmp_path / "d", tmp_path / "d" / "up")
+    sources = list(expand_inputs([str(tmp_path / "d")]))
+    assert [s.error is None for s in sources] == [False, True]  # "up" (sorted first), then x.png
+    assert "symlink loop" in sources[0].error
+
+
+def test_globs_and_stdin(tree):
+    globbed = [s.path for s in expand_inputs([str(tree / "**" / "*.png")])]
+    assert sorted(globbed) == sorted(str(tree / p) for p in ("b/1.png", "b/2.png", "a/deep/3.png"))
+    stdin = io.StringIO(f"{tree / 'b' / '2.png'}\n\n{tree / 'nope.png'}\n")
+    got = list(expand_inputs(["-"], stdin))
+    assert got[0] == Source(str(tree / "b" / "2.png"))
+    assert "no such file" in got[1].error
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    return Classifier(linear_model(tmp_path_factory.mktemp("m") / "linear.onnx"))
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """40 digits with bad files and an .npy among them; returns (inputs, expected rows)."""
+    root = tmp_path_factory.mktemp("mixed")
+    inputs, expected = [], []
+    for i in range(40):
+        path = _png(root / f"{i:03d}.png", i)
+        inputs.append(str(path))
+        expected.append((str(path), digit(i)))
+        if i % 9 == 4:
+            bad = root / f"{i:03d}-bad.png"
+            bad.write_bytes(b"not a png")
+            inputs.append(str(bad))
+            expected.append((str(bad), None))
+    stack = np.stack([digit(100 + k) for k in range(5)])
+    np.save(root / "stack.npy", stack)
+    inputs.insert(10, str(root / "stack.npy"))
+    for k in range(5):
+        expected.insert(10 + k, (f"{root / 'stack.npy'}[{k}]", stack[k]))
+    inputs.append(str(root / "gone.png"))
+    expected.append((str(root / "gone.png"), None))
+    return inputs, expected
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "workers"),
+    [(1, 0), (7, 0), (256, 0), (3, 2)],
+    ids=["b1-inline", "b7-inline", "b256-inline", "b3-processes"],
+)
+def test_pipeline_keeps_order_and_accounts_for_every_input(classifier, mixed, batch_size, workers):
+    inputs, expected = mixed
+    config = PipelineConfig(batch_size=batch_size, workers=workers, chunk_size=4, top_k=2)
+    results = list(run_pipeline(inputs, classifier, ImageOptions(), config))
+    assert [r.path for r in results] == [path for path, _ in expected]
+    for result, (_, image) in zip(results, expected, strict=True):
+        if image is None:
+            assert result.error and result.label is None
+            continue
+        probs = expected_probabilities(image[None])[0]
+        assert result.error is None
+        assert result.label == str(int(probs.argmax()))
+        assert result.confidence == pytest.approx(probs.max(), rel=1e-4)
+        assert [lab for lab, _ in result.top_k] == [str(int(j)) for j in np.argsort(-probs)[:2]]
+
+
+def test_batch_size_does_not_change_results(classifier, mixed):
+    inputs, _ = mixed
+    one = list(
+        run_pipeline(inputs, classifier, ImageOptions(), PipelineConfig(batch_size=1, workers=0))
+    )
+    many = list(
+        run_pipeline(inputs, classifier, ImageOptions(), PipelineConfig(batch_size=256, workers=0))
+    )
+    assert one == many
+
+
+def test_pipeline_is_lazy(classifier, tmp_path):
+    """Results come before the input stream ends: inputs are never collected up front."""
+    _png(tmp_path / "x.png", 0)
+    seen = []
+
+    def inputs():
+        for i in range(10_000):
+            seen.append(i)
+            yield str(tmp_path / "x.png")
+
+    config = PipelineConfig(batch_size=8, workers=0, chunk_size=8)
+    stream = run_pipeline(inputs(), classifier, ImageOptions(), config)
+    first = next(stream)
+    assert first.ok
+    assert len(seen) < 200
+    stream.close()
+
+
+@pytest.mark.parametrize(
+    "infer_in_workers", [True, False], ids=["infer-in-workers", "decode-only-workers"]
+)
+def test_process_pool_gives_exactly_the_inline_results(classifier, mixed, infer_in_workers):
+    inputs, _ = mixed
+    inline = list(
+        run_pipeline(inputs, classifier, ImageOptions(), PipelineConfig(workers=0, top_k=3))
+    )
+    config = PipelineConfig(
+        workers=2, chunk_size=5, batch_size=4, top_k=3, infer_in_workers=infer_in_workers
+    )
+    pooled = list(run_pipeline(inputs, classifier, ImageOptions(), config))
+    assert pooled == inline
