@@ -8,6 +8,8 @@ EXTRAS  ?= train,export,cpu,dev
 DATASET ?= mnist
 DEVICE  ?= auto
 ARGS    ?=
+TRAIN_BENCH_ARGS ?=
+INFER_BENCH_ARGS ?=
 STAMP   := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
@@ -41,8 +43,9 @@ parity: $(STAMP) ## Compare PyTorch, ONNX fp32 and int8 on the full test set
 samples: $(STAMP) ## Write some test-set digits (and photo-like variants) into images/
 	$(BIN)/python -m mnist_edge.runtime.samples images $(ARGS)
 
-bench: $(STAMP) ## Benchmarks: training speed, model-only and end-to-end inference -> artifacts/bench.json
-	$(BIN)/python -m tests.bench $(ARGS)
+bench: $(STAMP) ## Benchmarks: training s/epoch, model-only and end-to-end inference -> artifacts/bench.json
+	$(BIN)/python tests/bench_train.py $(TRAIN_BENCH_ARGS)
+	$(BIN)/python tests/bench_infer.py $(INFER_BENCH_ARGS)
 
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest $(ARGS)

@@ -115,8 +115,14 @@ class ModelMetadata:
         if FORMAT_KEY not in props:
             return cls(from_file=False)
         try:
-            labels = tuple(str(x) for x in json.loads(props.get("labels", "null") or "null") or MNIST_LABELS)
-            pre = Preprocessing.from_json(props["preprocessing"]) if "preprocessing" in props else Preprocessing()
+            labels = tuple(
+                str(x) for x in json.loads(props.get("labels", "null") or "null") or MNIST_LABELS
+            )
+            pre = (
+                Preprocessing.from_json(props["preprocessing"])
+                if "preprocessing" in props
+                else Preprocessing()
+            )
             acc = props.get("test_accuracy")
             return cls(
                 labels=labels,

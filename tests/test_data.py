@@ -27,7 +27,6 @@ from mnist_edge.train.data import (
     unpickle_arrays,
 )
 
-
 # --- IDX -------------------------------------------------------------------------
 
 
@@ -107,7 +106,9 @@ def _fake_mirror_arrays():
 
 def _old_numpy_pickle(obj) -> bytes:
     """Pickle as the mirror was made (numpy 1.x names its reconstructor numpy.core.multiarray)."""
-    return pickle.dumps(obj, protocol=3).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    return pickle.dumps(obj, protocol=3).replace(
+        b"numpy._core.multiarray", b"numpy.core.multiarray"
+    )
 
 
 def _make_wheel(path: Path, payload: bytes) -> Path:
@@ -192,12 +193,12 @@ def test_corrupt_wheel_is_a_clear_error(tmp_path: Path) -> None:
     mirror = config.data_dir / "mirror"
     mirror.mkdir(parents=True)
     (mirror / data_mod.MIRROR_WHEEL).write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="unreadable.*make data"):
+    with pytest.raises(DataError, match=r"unreadable.*make data"):
         prepare_dataset(config)
 
 
 def test_unknown_dataset_names_the_choices() -> None:
-    with pytest.raises(DataError, match="unknown dataset 'cifar'.*mnist, fashion-mnist"):
+    with pytest.raises(DataError, match=r"unknown dataset 'cifar'.*mnist, fashion-mnist"):
         prepare_dataset(DataConfig(dataset="cifar"))
 
 
@@ -272,7 +273,10 @@ def test_fashion_mnist_with_wrong_checksum_is_refused(tmp_path: Path) -> None:
 
 def test_fashion_mnist_missing_says_how_to_install(tmp_path: Path) -> None:
     config = DataConfig(
-        dataset="fashion-mnist", data_dir=tmp_path / "data", download=False, fashion_source=tmp_path / "nope"
+        dataset="fashion-mnist",
+        data_dir=tmp_path / "data",
+        download=False,
+        fashion_source=tmp_path / "nope",
     )
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         prepare_dataset(config)

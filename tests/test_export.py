@@ -24,43 +24,13 @@ from mnist_edge.export.pipeline import check_artifacts, export_onnx
 from mnist_edge.export.report import BEGIN, END, update_report_md
 from mnist_edge.export.verify import GraphSpec, ValidationError, check_graph
 from mnist_edge.runtime.metadata import ModelMetadata
-from mnist_edge.train.checkpoint import build_payload, save_checkpoint, sha256_file
-from mnist_edge.train.model import ConvNet
+from mnist_edge.train.checkpoint import sha256_file
 
 pytestmark = pytest.mark.slow
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 EVAL = 1000  # test images compared in these tests (make parity uses all 10,000)
 FIXED = 5
-
-
-@pytest.fixture(scope="session")
-def trained_checkpoint(mnist, tmp_path_factory) -> Path:
-    """Temporary stand-in for the lead's conftest fixture: 300 Adam steps on real MNIST images."""
-    torch.manual_seed(0)
-    data = mnist.subset(train=10_000)
-    net = ConvNet()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(0)
-    net.train()
-    for idx in torch.randperm(10_000, generator=gen).split(32)[:300]:  # 300 steps of 32 images
-        loss = torch.nn.functional.cross_entropy(
-            net(data.train_images[idx]), data.train_labels[idx]
-        )
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
-    payload = build_payload(
-        net,
-        recipe={"epochs": 1, "batch_size": 32, "lr": 1e-3, "steps": 300},
-        dataset={"name": mnist.name, "classes": list(mnist.classes)},
-        metrics={},
-        device="cpu",
-        complete=True,
-        epoch=1,
-    )
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", payload)
 
 
 def _config(**kw) -> ExportConfig:

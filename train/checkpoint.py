@@ -168,7 +168,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         model.load_state_dict(raw["state_dict"])
     except (KeyError, TypeError, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint {path} does not match its model config ({reason}); {hint}") from exc
+        raise CheckpointError(
+            f"checkpoint {path} does not match its model config ({reason}); {hint}"
+        ) from exc
     model.eval()
     return Checkpoint(
         model=model,
