@@ -1,5 +1,6 @@
 # mnist-edge: every target works on a fresh clone; `make venv` is implied.
-# Variables: PYTHON (interpreter for the venv), DATASET, DEVICE, ARGS (extra CLI options).
+# Variables: PYTHON (interpreter for the venv), EXTRAS (train,export,cpu,dev; use gpu
+# instead of cpu on a CUDA machine), DATASET, DEVICE, ARGS (extra CLI options).
 
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -10,7 +11,9 @@ DEVICE  ?= auto
 ARGS    ?=
 TRAIN_BENCH_ARGS ?=
 INFER_BENCH_ARGS ?=
-STAMP   := $(VENV)/.installed
+comma   := ,
+# One stamp per set of extras: switching EXTRAS (e.g. to train,export,gpu,dev) reinstalls.
+STAMP   := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .DEFAULT_GOAL := help
 .PHONY: help venv data train export parity samples infer bench test test-fast lint format clean distclean
@@ -22,6 +25,11 @@ help: ## Show this help
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# onnxruntime and onnxruntime-gpu share one module folder: never keep both.
+	@case ',$(EXTRAS),' in \
+	  *,gpu,*) $(BIN)/python -m pip uninstall -y -q onnxruntime 2>/dev/null || true ;; \
+	  *,cpu,*) $(BIN)/python -m pip uninstall -y -q onnxruntime-gpu 2>/dev/null || true ;; \
+	esac
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@

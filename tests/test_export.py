@@ -108,7 +108,8 @@ def test_metadata_is_present_and_correct(exported, trained_checkpoint, name):
         and meta.preprocessing.centering == "center-of-mass"
     )
     recipe = torch.load(trained_checkpoint, weights_only=True)["recipe"]
-    assert dict(meta.recipe) == json.loads(json.dumps(recipe))  # JSON round-trip of the checkpoint's recipe
+    # the checkpoint's recipe, as it comes back from JSON
+    assert dict(meta.recipe) == json.loads(json.dumps(recipe))
     assert {"torch", "onnx", "onnxruntime", "mnist_edge"} <= set(meta.versions)
     assert meta.model_version.endswith(sha256_file(trained_checkpoint)[:12])
     assert meta_raw.custom_metadata_map["mnist_edge.validation"] == "passed"
