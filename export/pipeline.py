@@ -12,7 +12,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,21 @@ from mnist_edge.export.verify import (
 )
 from mnist_edge.runtime.atomic import atomic_write_bytes, atomic_write_text
 from mnist_edge.runtime.metadata import ModelMetadata, Preprocessing
+from mnist_edge.train.data import DATASETS
 
 Log = Callable[[str], None]
 
 
 class ArtifactError(ValueError):
     """The files to check are missing or not mnist-edge models; the message says how to make them."""
+
+
+def model_preprocessing(dataset: str, spec: GraphSpec) -> Preprocessing:
+    """The preprocessing recorded in a file: how the dataset's images were made
+    (MNIST defaults for unknown datasets), with the file's input dtype."""
+    known = DATASETS.get(dataset)
+    base = known.preprocessing if known else Preprocessing()
+    return replace(base, input_dtype="uint8" if spec.uint8_input else "float32")
 
 
 def export_versions(trained_with: dict[str, str]) -> dict[str, str]:
@@ -97,7 +106,7 @@ def _props(
     acc = parity.accuracy if np.isfinite(parity.accuracy) else None
     meta = ModelMetadata(
         labels=tuple(ckpt.classes),
-        preprocessing=Preprocessing(input_dtype="uint8" if spec.uint8_input else "float32"),
+        preprocessing=model_preprocessing(str(ckpt.dataset.get("name", "mnist")), spec),
         dataset=str(ckpt.dataset.get("name", "mnist")),
         test_accuracy=acc,
         precision=precision,
@@ -115,12 +124,14 @@ def _props(
 
 
 def _doc(dataset: str, precision: str, spec: GraphSpec, sha: str) -> str:
+    pre = model_preprocessing(dataset, spec)
+    centring = "centred by centre of mass" if pre.centering == "center-of-mass" else "box centred"
     shape = ", ".join(str(d) for d in spec.input_shape)
     pixels = "raw uint8 pixels" if spec.uint8_input else "pixels scaled to [0, 1]"
     return (
         f"mnist-edge {dataset} convnet ({precision}). Input 'image': "
-        f"{'uint8' if spec.uint8_input else 'float32'} [{shape}], {pixels}, white digit on black, "
-        f"28x28, centred by centre of mass. Output 'probabilities': float32 [{spec.batch_dim}, "
+        f"{'uint8' if spec.uint8_input else 'float32'} [{shape}], {pixels}, white on black, "
+        f"28x28, {centring}. Output 'probabilities': float32 [{spec.batch_dim}, "
         f"{spec.num_classes}], softmax over the classes in metadata 'labels'. "
         f"Exported from checkpoint sha256 {sha[:12]}."
     )

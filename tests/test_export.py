@@ -311,3 +311,20 @@ def test_cli_parity_only_without_files(trained_checkpoint, tmp_path):
     )
     assert result.exit_code == 1
     assert "mnist.onnx does not exist; run `make export`" in result.output
+
+
+@pytest.mark.parametrize(
+    "dataset, fit, centering",
+    [
+        ("mnist", 20, "center-of-mass"),
+        ("fashion-mnist", 28, "bbox"),
+        ("unknown", 20, "center-of-mass"),
+    ],
+    ids=["mnist", "fashion", "unknown"],
+)
+@pytest.mark.parametrize("uint8_input", [False, True], ids=["float", "uint8"])
+def test_files_record_how_their_dataset_was_made(dataset, fit, centering, uint8_input):
+    pre = pipeline.model_preprocessing(dataset, GraphSpec(uint8_input=uint8_input))
+    assert (pre.fit, pre.centering) == (fit, centering)
+    assert pre.input_dtype == ("uint8" if uint8_input else "float32")
+    assert pre.scale == pytest.approx(1 / 255) and pre.foreground == "white-on-black"

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from mnist_edge.runtime.idx import IdxFormatError, decode_idx, write_idx
+from mnist_edge.runtime.metadata import Preprocessing
 
 Log = Callable[[str], None]
 
@@ -70,11 +71,13 @@ FASHION_SHA256 = {
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset we know: its torchvision class name (= folder under data/) and labels."""
+    """A dataset we know: its torchvision class name (= folder under data/), labels, and
+    how its images were made (recorded in exported models, applied by the runtime)."""
 
     name: str
     folder: str
     classes: tuple[str, ...]
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -94,6 +97,9 @@ DATASETS: dict[str, DatasetSpec] = {
             "Bag",
             "Ankle boot",
         ),
+        # Fashion-MNIST was made by trimming, resizing the longest edge to 28
+        # and centring the box (no centre-of-mass shift).
+        Preprocessing(fit=28, centering="bbox"),
     ),
 }
 
