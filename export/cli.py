@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from mnist_edge.runtime.extras import MissingExtraError, require_extras
+
 OPSET_MIN, OPSET_MAX = 18, 23  # keep in step with mnist_edge.export.onnx.SUPPORTED_OPSETS
 
 
@@ -114,6 +116,10 @@ def main(
     Writes artifacts/mnist.onnx and artifacts/mnist.int8.onnx only after both
     match PyTorch on the test set; nothing is written when a check fails.
     """
+    try:
+        require_extras("mnist-export", "export", "cpu")
+    except MissingExtraError as exc:
+        raise click.ClickException(str(exc)) from None
     from mnist_edge.export.onnx import ExportConfig, ExportConfigError
     from mnist_edge.export.pipeline import ArtifactError, check_artifacts, export_onnx
     from mnist_edge.export.report import parity_table

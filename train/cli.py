@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from mnist_edge.runtime.extras import MissingExtraError, require_extras
+
 
 def _err(message: str) -> None:
     click.echo(message, err=True)
@@ -102,6 +104,10 @@ def main(
     # 2-core machine spinning made training up to 8x slower; set before torch loads,
     # and an OMP_WAIT_POLICY the user exported wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        require_extras("mnist-train", "train")
+    except MissingExtraError as exc:
+        raise click.ClickException(str(exc)) from None
     from mnist_edge.train.checkpoint import CheckpointError
     from mnist_edge.train.config import TrainConfig, TrainError
     from mnist_edge.train.data import DataConfig, DataError, prepare_dataset
