@@ -1,4 +1,4 @@
-"""Data: IDX round-trips, the offline MNIST mirror (checksum, allow-listed unpickling), Fashion-MNIST."""
+"""Data (train/data.py, train/mirror.py): IDX round-trips, the offline MNIST mirror (checksum, allow-listed unpickling), Fashion-MNIST."""
 
 from __future__ import annotations
 
@@ -14,18 +14,17 @@ import pytest
 import torch
 
 from mnist_edge.runtime.idx import IdxFormatError, decode_idx, encode_idx, read_idx, write_idx
-from mnist_edge.train import data as data_mod
+from mnist_edge.train import mirror as mirror_mod
 from mnist_edge.train.data import (
     IDX_FILES,
     DataConfig,
     DataError,
     MirrorChecksumError,
     UnsafePickleError,
-    arrays_from_pickle,
     load_dataset,
     prepare_dataset,
-    unpickle_arrays,
 )
+from mnist_edge.train.mirror import arrays_from_pickle, unpickle_arrays
 
 # --- IDX -------------------------------------------------------------------------
 
@@ -84,8 +83,8 @@ N_TRAIN, N_VALID, N_TEST = 120, 30, 40
 @pytest.fixture
 def small_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Shrink the expected dataset sizes so fake mirrors stay tiny."""
-    monkeypatch.setattr(data_mod, "TRAIN_SIZE", N_TRAIN + N_VALID)
-    monkeypatch.setattr(data_mod, "TEST_SIZE", N_TEST)
+    monkeypatch.setattr(mirror_mod, "TRAIN_SIZE", N_TRAIN + N_VALID)
+    monkeypatch.setattr(mirror_mod, "TEST_SIZE", N_TEST)
 
 
 def _fake_mirror_arrays():
@@ -114,7 +113,7 @@ def _old_numpy_pickle(obj) -> bytes:
 def _make_wheel(path: Path, payload: bytes) -> Path:
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("mnist/__init__.py", "")
-        zf.writestr(data_mod.MIRROR_MEMBER, payload)
+        zf.writestr(mirror_mod.MIRROR_MEMBER, payload)
     return path
 
 
@@ -166,7 +165,7 @@ def test_mirror_with_wrong_checksum_is_refused(tmp_path: Path, small_sizes) -> N
     mirror = config.data_dir / "mirror"
     mirror.mkdir(parents=True)
     payload = gzip.compress(_old_numpy_pickle(_fake_mirror_arrays()))
-    _make_wheel(mirror / data_mod.MIRROR_WHEEL, payload)
+    _make_wheel(mirror / mirror_mod.MIRROR_WHEEL, payload)
     with pytest.raises(MirrorChecksumError, match="expected f11bb9e4"):
         prepare_dataset(config)
     assert not config.raw_dir.exists() or not any(config.raw_dir.iterdir())
@@ -180,9 +179,9 @@ def test_malicious_pickle_is_refused_before_anything_is_written(
     mirror = config.data_dir / "mirror"
     mirror.mkdir(parents=True)
     payload = gzip.compress(pickle.dumps(_Evil(), protocol=2))
-    _make_wheel(mirror / data_mod.MIRROR_WHEEL, payload)
+    _make_wheel(mirror / mirror_mod.MIRROR_WHEEL, payload)
     # Even a file with the "right" checksum may not run code when unpickled.
-    monkeypatch.setattr(data_mod, "MIRROR_SHA256", hashlib.sha256(payload).hexdigest())
+    monkeypatch.setattr(mirror_mod, "MIRROR_SHA256", hashlib.sha256(payload).hexdigest())
     with pytest.raises(UnsafePickleError, match=r"posix\.system|os\.system"):
         prepare_dataset(config)
     assert not [p for p in (config.data_dir / "MNIST").rglob("*") if p.is_file()]
@@ -192,7 +191,7 @@ def test_corrupt_wheel_is_a_clear_error(tmp_path: Path) -> None:
     config = _offline_config(tmp_path)
     mirror = config.data_dir / "mirror"
     mirror.mkdir(parents=True)
-    (mirror / data_mod.MIRROR_WHEEL).write_bytes(b"not a zip")
+    (mirror / mirror_mod.MIRROR_WHEEL).write_bytes(b"not a zip")
     with pytest.raises(DataError, match=r"unreadable.*make data"):
         prepare_dataset(config)
 
@@ -250,7 +249,7 @@ def _write_fake_debian(folder: Path) -> dict[str, str]:
 
 def test_fashion_mnist_from_debian_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = tmp_path / "debian"
-    monkeypatch.setattr(data_mod, "FASHION_SHA256", _write_fake_debian(source))
+    monkeypatch.setattr(mirror_mod, "FASHION_SHA256", _write_fake_debian(source))
     config = DataConfig(
         dataset="fashion-mnist", data_dir=tmp_path / "data", download=False, fashion_source=source
     )
