@@ -1,7 +1,7 @@
 """``mnist-export``: checkpoint -> validated ONNX files (fp32, int8, edge variants) + reports.
 
 Parses options, calls :func:`mnist_edge.export.pipeline.export_onnx` (or
-:func:`~mnist_edge.export.pipeline.check_artifacts` with ``--parity-only``),
+:func:`~mnist_edge.export.artifacts.check_artifacts` with ``--parity-only``),
 prints the parity table. Progress goes to stderr, the table to stdout.
 """
 
@@ -120,8 +120,9 @@ def main(
         require_extras("mnist-export", "export", "cpu")
     except MissingExtraError as exc:
         raise click.ClickException(str(exc)) from None
+    from mnist_edge.export.artifacts import ArtifactError, check_artifacts
     from mnist_edge.export.onnx import ExportConfig, ExportConfigError
-    from mnist_edge.export.pipeline import ArtifactError, check_artifacts, export_onnx
+    from mnist_edge.export.pipeline import export_onnx
     from mnist_edge.export.report import parity_table
     from mnist_edge.export.verify import ValidationError
     from mnist_edge.train.checkpoint import CheckpointError

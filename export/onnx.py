@@ -1,9 +1,8 @@
-"""PyTorch -> ONNX: the graph, its metadata, and the export pipeline.
+"""PyTorch -> ONNX: the export config, the graph, and its metadata.
 
-:func:`export_onnx` rebuilds the net from a checkpoint alone, exports it with
-the dynamo exporter, validates it against PyTorch (:mod:`.verify`), quantizes
-it (:mod:`.quantize`), validates that too, and only when every file passed
-writes them all (atomically) with the reports (:mod:`.report`).
+The pipeline that uses these (rebuild the net from a checkpoint, export,
+validate, quantize, write only when every file passed) is
+:func:`mnist_edge.export.pipeline.export_onnx`.
 
 Exporter: ``torch.onnx.export(..., dynamo=True)``, torch's default and the
 maintained path (the TorchScript exporter is deprecated). Its ``optimize``
@@ -27,7 +26,7 @@ import onnx
 import onnx.helper
 import torch
 
-from mnist_edge.export.verify import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, GraphSpec
+from mnist_edge.export.spec import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, GraphSpec
 from mnist_edge.runtime import __version__
 from mnist_edge.train.model import ConvNet, ProbabilityModel
 

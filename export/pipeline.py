@@ -3,8 +3,9 @@
 :func:`export_onnx` builds every file in memory, validates each against
 PyTorch, and only when all passed (or ``allow_mismatch``) writes them, each
 atomically, so a failed export leaves nothing new behind.
-:func:`check_artifacts` re-runs the parity comparison on files already
-written (``make parity``).
+:func:`mnist_edge.export.artifacts.check_artifacts` re-runs the parity
+comparison on files already written (``make parity``); it shares
+:func:`load_inputs` and :func:`tolerance_for` with the export.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,60 +29,26 @@ from mnist_edge.export.onnx import (
     torch_to_onnx,
 )
 from mnist_edge.export.ort_format import CONFIG_NAME, required_operators, to_ort_format
+from mnist_edge.export.parity import ParityReport, Reference, Tolerance
+from mnist_edge.export.provenance import export_versions, file_doc, file_props
 from mnist_edge.export.quantize import QuantizeConfig, quantize_int8
 from mnist_edge.export.report import ExportedFile, ExportReport, write_reports
-from mnist_edge.export.verify import (
-    ORT_ERRORS,
-    GraphSpec,
-    ParityReport,
-    Reference,
-    Tolerance,
-    ValidationError,
-    open_session,
-    raise_for_failures,
-    validate,
-)
+from mnist_edge.export.verify import ValidationError, raise_for_failures, validate
 from mnist_edge.runtime.atomic import atomic_write_bytes, atomic_write_text
-from mnist_edge.runtime.metadata import ModelMetadata, Preprocessing
-from mnist_edge.train.data import DATASETS
 
 Log = Callable[[str], None]
 
 
-class ArtifactError(ValueError):
-    """The files to check are missing or not mnist-edge models; the message says how to make them."""
-
-
-def model_preprocessing(dataset: str, spec: GraphSpec) -> Preprocessing:
-    """The preprocessing recorded in a file: how the dataset's images were made
-    (MNIST defaults for unknown datasets), with the file's input dtype."""
-    known = DATASETS.get(dataset)
-    base = known.preprocessing if known else Preprocessing()
-    return replace(base, input_dtype="uint8" if spec.uint8_input else "float32")
-
-
-def export_versions(trained_with: dict[str, str]) -> dict[str, str]:
-    """Tool and library versions recorded in each file (plus the training ones, prefixed)."""
-    import onnxruntime
-    import onnxscript
-
-    from mnist_edge.train.checkpoint import library_versions
-
-    versions = library_versions() | {
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "onnxscript": onnxscript.__version__,
-    }
-    return versions | {f"train.{k}": str(v) for k, v in trained_with.items()}
-
-
-def _tolerance(config: ExportConfig, precision: str) -> Tolerance:
+def tolerance_for(config: ExportConfig, precision: str) -> Tolerance:
+    """How close a file of ``precision`` (``"fp32"`` or ``"int8"``) must stay to PyTorch under ``config``."""
     if precision == "int8":
         return Tolerance(None, config.int8_max_accuracy_drop, config.int8_min_agreement)
     return Tolerance(config.tolerance, 0.0, 0.0)
 
 
-def _load(checkpoint: Path, config: ExportConfig, log: Log) -> tuple[Any, Reference, np.ndarray]:
+def load_inputs(
+    checkpoint: Path, config: ExportConfig, log: Log
+) -> tuple[Any, Reference, np.ndarray]:
     """The checkpoint, PyTorch's reference outputs on the test set, and calibration images."""
     from mnist_edge.train.checkpoint import load_checkpoint
     from mnist_edge.train.data import DataConfig, load_dataset
@@ -98,43 +65,6 @@ def _load(checkpoint: Path, config: ExportConfig, log: Log) -> tuple[Any, Refere
     )
     calibration = dataset.train_images[: config.calibration_images].numpy()  # (N, 1, 28, 28)
     return ckpt, reference, calibration
-
-
-def _props(
-    ckpt: Any, precision: str, spec: GraphSpec, parity: ParityReport, versions: dict[str, str]
-) -> dict[str, str]:
-    acc = parity.accuracy if np.isfinite(parity.accuracy) else None
-    meta = ModelMetadata(
-        labels=tuple(ckpt.classes),
-        preprocessing=model_preprocessing(str(ckpt.dataset.get("name", "mnist")), spec),
-        dataset=str(ckpt.dataset.get("name", "mnist")),
-        test_accuracy=acc,
-        precision=precision,
-        source_sha256=ckpt.sha256,
-        recipe=ckpt.recipe,
-        versions=versions,
-        model_version=f"{MODEL_VERSION}+{ckpt.sha256[:12]}",
-    )
-    props = meta.to_props()
-    props["mnist_edge.test_images"] = str(parity.images)
-    props["mnist_edge.validation"] = (
-        "passed" if parity.ok else "FAILED: " + "; ".join(parity.failures)
-    )
-    return props
-
-
-def _doc(dataset: str, precision: str, spec: GraphSpec, sha: str) -> str:
-    pre = model_preprocessing(dataset, spec)
-    centring = "centred by centre of mass" if pre.centering == "center-of-mass" else "box centred"
-    shape = ", ".join(str(d) for d in spec.input_shape)
-    pixels = "raw uint8 pixels" if spec.uint8_input else "pixels scaled to [0, 1]"
-    return (
-        f"mnist-edge {dataset} convnet ({precision}). Input 'image': "
-        f"{'uint8' if spec.uint8_input else 'float32'} [{shape}], {pixels}, white on black, "
-        f"28x28, {centring}. Output 'probabilities': float32 [{spec.batch_dim}, "
-        f"{spec.num_classes}], softmax over the classes in metadata 'labels'. "
-        f"Exported from checkpoint sha256 {sha[:12]}."
-    )
 
 
 def export_onnx(
@@ -165,7 +95,7 @@ def export_onnx(
     timings: dict[str, float] = dict.fromkeys(
         ("load", "export", "quantize", "validate", "ort", "write"), 0.0
     )
-    ckpt, reference, calibration = _load(checkpoint, config, log)
+    ckpt, reference, calibration = load_inputs(checkpoint, config, log)
     timings["load"] = time.perf_counter() - start
     versions = export_versions(ckpt.versions)
     qconfig = QuantizeConfig(calibration_images=config.calibration_images)
@@ -189,13 +119,15 @@ def export_onnx(
                 model,
                 reference,
                 spec,
-                _tolerance(config, precision),
+                tolerance_for(config, precision),
                 name=name,
                 precision=precision,
                 batch_size=config.batch_size,
             )
-            doc = _doc(str(ckpt.dataset.get("name", "mnist")), precision, spec, ckpt.sha256)
-            set_metadata(model, _props(ckpt, precision, spec, parity, versions), doc, MODEL_VERSION)
+            doc = file_doc(str(ckpt.dataset.get("name", "mnist")), precision, spec, ckpt.sha256)
+            set_metadata(
+                model, file_props(ckpt, precision, spec, parity, versions), doc, MODEL_VERSION
+            )
             try:
                 onnx.checker.check_model(model)
             except onnx.checker.ValidationError as exc:
@@ -277,7 +209,7 @@ def _ort_files(
                 dst,
                 reference,
                 entry.spec,
-                _tolerance(config, entry.precision),
+                tolerance_for(config, entry.precision),
                 name=dst.name,
                 precision=entry.precision,
                 batch_size=config.batch_size,
@@ -290,77 +222,11 @@ def _ort_files(
     return entries, ops_text
 
 
-def _spec_of(session: Any) -> GraphSpec:
-    """The interface of a loaded file, read from its input (fixed batch, uint8)."""
-    inp = session.get_inputs()[0]
-    batch = inp.shape[0] if inp.shape and isinstance(inp.shape[0], int) else None
-    return GraphSpec(fixed_batch=batch, uint8_input=inp.type == "tensor(uint8)")
-
-
-def check_artifacts(
-    checkpoint: Path, out_dir: Path, config: ExportConfig | None = None, log: Log | None = None
-) -> list[ParityReport]:
-    """Compare every ``mnist*.onnx`` / ``mnist*.ort`` in ``out_dir`` with ``checkpoint`` (``make parity``).
-
-    Each file's precision comes from its metadata and its interface from its
-    input; a file exported from another checkpoint (SHA-256 in its metadata)
-    fails.
-
-    Returns:
-        One report per file; their ``failures`` say what is out of tolerance.
-
-    Raises:
-        ArtifactError: there is no ``mnist.onnx`` in ``out_dir``.
-        CheckpointError, DataError: as for :func:`export_onnx`.
-    """
-    config = config or ExportConfig()
-    log = log or (lambda _: None)
-    out_dir = Path(out_dir)
-    if not (out_dir / "mnist.onnx").is_file():
-        raise ArtifactError(
-            f"{out_dir / 'mnist.onnx'} does not exist; run `make export` (or `mnist-export`) first"
-        )
-    ckpt, reference, _ = _load(Path(checkpoint), config, log)
-    paths = sorted(
-        [*out_dir.glob("mnist*.onnx"), *out_dir.glob("mnist*.ort")],
-        key=lambda p: (p.suffix != ".onnx", p.name.count("."), ".int8" in p.name, p.name),
-    )
-    reports = []
-    for path in paths:
-        log(f"checking {path.name}")
-        try:
-            session = open_session(path)
-        except ORT_ERRORS as exc:
-            reports.append(
-                ParityReport(path.name, "?", 0, failures=[f"ONNX Runtime cannot load it: {exc}"])
-            )
-            continue
-        meta = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map)
-        precision = meta.precision if meta.from_file else "fp32"
-        report = validate(
-            path,
-            reference,
-            _spec_of(session),
-            _tolerance(config, precision),
-            name=path.name,
-            precision=precision,
-            batch_size=config.batch_size,
-        )
-        if meta.source_sha256 != ckpt.sha256:
-            report.failures.insert(
-                0,
-                f"exported from checkpoint sha256 {meta.source_sha256[:12] or '(none)'}, not from "
-                f"{checkpoint} ({ckpt.sha256[:12]}); run `make export` again",
-            )
-        reports.append(report)
-    return reports
-
-
 __all__ = [
-    "ArtifactError",
     "ExportReport",
     "ExportedFile",
     "ValidationError",
-    "check_artifacts",
     "export_onnx",
+    "load_inputs",
+    "tolerance_for",
 ]

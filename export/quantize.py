@@ -47,7 +47,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from mnist_edge.export.verify import INPUT_NAME, GraphSpec
+from mnist_edge.export.spec import INPUT_NAME, GraphSpec
 
 
 @dataclass(frozen=True)

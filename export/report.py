@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnist_edge.export.verify import GraphSpec, ParityReport
+from mnist_edge.export.parity import ParityReport
+from mnist_edge.export.spec import GraphSpec
 from mnist_edge.runtime.atomic import atomic_write_text
 
 BEGIN = "<!-- export:begin -->"

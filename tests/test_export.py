@@ -17,12 +17,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mnist_edge.export import pipeline
+from mnist_edge.export import pipeline, provenance
+from mnist_edge.export.artifacts import check_artifacts
 from mnist_edge.export.cli import main
 from mnist_edge.export.onnx import SUPPORTED_OPSETS, ExportConfig, ExportConfigError, torch_to_onnx
-from mnist_edge.export.pipeline import check_artifacts, export_onnx
+from mnist_edge.export.pipeline import export_onnx
 from mnist_edge.export.report import BEGIN, END, update_report_md
-from mnist_edge.export.verify import GraphSpec, ValidationError, check_graph
+from mnist_edge.export.spec import GraphSpec
+from mnist_edge.export.verify import ValidationError, check_graph
 from mnist_edge.runtime.metadata import ModelMetadata
 from mnist_edge.train.checkpoint import sha256_file
 
@@ -324,7 +326,7 @@ def test_cli_parity_only_without_files(trained_checkpoint, tmp_path):
 )
 @pytest.mark.parametrize("uint8_input", [False, True], ids=["float", "uint8"])
 def test_files_record_how_their_dataset_was_made(dataset, fit, centering, uint8_input):
-    pre = pipeline.model_preprocessing(dataset, GraphSpec(uint8_input=uint8_input))
+    pre = provenance.model_preprocessing(dataset, GraphSpec(uint8_input=uint8_input))
     assert (pre.fit, pre.centering) == (fit, centering)
     assert pre.input_dtype == ("uint8" if uint8_input else "float32")
     assert pre.scale == pytest.approx(1 / 255) and pre.foreground == "white-on-black"

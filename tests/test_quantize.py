@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from mnist_edge.export.onnx import torch_to_onnx
+from mnist_edge.export.parity import open_session, run_session
 from mnist_edge.export.quantize import ImageCalibrationReader, QuantizeConfig, quantize_int8
-from mnist_edge.export.verify import GraphSpec, open_session, run_session
+from mnist_edge.export.spec import GraphSpec
 from mnist_edge.train.model import ConvNet
 
 

@@ -9,18 +9,9 @@ import pytest
 import torch
 
 from mnist_edge.export.onnx import torch_to_onnx
-from mnist_edge.export.verify import (
-    GraphSpec,
-    ParityReport,
-    Reference,
-    Tolerance,
-    ValidationError,
-    check_graph,
-    open_session,
-    raise_for_failures,
-    run_session,
-    validate,
-)
+from mnist_edge.export.parity import ParityReport, Reference, Tolerance, open_session, run_session
+from mnist_edge.export.spec import GraphSpec
+from mnist_edge.export.verify import ValidationError, check_graph, raise_for_failures, validate
 from mnist_edge.train.model import ConvNet, ProbabilityModel
 
 

@@ -1,0 +1,88 @@
+"""Re-checking files already written (``make parity`` = ``mnist-export --parity-only``).
+
+:func:`check_artifacts` compares every exported file in a folder with the
+checkpoint it should come from, with the same checks and tolerances as the
+export itself (:func:`mnist_edge.export.verify.validate`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mnist_edge.export.onnx import ExportConfig
+from mnist_edge.export.parity import ORT_ERRORS, ParityReport, open_session
+from mnist_edge.export.pipeline import Log, load_inputs, tolerance_for
+from mnist_edge.export.spec import GraphSpec
+from mnist_edge.export.verify import validate
+from mnist_edge.runtime.metadata import ModelMetadata
+
+
+class ArtifactError(ValueError):
+    """The files to check are missing or not mnist-edge models; the message says how to make them."""
+
+
+def _spec_of(session: Any) -> GraphSpec:
+    """The interface of a loaded file, read from its input (fixed batch, uint8)."""
+    inp = session.get_inputs()[0]
+    batch = inp.shape[0] if inp.shape and isinstance(inp.shape[0], int) else None
+    return GraphSpec(fixed_batch=batch, uint8_input=inp.type == "tensor(uint8)")
+
+
+def check_artifacts(
+    checkpoint: Path, out_dir: Path, config: ExportConfig | None = None, log: Log | None = None
+) -> list[ParityReport]:
+    """Compare every ``mnist*.onnx`` / ``mnist*.ort`` in ``out_dir`` with ``checkpoint`` (``make parity``).
+
+    Each file's precision comes from its metadata and its interface from its
+    input; a file exported from another checkpoint (SHA-256 in its metadata)
+    fails.
+
+    Returns:
+        One report per file; their ``failures`` say what is out of tolerance.
+
+    Raises:
+        ArtifactError: there is no ``mnist.onnx`` in ``out_dir``.
+        CheckpointError, DataError: as for :func:`mnist_edge.export.pipeline.export_onnx`.
+    """
+    config = config or ExportConfig()
+    log = log or (lambda _: None)
+    out_dir = Path(out_dir)
+    if not (out_dir / "mnist.onnx").is_file():
+        raise ArtifactError(
+            f"{out_dir / 'mnist.onnx'} does not exist; run `make export` (or `mnist-export`) first"
+        )
+    ckpt, reference, _ = load_inputs(Path(checkpoint), config, log)
+    paths = sorted(
+        [*out_dir.glob("mnist*.onnx"), *out_dir.glob("mnist*.ort")],
+        key=lambda p: (p.suffix != ".onnx", p.name.count("."), ".int8" in p.name, p.name),
+    )
+    reports = []
+    for path in paths:
+        log(f"checking {path.name}")
+        try:
+            session = open_session(path)
+        except ORT_ERRORS as exc:
+            reports.append(
+                ParityReport(path.name, "?", 0, failures=[f"ONNX Runtime cannot load it: {exc}"])
+            )
+            continue
+        meta = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map)
+        precision = meta.precision if meta.from_file else "fp32"
+        report = validate(
+            path,
+            reference,
+            _spec_of(session),
+            tolerance_for(config, precision),
+            name=path.name,
+            precision=precision,
+            batch_size=config.batch_size,
+        )
+        if meta.source_sha256 != ckpt.sha256:
+            report.failures.insert(
+                0,
+                f"exported from checkpoint sha256 {meta.source_sha256[:12] or '(none)'}, not from "
+                f"{checkpoint} ({ckpt.sha256[:12]}); run `make export` again",
+            )
+        reports.append(report)
+    return reports
