@@ -10,19 +10,31 @@ Iterators, each with bounded memory:
   :class:`Result` per input, in input order, while the workers decode ahead.
 """
 
+from __future__ import annotations
+
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
-from mnist_edge.runtime.classifier import Classifier
-from mnist_edge.runtime.decode import DecodedChunk, DecoderError, PipelineConfig, decode_stream
+from mnist_edge.runtime.decode import DecodedChunk, DecoderError, decode_stream
 from mnist_edge.runtime.images import ImageOptions
 from mnist_edge.runtime.inputs import expand_inputs
+from mnist_edge.runtime.pipeline import Pipeline, PipelineConfig
 
-__all__ = ["DecoderError", "PipelineConfig", "Result", "classify_stream", "run_pipeline"]
+if TYPE_CHECKING:
+    from mnist_edge.runtime.classifier import Classifier
+
+__all__ = [
+    "DecoderError",
+    "Pipeline",
+    "PipelineConfig",
+    "Result",
+    "classify_stream",
+    "run_pipeline",
+]
 
 
 @dataclass(frozen=True)

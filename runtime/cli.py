@@ -13,16 +13,24 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-# Only light modules here: decoder processes re-import the console script, so
-# ONNX Runtime and the pipeline are imported inside main().
+# Only light modules here (no numpy, pillow or ONNX Runtime): main() starts the
+# worker processes first, and they load those while this process does too
+# (where workers are spawned, they also re-import this module).
 from mnist_edge.runtime import __version__
 from mnist_edge.runtime.atomic import atomic_path
-from mnist_edge.runtime.images import INVERT_MODES
 from mnist_edge.runtime.output import FORMATS
 
+if TYPE_CHECKING:
+    from mnist_edge.runtime.classifier import Classifier
+    from mnist_edge.runtime.images import ImageOptions
+
+# images.INVERT_MODES, spelt out so that numpy and pillow load after the workers
+# start (tests check the two agree)
+INVERT_MODES = ("auto", "always", "never")
 DEFAULT_MODEL = Path("artifacts/mnist.onnx")
 DEFAULT_INT8_MODEL = Path("artifacts/mnist.int8.onnx")
 
@@ -138,14 +146,59 @@ def main(
     scans, drawings) are made MNIST-style first; .npy and IDX files give one
     result per image in them.
     """
-    from mnist_edge.runtime.batch import DecoderError, PipelineConfig, run_pipeline
-    from mnist_edge.runtime.classifier import Classifier
-    from mnist_edge.runtime.images import ImageOptions
     from mnist_edge.runtime.output import Progress, ResultWriter, RunStats
-    from mnist_edge.runtime.session import ModelError, ProviderError, SessionConfig, short_name
+    from mnist_edge.runtime.pipeline import Pipeline, PipelineConfig
+    from mnist_edge.runtime.workers import DecoderError
 
     err = sys.stderr
     path = _model_path(model, int8)
+    config = PipelineConfig(batch_size=batch_size, workers=workers, top_k=top_k or 0)
+    stdin = sys.stdin if "-" in inputs else None
+    # Worker processes (which load ONNX Runtime themselves) start now, while this one loads it.
+    prestart = path.is_file() and provider.strip().lower() in ("auto", "cpu")
+    with Pipeline(inputs, path, config, stdin, prestart=prestart) as pipeline:
+        classifier, options = _load_model(path, model, int8, provider, threads, invert)
+        if top_k is not None and top_k > len(classifier.classes):
+            raise click.BadParameter(
+                f"{top_k} is more than the model's {len(classifier.classes)} classes",
+                param_hint="--top-k",
+            )
+        stats = RunStats()
+        bar = Progress(err) if (progress if progress is not None else err.isatty()) else None
+        try:
+            with _open_output(output) as stream:
+                writer = ResultWriter(stream, fmt, top_k or 0)
+                for result in pipeline.run(classifier, options):
+                    writer.write(result)
+                    stats.add(result)
+                    if bar is not None:
+                        bar.update(stats)
+        except DecoderError as exc:
+            raise click.ClickException(str(exc)) from None
+        except BrokenPipeError:  # `mnist-infer ... | head`: the reader left; stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit flush
+            sys.exit(1 if stats.failures else 0)
+        finally:
+            if bar is not None:
+                bar.close()
+    if not quiet:
+        from mnist_edge.runtime.session import short_name
+
+        chosen = short_name(classifier.provider)
+        chosen += " (auto)" if provider.strip().lower() == "auto" else ""
+        click.echo(stats.summary(chosen, f"{path} ({classifier.metadata.precision})"), err=True)
+    if stats.failures:
+        sys.exit(1)
+
+
+def _load_model(
+    path: Path, model: Path | None, int8: bool, provider: str, threads: int | None, invert: str
+) -> tuple[Classifier, ImageOptions]:
+    """The classifier and image options, or click errors naming the bad option."""
+    from mnist_edge.runtime.classifier import Classifier
+    from mnist_edge.runtime.images import ImageOptions
+    from mnist_edge.runtime.session import ModelError, ProviderError, SessionConfig
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -158,42 +211,10 @@ def main(
             ) from None
     for warning in caught:
         click.echo(f"warning: {warning.message}", err=True)
-    if top_k is not None and top_k > len(classifier.classes):
-        raise click.BadParameter(
-            f"{top_k} is more than the model's {len(classifier.classes)} classes",
-            param_hint="--top-k",
-        )
-
     try:
         options = ImageOptions(preprocessing=classifier.metadata.preprocessing, invert=invert)
     except ValueError as exc:
         raise click.BadParameter(
             f"{path}: {exc}; upgrade mnist-edge", param_hint="--model"
         ) from None
-    config = PipelineConfig(batch_size=batch_size, workers=workers, top_k=top_k or 0)
-    stats = RunStats()
-    bar = Progress(err) if (progress if progress is not None else err.isatty()) else None
-    stdin = sys.stdin if "-" in inputs else None
-    chosen = short_name(classifier.provider) + (
-        " (auto)" if provider.strip().lower() == "auto" else ""
-    )
-    try:
-        with _open_output(output) as stream:
-            writer = ResultWriter(stream, fmt, top_k or 0)
-            for result in run_pipeline(inputs, classifier, options, config, stdin):
-                writer.write(result)
-                stats.add(result)
-                if bar is not None:
-                    bar.update(stats)
-    except DecoderError as exc:
-        raise click.ClickException(str(exc)) from None
-    except BrokenPipeError:  # `mnist-infer ... | head`: the reader left; stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit flush
-        sys.exit(1 if stats.failures else 0)
-    finally:
-        if bar is not None:
-            bar.close()
-    if not quiet:
-        click.echo(stats.summary(chosen, f"{path} ({classifier.metadata.precision})"), err=True)
-    if stats.failures:
-        sys.exit(1)
+    return classifier, options

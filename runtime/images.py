@@ -13,17 +13,17 @@ worker process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import struct
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnist_edge.runtime.idx import IdxFormatError, read_idx
 from mnist_edge.runtime.metadata import Preprocessing
 
 INVERT_MODES = ("auto", "always", "never")
@@ -65,14 +65,6 @@ class ImageOptions:
             raise ValueError(f"max_pixels must be >= 1, not {self.max_pixels}")
 
 
-def is_array_file(path: str | os.PathLike[str]) -> bool:
-    """True for files that hold many images (``.npy``, IDX such as ``t10k-images-idx3-ubyte[.gz]``)."""
-    name = os.fspath(path).lower()
-    if name.endswith(".gz"):
-        name = name[:-3]
-    return name.endswith((".npy", ".idx", "-ubyte", ".ubyte"))
-
-
 # ---------------------------------------------------------------- decoding
 
 
@@ -102,7 +94,8 @@ def _to_gray(img: Image.Image) -> np.ndarray:
         return np.clip(arr + 0.5, 0, 255).astype(np.uint8)
     if mode != "L":
         img = img.convert("L")
-    return np.asarray(img, dtype=np.uint8)
+    # frombuffer: skips numpy's __array_interface__ round trip (faster on small images)
+    return np.frombuffer(img.tobytes(), np.uint8).reshape(img.height, img.width)
 
 
 def decode_image(path: str | os.PathLike[str], max_pixels: int = 40_000_000) -> np.ndarray:
@@ -111,6 +104,20 @@ def decode_image(path: str | os.PathLike[str], max_pixels: int = 40_000_000) -> 
     Raises:
         ImageError: unreadable, not an image, truncated/corrupt, or over ``max_pixels``.
     """
+    with _bomb_checks():
+        return _decode(path, max_pixels)
+
+
+@contextlib.contextmanager
+def _bomb_checks() -> Iterator[None]:
+    """PIL warns (and from 2x its limit raises) on decompression bombs: make both errors."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def _decode(path: str | os.PathLike[str], max_pixels: int) -> np.ndarray:
+    """:func:`decode_image` inside :func:`_bomb_checks` (entered once per batch)."""
     try:
         info = os.stat(path)
     except OSError as exc:
@@ -122,20 +129,17 @@ def decode_image(path: str | os.PathLike[str], max_pixels: int = 40_000_000) -> 
     if info.st_size == 0:
         raise ImageError("empty file (0 bytes)")
     try:
-        # PIL warns (and from 2x its limit raises) on decompression bombs; make it one error.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                width, height = img.size
-                if width * height > max_pixels:
-                    raise ImageError(
-                        f"image is {width}x{height} pixels, over the limit of {max_pixels} "
-                        "(possible decompression bomb)"
-                    )
-                # getexif() is cheap next to decoding; transposing copies, so only when needed
-                if img.getexif().get(_ORIENTATION, 1) not in (0, 1):
-                    img = ImageOps.exif_transpose(img)
-                return _to_gray(img)  # first frame of an animation
+        with Image.open(path) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"image is {width}x{height} pixels, over the limit of {max_pixels} "
+                    "(possible decompression bomb)"
+                )
+            # getexif() is cheap next to decoding; transposing copies, so only when needed
+            if img.getexif().get(_ORIENTATION, 1) not in (0, 1):
+                img = ImageOps.exif_transpose(img)
+            return _to_gray(img)  # first frame of an animation
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -256,54 +260,10 @@ def load_batch(
     size = options.preprocessing.size
     images = np.zeros((len(paths), size, size), dtype=np.uint8)
     errors: list[str | None] = [None] * len(paths)
-    for i, path in enumerate(paths):
-        try:
-            images[i] = load_image(path, options)
-        except ImageError as exc:
-            errors[i] = str(exc)
+    with _bomb_checks():
+        for i, path in enumerate(paths):
+            try:
+                images[i] = preprocess(_decode(path, options.max_pixels), options)
+            except ImageError as exc:
+                errors[i] = str(exc)
     return images, errors
-
-
-# ---------------------------------------------------------------- array files
-
-
-def open_array_file(path: str | os.PathLike[str]) -> np.ndarray:
-    """Open a ``.npy`` or IDX file of digits, memory-mapped where possible.
-
-    Returns:
-        array (N, H, W): uint8, or float in [0, 1]. A single (H, W) image or
-        (N, 1, H, W) stack is reshaped to (N, H, W).
-
-    Raises:
-        ImageError: unreadable, not an array file, or a shape that is not images.
-    """
-    path = Path(path)
-    try:
-        if path.name.lower().endswith(".npy"):
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        else:
-            array = read_idx(path)
-    except (IdxFormatError, ValueError, EOFError) as exc:
-        raise ImageError(f"corrupt array file: {exc}") from None
-    except OSError as exc:
-        raise ImageError(f"cannot read array file: {exc.strerror or exc}") from None
-    if array.ndim == 2:
-        array = array[None]
-    elif array.ndim == 4 and array.shape[1] == 1:
-        array = array[:, 0]
-    if array.ndim != 3 or array.shape[1] < 1 or array.shape[2] < 1:
-        raise ImageError(
-            f"array of shape {tuple(array.shape)} is not images (want (N, H, W) or (N, 1, H, W))"
-        )
-    if array.dtype.kind not in "uif":
-        raise ImageError(f"array dtype {array.dtype} is not numeric")
-    return array
-
-
-def array_to_uint8(images: np.ndarray) -> np.ndarray:
-    """(N, H, W) uint8, or float in [0, 1] -> uint8 (N, H, W), rounding floats."""
-    if images.dtype == np.uint8:
-        return np.ascontiguousarray(images)
-    if images.dtype.kind == "f":
-        return np.clip(np.asarray(images, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return np.clip(images, 0, 255).astype(np.uint8)

@@ -39,6 +39,29 @@ def _stat_error(path: str) -> str:
     return "cannot be read"
 
 
+def _list(top: str) -> tuple[list[str], set[str]]:
+    """Sorted visible names in ``top``, and those that are not plain files (dirs, links, ...).
+
+    Names only (small for a million files); the directory's own entry types say
+    which are plain files, so those need no ``stat`` each.
+    """
+    names: list[str] = []
+    special: set[str] = set()
+    with os.scandir(top) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            names.append(entry.name)
+            try:
+                plain = entry.is_file(follow_symlinks=False)
+            except OSError:
+                plain = False
+            if not plain:
+                special.add(entry.name)
+    names.sort()
+    return names, special
+
+
 def _walk(top: str, visited: set[tuple[int, int]]) -> Iterator[Source]:
     """Files under ``top`` (sorted by name, hidden names skipped), following directory links once."""
     try:
@@ -48,15 +71,16 @@ def _walk(top: str, visited: set[tuple[int, int]]) -> Iterator[Source]:
             yield Source(top, "symlink loop (directory already visited through another link)")
             return
         visited.add(key)
-        names = sorted(
-            name for name in os.listdir(top) if not name.startswith(".")
-        )  # names only: small
+        names, special = _list(top)
     except OSError as exc:
         yield Source(top, f"cannot list directory: {exc.strerror or exc}")
         return
+    prefix = os.path.join(top, "")  # prefix + name == os.path.join(top, name)
     for name in names:
-        path = os.path.join(top, name)
-        if os.path.isdir(path):
+        path = prefix + name
+        if name not in special:  # a plain file: no stat needed
+            yield Source(path)
+        elif os.path.isdir(path):
             yield from _walk(path, visited)
         elif not os.path.exists(path):  # a link to nowhere, or a link loop
             yield Source(path, _stat_error(path))

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from mnist_edge.runtime.workers import usable_cores
+
 PROVIDER_NAMES: dict[str, str] = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -43,14 +45,6 @@ class ModelError(ValueError):
 
 class MissingMetadataWarning(UserWarning):
     """The model has no mnist-edge metadata; MNIST defaults are used."""
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (affinity and cgroup-free count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def short_name(provider: str) -> str:

@@ -183,8 +183,8 @@ def decoding(files: list[str], workers: int) -> dict:
     """Decode + preprocess the PNGs: one thread, ``workers`` threads, ``workers`` processes (why processes)."""
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-    from mnist_edge.runtime.decode import _new_pool
     from mnist_edge.runtime.images import load_batch
+    from mnist_edge.runtime.workers import new_pool
 
     chunks = [files[i : i + 64] for i in range(0, len(files), 64)]
     out = {}
@@ -196,7 +196,7 @@ def decoding(files: list[str], workers: int) -> dict:
         start = time.perf_counter()
         list(pool.map(load_batch, chunks))
         out[f"{workers}_threads_s"] = time.perf_counter() - start
-    pool: ProcessPoolExecutor = _new_pool(workers)  # started before the clock, as in mnist-infer
+    pool: ProcessPoolExecutor = new_pool(workers)  # started before the clock, as in mnist-infer
     try:
         start = time.perf_counter()
         list(pool.map(load_batch, chunks))

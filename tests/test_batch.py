@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from runtime_models import digit, expected_probabilities, linear_model
 
-from mnist_edge.runtime.batch import PipelineConfig, run_pipeline
+from mnist_edge.runtime.batch import Pipeline, PipelineConfig, run_pipeline
 from mnist_edge.runtime.classifier import Classifier
 from mnist_edge.runtime.images import ImageOptions
 from mnist_edge.runtime.inputs import Source, expand_inputs
@@ -71,6 +71,16 @@ def test_broken_symlink_and_symlink_loop(tmp_path):
     assert "symlink loop" in errors["loop.png"]
     (direct,) = list(expand_inputs([str(tmp_path / "loop.png")]))
     assert "symlink loop" in direct.error
+
+
+def test_links_to_files_and_special_files_are_listed_in_order(tmp_path):
+    _png(tmp_path / "a.png", 0)
+    os.symlink(tmp_path / "a.png", tmp_path / "b.png")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "c.fifo")  # listed; refused when decoded ("not a regular file")
+    got = [(os.path.basename(s.path), s.error) for s in expand_inputs([str(tmp_path)])]
+    assert got == [("a.png", None), ("b.png", None), ("c.fifo", None)][: len(got)]
+    assert len(got) == (3 if hasattr(os, "mkfifo") else 2)
 
 
 def test_directory_link_cycle_is_reported_once(tmp_path):
@@ -183,3 +193,50 @@ def test_process_pool_gives_exactly_the_inline_results(classifier, mixed, infer_
     )
     pooled = list(run_pipeline(inputs, classifier, ImageOptions(), config))
     assert pooled == inline
+
+
+def _inline(classifier, inputs):
+    config = PipelineConfig(workers=0, top_k=3)
+    return list(run_pipeline(inputs, classifier, ImageOptions(), config))
+
+
+@pytest.mark.parametrize(
+    ("inline_limit", "prestarted"),
+    [(100, False), (10, True)],
+    ids=["few-inputs-no-workers-yet", "many-inputs-workers-start-early"],
+)
+def test_pipeline_starts_workers_before_the_model_only_for_many_inputs(
+    classifier, mixed, inline_limit, prestarted
+):
+    inputs, _ = mixed
+    config = PipelineConfig(chunk_size=5, batch_size=4, top_k=3, inline_limit=inline_limit)
+    with Pipeline(inputs, classifier.path, config) as pipeline:
+        assert (pipeline.pool is not None) == prestarted
+        if pipeline.pool is not None:
+            assert pipeline.pool.get(wait=True) is not None  # all work goes to the workers
+        results = list(pipeline.run(classifier, ImageOptions()))
+    assert results == _inline(classifier, inputs)
+
+
+def test_workers_that_cannot_load_the_model_leave_the_work_inline(classifier, mixed, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx model")
+    inputs, _ = mixed
+    config = PipelineConfig(chunk_size=5, batch_size=4, top_k=3, inline_limit=10)
+    with Pipeline(inputs, bad, config) as pipeline:
+        assert pipeline.pool is not None
+        assert pipeline.pool.get(wait=True) is None and pipeline.pool.failed
+        results = list(pipeline.run(classifier, ImageOptions()))
+    assert results == _inline(classifier, inputs)
+
+
+def test_pipeline_without_prestart_reads_no_input_up_front(classifier):
+    """A missing model must be reported before a huge folder or glob is walked."""
+    seen = []
+
+    def inputs():
+        seen.append(1)
+        yield "x.png"
+
+    with Pipeline(inputs(), classifier.path, prestart=False) as pipeline:
+        assert seen == [] and pipeline.pool is None

@@ -11,15 +11,14 @@ import pytest
 from PIL import Image
 from runtime_models import digit
 
+from mnist_edge.runtime.arrays import is_array_file, open_array_file
 from mnist_edge.runtime.idx import write_idx
 from mnist_edge.runtime.images import (
     ImageError,
     ImageOptions,
     decode_image,
-    is_array_file,
     load_image,
     needs_inversion,
-    open_array_file,
     preprocess,
 )
 

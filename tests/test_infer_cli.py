@@ -266,6 +266,23 @@ def test_real_subprocess_never_imports_torch(model, folder, tmp_path):
     assert "6 images, 0 failed" in proc.stderr
 
 
+def test_cli_and_pipeline_import_no_heavy_module():
+    """mnist-infer starts its workers before numpy, pillow or ONNX Runtime load here."""
+    code = (
+        "import sys; import mnist_edge.runtime.cli, mnist_edge.runtime.pipeline\n"
+        "print(sorted(m for m in ('numpy', 'PIL', 'onnxruntime') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_invert_choices_are_the_library_modes():
+    from mnist_edge.runtime import cli, images
+
+    assert cli.INVERT_MODES == images.INVERT_MODES
+
+
 def test_console_script_exit_codes(model, folder, tmp_path):
     script = Path(PYTHON).with_name("mnist-infer")
     ok = subprocess.run(
