@@ -20,7 +20,6 @@ atomic write) and prints a markdown table (the one in the README).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -32,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from benchutil import cpu_name, merge_section  # tests/ is sys.path[0] for scripts
 from PIL import Image
 
-from mnist_edge.runtime.atomic import atomic_write_text
 from mnist_edge.runtime.classifier import Classifier
 from mnist_edge.runtime.samples import SamplesError, load_test_set, write_samples
 from mnist_edge.runtime.session import SessionConfig, usable_cores
@@ -277,16 +276,6 @@ def markdown(section: dict) -> str:
     return "\n".join(lines)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("artifacts/mnist.onnx"))
@@ -318,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     section = {
         "host": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cores": usable_cores(),
             "onnxruntime": ort.__version__,
             "providers": providers,
@@ -340,15 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_infer: {exc}", file=sys.stderr)
         return 1
 
-    report = {}
-    if args.out.is_file():
-        try:
-            report = json.loads(args.out.read_text())
-        except (OSError, ValueError):
-            report = {}
-    report["inference"] = section
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    merge_section(args.out, "inference", section)
     print(markdown(section))
     print(f"\nsaved to {args.out} (section 'inference')", file=sys.stderr)
     return 0

@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+
+from benchutil import cpu_name, merge_section  # tests/ is sys.path[0] for scripts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +59,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "device": result.device,
         "device_name": torch.cuda.get_device_name(result.device)
         if result.device.startswith("cuda")
-        else _cpu_name(),
+        else cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": str(torch.__version__),
@@ -79,27 +80,6 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "test_accuracy": round(result.test_accuracy, 4),
         "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def merge_section(path: Path, name: str, section: dict) -> dict:
-    """Read ``path`` (if any), set ``name`` to ``section``, write it back atomically."""
-    from mnist_edge.runtime.atomic import atomic_write_text
-
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data[name] = section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-    return data
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
