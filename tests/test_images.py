@@ -246,3 +246,18 @@ def test_model_preprocessing_settings_are_followed():
     assert rows[0] + rows[-1] in (26, 27, 28)  # the box is centred
     with pytest.raises(ValueError, match="unsupported preprocessing"):
         ImageOptions(Preprocessing(centering="spiral"))
+
+
+def test_permission_denied_is_an_image_error(tmp_path, monkeypatch):
+    """Root reads mode-0 files, so the CLI test cannot always provoke EACCES: simulate it."""
+    from mnist_edge.runtime import images as images_mod
+
+    path = tmp_path / "secret.png"
+    Image.new("L", (28, 28)).save(path)
+
+    def denied(*_args, **_kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(images_mod.Image, "open", denied)
+    with pytest.raises(images_mod.ImageError, match="cannot read image: Permission denied"):
+        images_mod.decode_image(path)
