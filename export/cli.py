@@ -163,8 +163,14 @@ def main(
     except ValidationError as exc:
         for failure in exc.failures:
             click.echo(f"  - {failure}", err=True)
+        old = sorted(p.name for p in out_dir.glob("mnist*.onnx"))
+        kept = (
+            f" (the existing {', '.join(old)} in {out_dir} are from an earlier export, left as they were)"
+            if old
+            else ""
+        )
         raise click.ClickException(
-            f"validation failed ({len(exc.failures)} problems above); nothing was written. "
+            f"validation failed ({len(exc.failures)} problems above); nothing was written{kept}. "
             "Fix the cause, or pass --allow-mismatch to write the files anyway"
         ) from exc
     except (ExportConfigError, ArtifactError, CheckpointError, DataError) as exc:

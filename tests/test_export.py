@@ -315,6 +315,26 @@ def test_cli_parity_only_without_files(trained_checkpoint, tmp_path):
     assert "mnist.onnx does not exist; run `make export`" in result.output
 
 
+def test_cli_failed_export_leaves_earlier_files_and_says_so(trained_checkpoint, tmp_path):
+    (tmp_path / "mnist.onnx").write_bytes(b"an earlier export")
+    args = ["--checkpoint", str(trained_checkpoint), "--out-dir", str(tmp_path)]
+    args += [
+        "--data-dir",
+        str(DATA_DIR),
+        "--eval-limit",
+        "200",
+        "--no-int8",
+        "--tolerance",
+        "1e-12",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert "exceeds tolerance 1e-12" in result.output  # the failure itself is listed
+    assert "nothing was written (the existing mnist.onnx" in result.output
+    assert (tmp_path / "mnist.onnx").read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist.onnx"]  # no temp files, no reports
+
+
 @pytest.mark.parametrize(
     "dataset, fit, centering",
     [
