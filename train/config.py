@@ -17,6 +17,20 @@ from typing import Any
 import torch
 
 DEVICES = ("auto", "cpu", "cuda")
+# The fields of TrainConfig that define a run's result (stored as its recipe).
+RECIPE_KEYS = (
+    "dataset",
+    "epochs",
+    "batch_size",
+    "lr",
+    "val_split",
+    "seed",
+    "train_limit",
+    "test_limit",
+    "channels_last",
+    "amp",
+    "compile",
+)
 
 
 class TrainError(ValueError):
@@ -95,20 +109,7 @@ class TrainConfig:
 
     def recipe(self) -> dict[str, Any]:
         """The JSON-able recipe stored in checkpoints and metrics."""
-        keep = (
-            "dataset",
-            "epochs",
-            "batch_size",
-            "lr",
-            "val_split",
-            "seed",
-            "train_limit",
-            "test_limit",
-            "channels_last",
-            "amp",
-            "compile",
-        )
-        out: dict[str, Any] = {k: getattr(self, k) for k in keep}
+        out: dict[str, Any] = {k: getattr(self, k) for k in RECIPE_KEYS}
         out.update(optimizer="Adam", loss="cross_entropy", validation="last fraction of train")
         return out
 

@@ -15,21 +15,13 @@ from typing import Any
 import torch
 
 from mnist_edge.train.checkpoint import CheckpointError, load_checkpoint
-from mnist_edge.train.config import TrainConfig, TrainError
+from mnist_edge.train.config import RECIPE_KEYS, TrainConfig, TrainError
 from mnist_edge.train.model import ConvNet
 
 RESUME_FILE = "last.pt"
-# Recipe keys that must match the resume point (epochs may grow; speed flags may change).
-_RESUME_KEYS = (
-    "dataset",
-    "batch_size",
-    "lr",
-    "val_split",
-    "seed",
-    "train_limit",
-    "test_limit",
-    "amp",
-)
+# Recipe keys that must match the resume point: all but epochs (which may grow)
+# and the layout/compile speed flags (which do not change the numbers).
+_RESUME_KEYS = tuple(k for k in RECIPE_KEYS if k not in ("epochs", "channels_last", "compile"))
 
 
 def load_resume_point(config: TrainConfig) -> dict[str, Any]:
