@@ -111,6 +111,33 @@ def make_splits(dataset: Any, config: TrainConfig, device: torch.device) -> Spli
     )
 
 
+def keep_freed_memory() -> bool:
+    """Stop glibc handing freed activation buffers back to the OS after every step.
+
+    A CPU training step frees and reallocates ~40 MB of activations. With
+    glibc's default (dynamic) thresholds the freed top of the heap is trimmed
+    and the next step page-faults it back in: zero-filling max-pool's 11 MB
+    gradient took 2 ms instead of 0.08 ms. Raising the mmap and trim
+    thresholds keeps that memory in the process: measured 24.6 -> 20.3 ms/step
+    (batch 128, 2-core AMD EPYC). Process-wide and harmless elsewhere (it only
+    delays returning up to 256 MiB of free heap); a no-op off glibc.
+
+    Returns:
+        Whether the thresholds were set.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl, ...)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 64 << 20) and mallopt(m_trim_threshold, 256 << 20))
+
+
 def _load_dataset(config: TrainConfig, log: Log) -> Any:
     from mnist_edge.train.data import DataConfig, load_dataset
 
@@ -156,6 +183,8 @@ def train(
     splits = make_splits(dataset, config, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    else:
+        keep_freed_memory()
 
     torch.manual_seed(config.seed)
     model = ConvNet()
