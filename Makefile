@@ -16,7 +16,7 @@ comma   := ,
 STAMP   := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data train export parity samples infer bench test test-fast lint format clean distclean
+.PHONY: help venv data train export parity samples bench test lint format clean distclean
 
 help: ## Show this help
 	@echo "mnist-edge — make targets (a fresh clone needs nothing but python3):"
