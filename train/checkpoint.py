@@ -25,6 +25,7 @@ resume             (resume points only) optimizer state and RNG states
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import platform
 from dataclasses import dataclass, field
@@ -139,8 +140,43 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Pa
     return path
 
 
+_HINT = "run `make train` (or `mnist-train`) to make one"
+
+
+def _read_raw(path: Path) -> tuple[dict[str, Any], bytes]:
+    """Read ``path`` once and load it safely; return the checked dict and the file's bytes."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; {_HINT}")
+    try:
+        data = path.read_bytes()
+        raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise CheckpointError(f"checkpoint {path} is unreadable ({_reason(exc)}); {_HINT}") from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not an mnist-edge checkpoint; {_HINT}")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {raw.get('format_version')!r}, "
+            f"this mnist-edge reads {FORMAT_VERSION}; retrain with this version"
+        )
+    return raw, data
+
+
+def load_raw(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a checkpoint's dict safely (``weights_only=True``) without building its model.
+
+    Raises:
+        CheckpointError: the file is missing, not a torch file, or not an
+            mnist-edge checkpoint of this format version (same messages as
+            :func:`load_checkpoint`).
+    """
+    return _read_raw(Path(path))[0]
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Load a checkpoint safely (``weights_only=True``) and rebuild its model.
+
+    The file is read once: the same bytes are hashed and loaded.
 
     Raises:
         CheckpointError: the file is missing, not a torch file, not ours, or its
@@ -148,20 +184,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             and says how to make a good one.
     """
     path = Path(path)
-    hint = "run `make train` (or `mnist-train`) to make one"
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; {hint}")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise CheckpointError(f"checkpoint {path} is unreadable ({_reason(exc)}); {hint}") from exc
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path} is not an mnist-edge checkpoint; {hint}")
-    if raw.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {path} has format version {raw.get('format_version')!r}, "
-            f"this mnist-edge reads {FORMAT_VERSION}; retrain with this version"
-        )
+    raw, data = _read_raw(path)
     try:
         config = ConvNetConfig.from_dict(raw["model_config"])
         model = ConvNet(config)
@@ -169,13 +192,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     except (KeyError, TypeError, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0]
         raise CheckpointError(
-            f"checkpoint {path} does not match its model config ({reason}); {hint}"
+            f"checkpoint {path} does not match its model config ({reason}); {_HINT}"
         ) from exc
     model.eval()
     return Checkpoint(
         model=model,
         path=path,
-        sha256=sha256_file(path),
+        sha256=hashlib.sha256(data).hexdigest(),
         recipe=raw.get("recipe", {}),
         dataset=raw.get("dataset", {}),
         metrics=raw.get("metrics", {}),

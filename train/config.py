@@ -85,12 +85,12 @@ class TrainConfig:
         Raises:
             TrainError: the first bad value, named with the fix.
         """
-        from mnist_edge.train.data import DATASETS
+        from mnist_edge.train.data import DataConfig, DataError
 
-        if self.dataset not in DATASETS:
-            raise TrainError(
-                f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}"
-            )
+        try:
+            _ = DataConfig(dataset=self.dataset).spec
+        except DataError as exc:
+            raise TrainError(str(exc)) from None
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if value < 1:
@@ -103,9 +103,7 @@ class TrainConfig:
             raise TrainError(f"lr must be a positive number, got {self.lr}")
         if not 0 <= self.val_split < 1:
             raise TrainError(f"val_split must be in [0, 1), got {self.val_split}")
-        base = self.device.split(":", 1)[0]
-        if base not in DEVICES or (":" in self.device and base != "cuda"):
-            raise TrainError(f"unknown device {self.device!r}; use auto, cpu or cuda")
+        _parse_device(self.device)
 
     def recipe(self) -> dict[str, Any]:
         """The JSON-able recipe stored in checkpoints and metrics."""
@@ -114,18 +112,30 @@ class TrainConfig:
         return out
 
 
+def _parse_device(name: str) -> str:
+    """Check a device option: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; return it.
+
+    Raises:
+        TrainError: any other string.
+    """
+    base, sep, index = name.partition(":")
+    if base not in DEVICES or (
+        sep and (base != "cuda" or not (index.isascii() and index.isdigit()))
+    ):
+        raise TrainError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    return name
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU.
 
     Raises:
-        TrainError: CUDA was requested but is not available.
+        TrainError: the name is not a device option (see :func:`_parse_device`),
+            or CUDA was requested but is not available.
     """
-    if name == "auto":
+    if _parse_device(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise TrainError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise TrainError(

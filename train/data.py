@@ -42,8 +42,9 @@ from mnist_edge.train.mirror import (
     MirrorChecksumError,
     UnsafePickleError,
     fashion_from_debian,
-    first_line,
+    last_line,
     mnist_from_mirror,
+    quiet,
 )
 
 
@@ -138,10 +139,6 @@ class Dataset:
         )
 
 
-def _quiet_log(_: str) -> None:
-    return None
-
-
 def _have_idx(raw_dir: Path) -> bool:
     return all((raw_dir / name).is_file() for name in IDX_FILES)
 
@@ -150,9 +147,12 @@ def prepare_dataset(config: DataConfig, log: Log | None = None) -> Path:
     """Make sure the four IDX files exist in ``config.raw_dir``; return that folder.
 
     Raises:
-        DataError: no source worked; the message lists what was tried and the fix.
+        DataError: no source worked; the message gives the offline source's
+            failure and the fix, followed by ``(tried: ...)`` when torchvision's
+            download was tried first. Its subclasses
+            (:class:`MirrorChecksumError`, :class:`UnsafePickleError`) keep their type.
     """
-    log = log or _quiet_log
+    log = log or quiet
     spec = config.spec
     raw_dir = config.raw_dir
     if _have_idx(raw_dir):
@@ -163,17 +163,23 @@ def prepare_dataset(config: DataConfig, log: Log | None = None) -> Path:
         try:
             _torchvision_download(config)
         except (RuntimeError, OSError) as exc:
-            reason = first_line(exc)
+            reason = last_line(exc)
             tried.append(f"torchvision download ({reason})")
             log(f"{spec.name}: download failed ({reason}); using the offline mirror")
         else:
             if _have_idx(raw_dir):
                 return raw_dir
             tried.append("torchvision download (files missing afterwards)")
-    if spec.name == "mnist":
-        arrays = mnist_from_mirror(Path(config.mirror_dir or Path(config.data_dir) / "mirror"), log)
-    else:
-        arrays = fashion_from_debian(Path(config.fashion_source), log)
+    try:
+        if spec.name == "mnist":
+            mirror_dir = Path(config.mirror_dir or Path(config.data_dir) / "mirror")
+            arrays = mnist_from_mirror(mirror_dir, log)
+        else:
+            arrays = fashion_from_debian(Path(config.fashion_source), log)
+    except DataError as exc:
+        if not tried:
+            raise
+        raise type(exc)(f"{exc} (tried: {'; '.join(tried)})") from exc
     _install_idx(arrays, raw_dir)
     log(f"{spec.name}: wrote IDX files to {raw_dir}")
     return raw_dir
@@ -195,7 +201,7 @@ def load_dataset(config: DataConfig, log: Log | None = None) -> Dataset:
         test = cls(str(config.data_dir), train=False, download=False)
     except (RuntimeError, OSError, ValueError) as exc:
         raise DataError(
-            f"{spec.name} files in {raw_dir} are unreadable ({first_line(exc)}); "
+            f"{spec.name} files in {raw_dir} are unreadable ({last_line(exc)}); "
             f"delete {raw_dir} and run `make data` again"
         ) from exc
     return Dataset(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,16 +25,14 @@ import torch
 from mnist_edge.train.checkpoint import build_payload, save_checkpoint
 from mnist_edge.train.config import TrainConfig, TrainError, check_output_dir, resolve_device
 from mnist_edge.train.fit import EpochStats, Evaluation, evaluate, train_epoch
+from mnist_edge.train.mirror import Log, quiet
 from mnist_edge.train.model import ConvNet, count_parameters, summary
 from mnist_edge.train.progress import ProgressBar
 from mnist_edge.train.resume import RESUME_FILE, load_resume_point, restore, resume_state
 
-Log = Callable[[str], None]
-
 MODEL_FILE = "model.pt"
 
 
-# Recipe keys that must match the resume point (epochs may grow; speed flags may change).
 @dataclass
 class TrainResult:
     """What a finished run produced."""
@@ -144,10 +141,6 @@ def _load_dataset(config: TrainConfig, log: Log) -> Any:
     return load_dataset(DataConfig(dataset=config.dataset, data_dir=Path(config.data_dir)), log)
 
 
-def _quiet(_: str) -> None:
-    return None
-
-
 def train(
     config: TrainConfig, *, dataset: Any | None = None, log: Log | None = None
 ) -> TrainResult:
@@ -172,7 +165,7 @@ def train(
         CheckpointError: ``resume`` with a corrupt resume point.
         DataError: the dataset cannot be prepared.
     """
-    log = log or _quiet
+    log = log or quiet
     config.validate()
     device = resolve_device(config.device)
     out_dir = Path(config.out_dir)

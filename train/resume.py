@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from mnist_edge.train.checkpoint import CheckpointError, load_checkpoint
+from mnist_edge.train.checkpoint import CheckpointError, load_raw
 from mnist_edge.train.config import RECIPE_KEYS, TrainConfig, TrainError
 from mnist_edge.train.model import ConvNet
 
@@ -38,7 +38,7 @@ def load_resume_point(config: TrainConfig) -> dict[str, Any]:
         raise TrainError(
             f"nothing to resume: {path} does not exist; run without --resume (or pass the run's --out)"
         )
-    raw = load_checkpoint(path).raw
+    raw = load_raw(path)
     state = raw.get("resume")
     needed = ("optimizer", "torch_rng", "shuffle_rng", "history")
     if raw.get("complete") or not isinstance(state, dict) or any(k not in state for k in needed):
