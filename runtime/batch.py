@@ -58,6 +58,8 @@ def classify_stream(
     config: PipelineConfig | None = None,
 ) -> Iterator[Result]:
     """Batch decoded digits through ``classifier``; yield one :class:`Result` per input, in order."""
+    from mnist_edge.runtime.classifier import Predictions  # onnxruntime: loaded with `classifier`
+
     config = config or PipelineConfig()
     pending: deque[tuple[str, str | None]] = deque()  # every input not yet emitted, in order
     buffer: list[np.ndarray] = []  # decoded images waiting for a batch, each (k, H, W)
@@ -66,11 +68,11 @@ def classify_stream(
     classes = classifier.classes
     top_k = min(config.top_k, len(classes))
 
-    def record(probs: np.ndarray) -> None:  # (n, classes) -> results waiting in `done`
-        indices = probs.argmax(axis=1)
-        confs = probs[np.arange(len(probs)), indices].tolist()
-        alts = np.argsort(-probs, axis=1, kind="stable")[:, :top_k] if top_k else None
-        for i, (index, conf) in enumerate(zip(indices.tolist(), confs, strict=True)):
+    def record(predictions: Predictions) -> None:  # N predictions -> results waiting in `done`
+        confs = predictions.confidences.tolist()
+        alts = predictions.top_k(top_k) if top_k else None  # (N, top_k)
+        probs = predictions.probabilities
+        for i, (index, conf) in enumerate(zip(predictions.indices.tolist(), confs, strict=True)):
             alt = (
                 tuple((classes[j], float(probs[i, j])) for j in alts[i]) if alts is not None else ()
             )
@@ -80,11 +82,7 @@ def classify_stream(
         nonlocal buffer, buffered
         images = np.concatenate(buffer) if len(buffer) > 1 else buffer[0]  # (buffered, H, W)
         for start in range(0, count, config.batch_size):
-            record(
-                classifier.predict(
-                    images[start : min(start + config.batch_size, count)]
-                ).probabilities
-            )
+            record(classifier.predict(images[start : min(start + config.batch_size, count)]))
         rest = images[count:]
         buffer = [rest] if len(rest) else []
         buffered = len(rest)
@@ -107,7 +105,7 @@ def classify_stream(
         if chunk.probabilities is not None:  # a worker ran the model; keep the order
             if buffered:
                 infer(buffered)
-            record(chunk.probabilities[ok])
+            record(Predictions.from_probabilities(chunk.probabilities[ok], classes))
         elif ok:
             buffer.append(chunk.images if len(ok) == len(chunk.errors) else chunk.images[ok])
             buffered += len(ok)

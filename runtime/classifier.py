@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnist_edge.runtime.arrays import array_to_uint8
 from mnist_edge.runtime.metadata import ModelMetadata
 from mnist_edge.runtime.session import (
     GPU_PROVIDERS,
@@ -21,7 +22,6 @@ from mnist_edge.runtime.session import (
     ModelError,
     SessionConfig,
     create_session,
-    short_name,
 )
 
 
@@ -38,6 +38,11 @@ class Predictions:
     indices: np.ndarray
     probabilities: np.ndarray
     classes: tuple[str, ...]
+
+    @classmethod
+    def from_probabilities(cls, probabilities: np.ndarray, classes: tuple[str, ...]) -> Predictions:
+        """Wrap float32 (N, classes) probabilities (e.g. from a worker) with their winning classes."""
+        return cls(probabilities.argmax(axis=1), probabilities, classes)
 
     @property
     def labels(self) -> list[str]:
@@ -124,11 +129,7 @@ class Classifier:
     def _scale(self, images: np.ndarray) -> np.ndarray:
         """uint8/float (N, H, W) -> the model's input (N, 1, H, W) float32 or (N, H, W) uint8."""
         if self.input_dtype == np.uint8:
-            x = (
-                images
-                if images.dtype == np.uint8
-                else np.clip(images * 255.0 + 0.5, 0, 255).astype(np.uint8)
-            )
+            x = array_to_uint8(images)
         elif images.dtype == np.uint8:
             scale = self.metadata.preprocessing.scale
             inv = 1.0 / scale
@@ -195,8 +196,4 @@ class Classifier:
             raise ModelError(
                 f"{self.path}: output has shape {probs.shape}, labels say {len(self.classes)} classes"
             )
-        return Predictions(np.argmax(probs, axis=1), probs, self.classes)
-
-    def describe(self) -> str:
-        """One line: provider, model path and precision."""
-        return f"{short_name(self.provider)} · {self.path} ({self.metadata.precision})"
+        return Predictions.from_probabilities(probs, self.classes)

@@ -68,6 +68,11 @@ class ImageOptions:
 # ---------------------------------------------------------------- decoding
 
 
+def _round_to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Float pixels on the 0-255 scale -> uint8, rounding half up and clipping to [0, 255]."""
+    return np.clip(pixels + 0.5, 0, 255).astype(np.uint8)
+
+
 def _to_gray(img: Image.Image) -> np.ndarray:
     """Any PIL image -> uint8 (H, W); transparency composited on a background that contrasts with the ink."""
     mode = img.mode
@@ -83,7 +88,7 @@ def _to_gray(img: Image.Image) -> np.ndarray:
         ink = float((gray * alpha).sum() / weight) if weight > 0 else 0.0
         background = 0.0 if ink >= 128 else 255.0
         out = gray * alpha + background * (1.0 - alpha)
-        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+        return _round_to_uint8(out)
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         if mode.startswith("I;16"):
@@ -91,7 +96,7 @@ def _to_gray(img: Image.Image) -> np.ndarray:
         else:  # 32-bit int or float: scale the actual range
             lo, hi = float(arr.min()), float(arr.max())
             arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        return np.clip(arr + 0.5, 0, 255).astype(np.uint8)
+        return _round_to_uint8(arr)
     if mode != "L":
         img = img.convert("L")
     # frombuffer: skips numpy's __array_interface__ round trip (faster on small images)
@@ -214,7 +219,7 @@ def preprocess(gray: np.ndarray, options: ImageOptions = ImageOptions()) -> np.n
     ch, cw = work.shape
     scale = pre.fit / max(ch, cw)
     nh, nw = max(1, round(ch * scale)), max(1, round(cw * scale))
-    fitted = Image.fromarray(np.clip(work + 0.5, 0, 255).astype(np.uint8), mode="L")
+    fitted = Image.fromarray(_round_to_uint8(work), mode="L")
     fitted = np.asarray(fitted.resize((nw, nh), Image.Resampling.LANCZOS), dtype=np.float32)
 
     out = np.zeros((size, size), dtype=np.float32)
@@ -231,7 +236,7 @@ def preprocess(gray: np.ndarray, options: ImageOptions = ImageOptions()) -> np.n
     y1, x1 = min(top + nh, size), min(left + nw, size)
     if y1 > y0 and x1 > x0:
         out[y0:y1, x0:x1] = fitted[y0 - top : y1 - top, x0 - left : x1 - left]
-    return _foreground(np.clip(out + 0.5, 0, 255).astype(np.uint8), pre)
+    return _foreground(_round_to_uint8(out), pre)
 
 
 def _foreground(digit: np.ndarray, pre: Preprocessing) -> np.ndarray:

@@ -1,13 +1,12 @@
 """End to end with the real convnet and real MNIST digits: PNG files give the tensor path's predictions.
 
-Uses torch only here, to export a ``ProbabilityModel(ConvNet())`` (weights do
-not matter for parity); the runtime itself never imports it.
+Uses torch only here, to export a ``ConvNet`` with the project's exporter
+(weights do not matter for parity); the runtime itself never imports it.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from mnist_edge.runtime.atomic import atomic_write_bytes
 from mnist_edge.runtime.classifier import Classifier
 from mnist_edge.runtime.cli import main
 from mnist_edge.runtime.idx import write_idx
@@ -25,26 +25,14 @@ N = 300
 
 
 def _export(net, path: Path) -> Path:
-    """``ProbabilityModel(net)`` -> ONNX with our I/O names, dynamic batch and metadata."""
-    torch = pytest.importorskip("torch")
-    onnx = pytest.importorskip("onnx")
-    from mnist_edge.train.model import ProbabilityModel
+    """``ConvNet`` -> ONNX with the project's exporter (dynamic ``batch``) and default metadata."""
+    pytest.importorskip("torch")
+    from mnist_edge.export.onnx import MODEL_VERSION, set_metadata, torch_to_onnx
+    from mnist_edge.export.spec import GraphSpec
 
-    model = ProbabilityModel(net).eval()
-    with warnings.catch_warnings():  # the legacy exporter is fine for a test fixture
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (torch.zeros(2, 1, 28, 28),),
-            str(path),
-            input_names=["image"],
-            output_names=["probabilities"],
-            dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
-            dynamo=False,
-        )
-    proto = onnx.load(str(path))
-    onnx.helper.set_model_props(proto, ModelMetadata().to_props())
-    onnx.save(proto, str(path))
+    model = torch_to_onnx(net, GraphSpec())
+    set_metadata(model, ModelMetadata().to_props(), "test model", MODEL_VERSION)
+    atomic_write_bytes(path, model.SerializeToString())
     return path
 
 
@@ -58,16 +46,13 @@ def convnet_onnx(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained_onnx(request, tmp_path_factory) -> Path:
-    """The lead's briefly trained checkpoint, exported (skips until conftest provides it)."""
-    try:
-        checkpoint = request.getfixturevalue("trained_checkpoint")
-    except pytest.FixtureLookupError:
-        pytest.skip("needs the trained_checkpoint fixture from tests/conftest.py")
+def trained_onnx(trained_checkpoint, tmp_path_factory) -> Path:
+    """The briefly trained checkpoint from conftest, exported."""
     from mnist_edge.train.checkpoint import load_checkpoint
 
     return _export(
-        load_checkpoint(checkpoint).model, tmp_path_factory.mktemp("trained") / "mnist.onnx"
+        load_checkpoint(trained_checkpoint).model,
+        tmp_path_factory.mktemp("trained") / "mnist.onnx",
     )
 
 
