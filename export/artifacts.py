@@ -52,7 +52,7 @@ def check_artifacts(
         raise ArtifactError(
             f"{out_dir / 'mnist.onnx'} does not exist; run `make export` (or `mnist-export`) first"
         )
-    ckpt, reference, _ = load_inputs(Path(checkpoint), config, log)
+    ckpt, reference, _ = load_inputs(Path(checkpoint), config, log, calibration=False)
     paths = sorted(
         [*out_dir.glob("mnist*.onnx"), *out_dir.glob("mnist*.ort")],
         key=lambda p: (p.suffix != ".onnx", p.name.count("."), ".int8" in p.name, p.name),
@@ -77,6 +77,7 @@ def check_artifacts(
             name=path.name,
             precision=precision,
             batch_size=config.batch_size,
+            session=session,
         )
         if meta.source_sha256 != ckpt.sha256:
             report.failures.insert(

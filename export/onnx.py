@@ -18,7 +18,6 @@ needs, for the same reason.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +34,6 @@ DEFAULT_OPSET = 18
 SUPPORTED_OPSETS = range(18, 24)
 MODEL_VERSION = 1  # ONNX model_version: bumped when the file's interface changes
 PRODUCER = "mnist-edge"
-
-Log = Callable[[str], None]
 
 
 class ExportConfigError(ValueError):

@@ -161,17 +161,21 @@ def compare(
     tolerance: Tolerance,
     report: ParityReport,
     batch_size: int = 500,
+    session: Any = None,
 ) -> None:
     """Run ``model`` (ONNX or ORT format) in ONNX Runtime and compare it with ``reference``.
 
-    Fills the numbers of ``report`` and appends to ``report.failures``.
+    Fills the numbers of ``report`` and appends to ``report.failures``. ``session``:
+    an ONNX Runtime session already open on ``model`` (from :func:`open_session`), used
+    instead of opening another.
     """
     start = time.perf_counter()
-    try:
-        session = open_session(model)
-    except ORT_ERRORS as exc:
-        report.failures.append(f"ONNX Runtime cannot load it: {first_line(exc)}")
-        return
+    if session is None:
+        try:
+            session = open_session(model)
+        except ORT_ERRORS as exc:
+            report.failures.append(f"ONNX Runtime cannot load it: {first_line(exc)}")
+            return
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
         report.failures.append(

@@ -47,9 +47,16 @@ def tolerance_for(config: ExportConfig, precision: str) -> Tolerance:
 
 
 def load_inputs(
-    checkpoint: Path, config: ExportConfig, log: Log
-) -> tuple[Any, Reference, np.ndarray]:
-    """The checkpoint, PyTorch's reference outputs on the test set, and calibration images."""
+    checkpoint: Path, config: ExportConfig, log: Log, *, calibration: bool = True
+) -> tuple[Any, Reference, np.ndarray | None]:
+    """The checkpoint, PyTorch's reference outputs on the test set, and calibration images.
+
+    Only the slices needed are kept (the evaluation images and the first
+    ``config.calibration_images`` training images); the rest of the dataset is
+    dropped before PyTorch runs. With ``calibration=False`` (re-checking files
+    already written) no calibration images are made and ``None`` is returned
+    in their place.
+    """
     from mnist_edge.train.checkpoint import load_checkpoint
     from mnist_edge.train.data import DataConfig, load_dataset
     from mnist_edge.train.model import ProbabilityModel
@@ -59,12 +66,17 @@ def load_inputs(
         DataConfig(dataset=ckpt.dataset.get("name", "mnist"), data_dir=config.data_dir), log
     )
     limit = config.eval_limit
-    log(f"PyTorch: running {min(limit or 10**9, len(dataset.test_labels)):,} test images")
-    reference = Reference.from_model(
-        ProbabilityModel(ckpt.model), dataset.test_images[:limit], dataset.test_labels[:limit]
+    test_images = dataset.test_images[:limit]  # (N, 1, 28, 28) float32
+    test_labels = dataset.test_labels[:limit]  # (N,)
+    calib = (
+        dataset.train_images[: config.calibration_images].numpy().copy()  # (C, 1, 28, 28)
+        if calibration
+        else None
     )
-    calibration = dataset.train_images[: config.calibration_images].numpy()  # (N, 1, 28, 28)
-    return ckpt, reference, calibration
+    del dataset  # the 60,000 training images are not needed any more
+    log(f"PyTorch: running {len(test_labels):,} test images")
+    reference = Reference.from_model(ProbabilityModel(ckpt.model), test_images, test_labels)
+    return ckpt, reference, calib
 
 
 def export_onnx(
@@ -95,7 +107,7 @@ def export_onnx(
     timings: dict[str, float] = dict.fromkeys(
         ("load", "export", "quantize", "validate", "ort", "write"), 0.0
     )
-    ckpt, reference, calibration = load_inputs(checkpoint, config, log)
+    ckpt, reference, calibration = load_inputs(checkpoint, config, log, calibration=config.int8)
     timings["load"] = time.perf_counter() - start
     versions = export_versions(ckpt.versions)
     qconfig = QuantizeConfig(calibration_images=config.calibration_images)

@@ -1,8 +1,9 @@
 """Export reports: the report objects, ``export.json``, the "Export" section of ``report.md``, the parity table.
 
-The training stage writes ``report.md`` first; this module replaces only the
-text between its markers (or appends the section), and creates the file if
-it is missing. Both files are written atomically.
+The training stage writes ``report.md`` first; the "Export" section goes
+between its ``export`` markers through
+:func:`mnist_edge.train.report.upsert_section` (replaced if present, else
+appended; the file is created if missing). Both files are written atomically.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from typing import Any
 from mnist_edge.export.parity import ParityReport
 from mnist_edge.export.spec import GraphSpec
 from mnist_edge.runtime.atomic import atomic_write_text
+from mnist_edge.train.report import upsert_section
 
-BEGIN = "<!-- export:begin -->"
-END = "<!-- export:end -->"
+REPORT_TITLE = "# mnist-edge report\n"  # heading of a report.md the export creates itself
 
 
 @dataclass
@@ -158,7 +159,7 @@ def parity_table(
 
 
 def markdown_section(report: ExportReport) -> str:
-    """The "Export" section of ``report.md`` (between the markers)."""
+    """The "Export" section of ``report.md`` (without its markers: :func:`write_reports` adds them)."""
     sizes = {f.path.name: f.size_bytes for f in report.files}
     parities = [f.parity for f in report.files if f.parity]
     table = [
@@ -173,7 +174,6 @@ def markdown_section(report: ExportReport) -> str:
     ]
     q = report.quantization
     lines = [
-        BEGIN,
         "## Export",
         "",
         f"Checkpoint `{report.checkpoint}` (sha256 `{report.checkpoint_sha256[:12]}`), dataset {report.dataset}; "
@@ -190,22 +190,8 @@ def markdown_section(report: ExportReport) -> str:
         *ops,
         "",
         "Time: " + ", ".join(f"{k} {v:.1f} s" for k, v in report.timings.items()),
-        END,
     ]
     return "\n".join(lines) + "\n"
-
-
-def update_report_md(path: Path, section: str) -> None:
-    """Replace the text between the export markers of ``path`` with ``section`` (append if absent)."""
-    text = path.read_text(encoding="utf-8") if path.is_file() else "# mnist-edge report\n"
-    begin, end = text.find(BEGIN), text.find(END)
-    if begin != -1 and end > begin:
-        text = text[:begin] + section.rstrip("\n") + text[end + len(END) :]
-        if not text.endswith("\n"):
-            text += "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    atomic_write_text(path, text)
 
 
 def _json_safe(value: object) -> object:
@@ -223,4 +209,7 @@ def write_reports(report: ExportReport, out_dir: Path) -> None:
     """Write ``out_dir/export.json`` and the "Export" section of ``out_dir/report.md``."""
     data = _json_safe(report.to_dict())
     atomic_write_text(out_dir / "export.json", json.dumps(data, indent=2, allow_nan=False) + "\n")
-    update_report_md(out_dir / "report.md", markdown_section(report))
+    path = out_dir / "report.md"
+    if not path.is_file():
+        atomic_write_text(path, REPORT_TITLE)  # no training report yet: keep the usual heading
+    upsert_section(path, "export", markdown_section(report))

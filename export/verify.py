@@ -6,8 +6,9 @@ style). :func:`validate` returns a :class:`ParityReport`; the caller decides
 whether its failures raise (:class:`ValidationError`) or are only reported
 (``--allow-mismatch``).
 
-Checks on an ONNX graph (:func:`check_graph`): ``onnx.checker`` full check,
-strict shape inference, the interface (input ``image`` and output
+Checks on an ONNX graph (:func:`check_graph`): ``onnx.checker``, strict shape
+inference with type checks and data propagation (what the checker's
+``full_check`` adds, run once), the interface (input ``image`` and output
 ``probabilities``: names, element types, shapes, the named ``batch`` axis), no
 training-only nodes (Dropout, the training domain) and no external data.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -53,8 +55,10 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
 def check_graph(model: onnx.ModelProto, spec: GraphSpec) -> list[str]:
     """Static checks of an ONNX graph; returns every failure found (empty: all passed)."""
     failures: list[str] = []
+    # The checker's full_check would run the same strict shape inference as the
+    # next step (only without data_prop); run it once, there.
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         failures.append(f"onnx.checker: {first_line(exc)}")
     try:
@@ -99,6 +103,7 @@ def validate(
     name: str,
     precision: str,
     batch_size: int = 500,
+    session: Any = None,
 ) -> ParityReport:
     """All checks on one file: :func:`check_graph` (ONNX only) then :func:`compare`.
 
@@ -110,6 +115,8 @@ def validate(
         name: label for reports (e.g. ``"mnist.int8.onnx"``).
         precision: ``"fp32"`` or ``"int8"``.
         batch_size: evaluation batch size (dynamic-batch files).
+        session: an ONNX Runtime session already open on ``model``
+            (:func:`mnist_edge.export.parity.open_session`), reused instead of opening another.
 
     Returns:
         The report; ``report.failures`` lists every failed check (empty if all passed).
@@ -128,7 +135,7 @@ def validate(
             return report
         report.failures.extend(check_graph(proto, spec))
         payload = model
-    compare(payload, reference, spec, tolerance, report, batch_size)
+    compare(payload, reference, spec, tolerance, report, batch_size, session)
     return report
 
 

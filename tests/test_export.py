@@ -22,7 +22,7 @@ from mnist_edge.export.artifacts import check_artifacts
 from mnist_edge.export.cli import main
 from mnist_edge.export.onnx import SUPPORTED_OPSETS, ExportConfig, ExportConfigError, torch_to_onnx
 from mnist_edge.export.pipeline import export_onnx
-from mnist_edge.export.report import BEGIN, END, update_report_md
+from mnist_edge.export.report import ExportReport, write_reports
 from mnist_edge.export.spec import GraphSpec
 from mnist_edge.export.verify import ValidationError, check_graph
 from mnist_edge.runtime.metadata import ModelMetadata
@@ -31,6 +31,7 @@ from mnist_edge.train.checkpoint import sha256_file
 pytestmark = pytest.mark.slow
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+BEGIN, END = "<!-- export:begin -->", "<!-- export:end -->"
 EVAL = 1000  # test images compared in these tests (make parity uses all 10,000)
 FIXED = 5
 # The fixture model has seen 255 training steps; quantization costs it a few
@@ -175,25 +176,42 @@ def test_reports_are_written(exported):
     assert by_name["mnist.int8.onnx"]["size_bytes"] == (out / "mnist.int8.onnx").stat().st_size
     assert by_name["mnist.onnx"]["op_counts"]["Conv"] == 2
     md = (out / "report.md").read_text()
-    assert md.count(BEGIN) == 1 and "mnist.int8.onnx" in md
+    assert md.count(BEGIN) == 1 and md.count(END) == 1 and "mnist.int8.onnx" in md
+    assert md.index(BEGIN) < md.index("## Export") < md.index(END)
     table = [ln for ln in md.splitlines() if ln.startswith("| ")]
     assert (
         len({ln.replace("\\|", "").count("|") for ln in table}) == 1
     )  # every row has the same columns
 
 
+def _tiny_report(dataset: str) -> ExportReport:
+    return ExportReport(
+        checkpoint=Path("model.pt"),
+        checkpoint_sha256="0" * 64,
+        dataset=dataset,
+        opset=18,
+        eval_images=10,
+        pytorch_accuracy=0.9,
+        calibration_images=0,
+        quantization={},
+    )
+
+
 def test_report_section_is_replaced_not_duplicated(tmp_path):
     path = tmp_path / "report.md"
-    path.write_text("# Training\n\nloss went down\n")
-    update_report_md(path, f"{BEGIN}\nfirst\n{END}\n")
-    update_report_md(path, f"{BEGIN}\nsecond\n{END}\n")
+    training = "# Training\n\n<!-- training:begin -->\nloss went down\n<!-- training:end -->\n"
+    path.write_text(training)
+    write_reports(_tiny_report("first-set"), tmp_path)
+    write_reports(_tiny_report("second-set"), tmp_path)
     text = path.read_text()
-    assert (
-        text.startswith("# Training\n\nloss went down\n")
-        and "second" in text
-        and "first" not in text
-    )
-    assert text.count(BEGIN) == 1
+    assert text.startswith(training) and "second-set" in text and "first-set" not in text
+    assert text.count(BEGIN) == 1 and text.count(END) == 1 and text.endswith(END + "\n")
+
+
+def test_report_md_is_created_with_a_title(tmp_path):
+    write_reports(_tiny_report("mnist"), tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert text.startswith("# mnist-edge report\n\n" + BEGIN + "\n## Export\n")
 
 
 def test_tampered_model_is_caught_by_parity(exported, trained_checkpoint, tmp_path):
