@@ -51,11 +51,10 @@ def load_inputs(
 ) -> tuple[Any, Reference, np.ndarray | None]:
     """The checkpoint, PyTorch's reference outputs on the test set, and calibration images.
 
-    Only the slices needed are kept (the evaluation images and the first
-    ``config.calibration_images`` training images); the rest of the dataset is
-    dropped before PyTorch runs. With ``calibration=False`` (re-checking files
-    already written) no calibration images are made and ``None`` is returned
-    in their place.
+    Only the slices needed are loaded (the evaluation images and the first
+    ``config.calibration_images`` training images). With ``calibration=False``
+    (re-checking files already written) no training images are loaded and
+    ``None`` is returned in their place.
     """
     from mnist_edge.train.checkpoint import load_checkpoint
     from mnist_edge.train.data import DataConfig, load_dataset
@@ -63,17 +62,14 @@ def load_inputs(
 
     ckpt = load_checkpoint(checkpoint)
     dataset = load_dataset(
-        DataConfig(dataset=ckpt.dataset.get("name", "mnist"), data_dir=config.data_dir), log
+        DataConfig(dataset=ckpt.dataset.get("name", "mnist"), data_dir=config.data_dir),
+        log,
+        train_limit=config.calibration_images if calibration else 0,
+        test_limit=config.eval_limit,
     )
-    limit = config.eval_limit
-    test_images = dataset.test_images[:limit]  # (N, 1, 28, 28) float32
-    test_labels = dataset.test_labels[:limit]  # (N,)
-    calib = (
-        dataset.train_images[: config.calibration_images].numpy().copy()  # (C, 1, 28, 28)
-        if calibration
-        else None
-    )
-    del dataset  # the 60,000 training images are not needed any more
+    test_images = dataset.test_images  # (N, 1, 28, 28) float32
+    test_labels = dataset.test_labels  # (N,)
+    calib = dataset.train_images.numpy() if calibration else None  # (C, 1, 28, 28)
     log(f"PyTorch: running {len(test_labels):,} test images")
     reference = Reference.from_model(ProbabilityModel(ckpt.model), test_images, test_labels)
     return ckpt, reference, calib

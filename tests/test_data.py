@@ -337,3 +337,14 @@ def test_fashion_mnist_missing_says_how_to_install(tmp_path: Path) -> None:
     )
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         prepare_dataset(config)
+
+
+def test_limits_load_only_the_first_images(mnist) -> None:
+    few = load_dataset(
+        DataConfig(dataset="mnist", data_dir=Path(mnist.source).parents[1]),
+        train_limit=1_000,
+        test_limit=0,
+    )
+    assert few.train_images.shape == (1_000, 1, 28, 28) and few.test_images.shape[0] == 0
+    assert torch.equal(few.train_images, mnist.train_images[:1_000])
+    assert torch.equal(few.train_labels, mnist.train_labels[:1_000])

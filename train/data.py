@@ -185,8 +185,21 @@ def prepare_dataset(config: DataConfig, log: Log | None = None) -> Path:
     return raw_dir
 
 
-def load_dataset(config: DataConfig, log: Log | None = None) -> Dataset:
-    """Prepare (if needed) and load the whole dataset as tensors.
+def load_dataset(
+    config: DataConfig,
+    log: Log | None = None,
+    *,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+) -> Dataset:
+    """Prepare (if needed) and load the dataset as tensors.
+
+    Args:
+        config: which dataset, and where.
+        log: progress messages (download, mirror).
+        train_limit, test_limit: keep only the first N training / test images
+            (``None``: all). Only those are converted to float, so a caller that
+            needs 1,000 training images does not pay for 60,000.
 
     Raises:
         DataError: see :func:`prepare_dataset`.
@@ -207,10 +220,10 @@ def load_dataset(config: DataConfig, log: Log | None = None) -> Dataset:
     return Dataset(
         name=spec.name,
         classes=spec.classes,
-        train_images=_to_float(train.data),
-        train_labels=train.targets.to(torch.int64),
-        test_images=_to_float(test.data),
-        test_labels=test.targets.to(torch.int64),
+        train_images=_to_float(train.data[:train_limit]),
+        train_labels=train.targets[:train_limit].to(torch.int64),
+        test_images=_to_float(test.data[:test_limit]),
+        test_labels=test.targets[:test_limit].to(torch.int64),
         source=str(raw_dir),
     )
 
