@@ -21,6 +21,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from mnist_edge.export.spec import INPUT_NAME, OUTPUT_NAME, GraphSpec
+from mnist_edge.runtime.errors import first_line
 
 # What ONNX Runtime raises for a file it cannot load or run (its own types are plain Exceptions).
 ORT_ERRORS: tuple[type[BaseException], ...] = (
@@ -113,12 +114,6 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     if len(labels) == 0:
         return float("nan")
     return float(np.mean(probabilities.argmax(axis=1) == labels))
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-blank line of an exception's message (its type name if there is none)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def open_session(model: bytes | Path) -> Any:

@@ -27,8 +27,9 @@ from typing import Any
 import onnx
 from google.protobuf.message import DecodeError
 
-from mnist_edge.export.parity import ParityReport, Reference, Tolerance, compare, first_line
+from mnist_edge.export.parity import ParityReport, Reference, Tolerance, compare
 from mnist_edge.export.spec import INPUT_NAME, OUTPUT_NAME, GraphSpec
+from mnist_edge.runtime.errors import first_line
 
 # Node types that only make sense while training; none may survive export.
 TRAINING_OPS = frozenset({"Dropout"})

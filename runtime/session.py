@@ -15,6 +15,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from mnist_edge.runtime.errors import first_line
 from mnist_edge.runtime.workers import usable_cores
 
 PROVIDER_NAMES: dict[str, str] = {
@@ -113,9 +114,8 @@ class SessionConfig:
 
 
 def _load_error(path: Path, exc: BaseException) -> ModelError:
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ModelError(
-        f"{path} is not a valid ONNX model ({reason[:200]}); "
+        f"{path} is not a valid ONNX model ({first_line(exc)[:200]}); "
         "re-create it with `make export` (or `make train export`)"
     )
 
@@ -165,9 +165,8 @@ def create_session(
         unreadable = any(w in text for w in ("Protobuf", "protobuf", "Load model", "ModelProto"))
         if provider != "CPUExecutionProvider" and not unreadable:
             # e.g. a node the provider cannot run while CPU fallback is disabled
-            reason = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
             raise ProviderError(
-                f"{short_name(provider)} could not run {path}: {reason}; try --provider cpu"
+                f"{short_name(provider)} could not run {path}: {first_line(exc)[:300]}; try --provider cpu"
             ) from exc
         raise _load_error(path, exc) from exc
     got = session.get_providers()

@@ -37,6 +37,7 @@ import torch
 
 from mnist_edge.runtime import __version__ as MNIST_EDGE_VERSION
 from mnist_edge.runtime.atomic import atomic_path
+from mnist_edge.runtime.errors import first_line
 from mnist_edge.train.model import ConvNet, ConvNetConfig
 
 FORMAT = "mnist-edge-checkpoint"
@@ -83,13 +84,11 @@ class Checkpoint:
 
 def _reason(exc: BaseException) -> str:
     """One readable line out of torch's multi-paragraph load errors."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    for ln in lines:
-        if ln.startswith("WeightsUnpickler error:"):
-            return ln
-    if lines and lines[0].startswith("Weights only load failed"):
-        return "not a valid torch file"
-    return lines[0] if lines else type(exc).__name__
+    for ln in str(exc).splitlines():
+        if ln.strip().startswith("WeightsUnpickler error:"):
+            return ln.strip()
+    reason = first_line(exc)
+    return "not a valid torch file" if reason.startswith("Weights only load failed") else reason
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -190,9 +189,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         model = ConvNet(config)
         model.load_state_dict(raw["state_dict"])
     except (KeyError, TypeError, RuntimeError) as exc:
-        reason = str(exc).strip().splitlines()[0]
         raise CheckpointError(
-            f"checkpoint {path} does not match its model config ({reason}); {_HINT}"
+            f"checkpoint {path} does not match its model config ({first_line(exc)}); {_HINT}"
         ) from exc
     model.eval()
     return Checkpoint(

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mnist_edge.runtime.errors import last_line
 from mnist_edge.runtime.idx import write_idx
 from mnist_edge.runtime.metadata import Preprocessing
 from mnist_edge.train.mirror import (
@@ -42,7 +43,6 @@ from mnist_edge.train.mirror import (
     MirrorChecksumError,
     UnsafePickleError,
     fashion_from_debian,
-    last_line,
     mnist_from_mirror,
     quiet,
 )

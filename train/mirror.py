@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnist_edge.runtime.errors import last_line
 from mnist_edge.runtime.idx import IdxFormatError, decode_idx
 
 Log = Callable[[str], None]
@@ -72,14 +73,6 @@ class MirrorChecksumError(DataError):
 
 class UnsafePickleError(DataError):
     """The mirror's pickle asks for something outside the allow-list."""
-
-
-def last_line(message: BaseException | str) -> str:
-    """The last non-empty line of a message or exception (torch/urllib/pip put the cause there)."""
-    lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()]
-    if not lines and isinstance(message, BaseException):
-        return type(message).__name__
-    return lines[-1] if lines else ""
 
 
 # --- MNIST offline mirror ------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from mnist_edge.runtime.errors import first_line
 from mnist_edge.train.checkpoint import CheckpointError, load_raw
 from mnist_edge.train.config import RECIPE_KEYS, TrainConfig, TrainError
 from mnist_edge.train.model import ConvNet
@@ -97,7 +98,6 @@ def restore(
         generator.set_state(state["shuffle_rng"])
         return [dict(h) for h in state["history"]]
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(
-            f"resume point is damaged ({reason}); delete {RESUME_FILE} and train without --resume"
+            f"resume point is damaged ({first_line(exc)}); delete {RESUME_FILE} and train without --resume"
         ) from exc
