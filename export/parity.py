@@ -11,7 +11,6 @@ and appends a failure for each one outside its :class:`Tolerance`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from mnist_edge.export.spec import INPUT_NAME, OUTPUT_NAME, GraphSpec
+from mnist_edge.runtime.arrays import batches
 from mnist_edge.runtime.errors import first_line
 
 # What ONNX Runtime raises for a file it cannot load or run (its own types are plain Exceptions).
@@ -124,17 +124,6 @@ def open_session(model: bytes | Path) -> Any:
     return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def _batches(array: np.ndarray, batch_size: int, fixed: bool) -> Iterator[tuple[np.ndarray, int]]:
-    """Yield (batch, real rows); with ``fixed`` the last batch is zero-padded to ``batch_size``."""
-    for start in range(0, len(array), batch_size):
-        batch = array[start : start + batch_size]
-        rows = len(batch)
-        if fixed and rows < batch_size:
-            pad = np.zeros((batch_size - rows, *batch.shape[1:]), dtype=batch.dtype)
-            batch = np.concatenate([batch, pad])
-        yield batch, rows
-
-
 def run_session(
     session: Any, spec: GraphSpec, images: np.ndarray, batch_size: int = 500
 ) -> np.ndarray:
@@ -144,7 +133,7 @@ def run_session(
     feed = spec.feed(images)
     outs = [
         session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0][:rows]
-        for batch, rows in _batches(feed, size, fixed)
+        for batch, rows in batches(feed, size, pad_last=fixed)
     ]
     return np.concatenate(outs) if outs else np.zeros((0, spec.num_classes), np.float32)
 

@@ -1,8 +1,9 @@
-"""Files that hold many digits: ``.npy`` and IDX (numpy only)."""
+"""Arrays of many digits: `.npy` and IDX files, and batching them (numpy only)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +60,20 @@ def array_to_uint8(images: np.ndarray) -> np.ndarray:
     if images.dtype.kind == "f":
         return np.clip(np.asarray(images, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return np.clip(images, 0, 255).astype(np.uint8)
+
+
+def batches(
+    array: np.ndarray, size: int, *, pad_last: bool = False
+) -> Iterator[tuple[np.ndarray, int]]:
+    """Yield ``(batch, real_rows)`` slices of ``size`` rows along axis 0.
+
+    With ``pad_last`` the last batch is zero-padded to ``size`` rows, for models
+    with a static batch dimension; ``real_rows`` says how many rows are real.
+    """
+    for start in range(0, len(array), size):
+        batch = array[start : start + size]
+        rows = len(batch)
+        if pad_last and rows < size:
+            pad = np.zeros((size - rows, *batch.shape[1:]), dtype=batch.dtype)
+            batch = np.concatenate([batch, pad])
+        yield batch, rows

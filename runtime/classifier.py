@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_edge.runtime.arrays import array_to_uint8
+from mnist_edge.runtime.arrays import array_to_uint8, batches
 from mnist_edge.runtime.metadata import ModelMetadata
 from mnist_edge.runtime.session import (
     GPU_PROVIDERS,
@@ -146,16 +146,11 @@ class Classifier:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run the graph on model-shaped input; returns float32 (N, classes). Handles static batch sizes."""
-        n = x.shape[0]
-        if self.static_batch is not None and n != self.static_batch:
-            step = self.static_batch
-            parts = []
-            for start in range(0, n, step):
-                chunk = x[start : start + step]
-                if len(chunk) < step:  # pad the last chunk to the fixed batch
-                    pad = np.zeros((step - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
-                    chunk = np.concatenate([chunk, pad])
-                parts.append(self._run(chunk)[: min(step, n - start)])
+        if self.static_batch is not None and x.shape[0] != self.static_batch:
+            parts = [
+                self._run(chunk)[:rows]
+                for chunk, rows in batches(x, self.static_batch, pad_last=True)
+            ]
             return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32)
         return self._run(x)
 
