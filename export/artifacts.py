@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mnist_edge.export.onnx import ExportConfig
+from mnist_edge.export.config import ExportConfig
 from mnist_edge.export.parity import ORT_ERRORS, ParityReport, open_session
 from mnist_edge.export.pipeline import Log, load_inputs, tolerance_for
 from mnist_edge.export.spec import GraphSpec

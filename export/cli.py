@@ -11,9 +11,10 @@ from pathlib import Path
 
 import click
 
+from mnist_edge.export.config import SUPPORTED_OPSETS, ExportConfig, ExportConfigError
 from mnist_edge.runtime.extras import MissingExtraError, require_extras
 
-OPSET_MIN, OPSET_MAX = 18, 23  # keep in step with mnist_edge.export.onnx.SUPPORTED_OPSETS
+_D = ExportConfig()  # the options' defaults come from the config
 
 
 def _progress(line: str) -> None:
@@ -36,34 +37,34 @@ def _progress(line: str) -> None:
 @click.option(
     "--data-dir",
     type=click.Path(path_type=Path, file_okay=False),
-    default=Path("data"),
+    default=_D.data_dir,
     help="Dataset folder (test set for parity, training images for calibration).",
 )
 @click.option(
     "--opset",
-    type=click.IntRange(OPSET_MIN, OPSET_MAX),
-    default=18,
+    type=click.IntRange(SUPPORTED_OPSETS.start, SUPPORTED_OPSETS.stop - 1),
+    default=_D.opset,
     help="ONNX opset (tested range).",
 )
 @click.option(
     "--tolerance",
     type=click.FloatRange(min=0, min_open=True),
-    default=1e-5,
+    default=_D.tolerance,
     help="Max |ONNX fp32 - PyTorch| over all probabilities.",
 )
 @click.option(
     "--int8-max-drop",
     type=click.FloatRange(0, 1, max_open=True),
-    default=0.002,
+    default=_D.int8_max_accuracy_drop,
     help="Max accuracy drop of int8 vs PyTorch (0.002 = 0.2 points).",
 )
 @click.option(
     "--calibration-images",
     type=click.IntRange(min=1),
-    default=1000,
+    default=_D.calibration_images,
     help="Training images used to calibrate int8.",
 )
-@click.option("--int8/--no-int8", default=True, help="Also write the int8 (QDQ) model.")
+@click.option("--int8/--no-int8", default=_D.int8, help="Also write the int8 (QDQ) model.")
 @click.option(
     "--fixed-batch",
     type=click.IntRange(min=1),
@@ -121,7 +122,6 @@ def main(
     except MissingExtraError as exc:
         raise click.ClickException(str(exc)) from None
     from mnist_edge.export.artifacts import ArtifactError, check_artifacts
-    from mnist_edge.export.onnx import ExportConfig, ExportConfigError
     from mnist_edge.export.pipeline import export_onnx
     from mnist_edge.export.report import parity_table
     from mnist_edge.export.verify import ValidationError

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import onnx
 
+from mnist_edge.export.config import ExportConfig
 from mnist_edge.export.onnx import (
     MODEL_VERSION,
-    ExportConfig,
     file_name,
     op_counts,
     set_metadata,

@@ -20,7 +20,8 @@ from click.testing import CliRunner
 from mnist_edge.export import pipeline, provenance
 from mnist_edge.export.artifacts import check_artifacts
 from mnist_edge.export.cli import main
-from mnist_edge.export.onnx import SUPPORTED_OPSETS, ExportConfig, ExportConfigError, torch_to_onnx
+from mnist_edge.export.config import SUPPORTED_OPSETS, ExportConfig, ExportConfigError
+from mnist_edge.export.onnx import torch_to_onnx
 from mnist_edge.export.pipeline import export_onnx
 from mnist_edge.export.report import ExportReport, write_reports
 from mnist_edge.export.spec import GraphSpec

@@ -13,6 +13,9 @@ from pathlib import Path
 import click
 
 from mnist_edge.runtime.extras import MissingExtraError, require_extras
+from mnist_edge.train.config import TrainConfig
+
+_D = TrainConfig()  # the reference recipe: the options' defaults come from the config
 
 
 def _err(message: str) -> None:
@@ -20,11 +23,11 @@ def _err(message: str) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--dataset", default="mnist", show_default=True, help="mnist or fashion-mnist.")
+@click.option("--dataset", default=_D.dataset, show_default=True, help="mnist or fashion-mnist.")
 @click.option(
     "--data-dir",
     type=click.Path(path_type=Path),
-    default=Path("data"),
+    default=_D.data_dir,
     show_default=True,
     help="Where the dataset is (or is prepared).",
 )
@@ -32,32 +35,38 @@ def _err(message: str) -> None:
     "--out",
     "out_dir",
     type=click.Path(path_type=Path),
-    default=Path("artifacts"),
+    default=_D.out_dir,
     show_default=True,
     help="Output folder: model.pt, last.pt, metrics.json, report.",
 )
 @click.option(
     "--epochs",
     type=int,
-    default=15,
+    default=_D.epochs,
     show_default=True,
     help="Epochs (with --resume: the new total).",
 )
-@click.option("--batch-size", type=int, default=128, show_default=True, help="Training batch size.")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option(
+    "--batch-size", type=int, default=_D.batch_size, show_default=True, help="Training batch size."
+)
+@click.option("--lr", type=float, default=_D.lr, show_default=True, help="Adam learning rate.")
 @click.option(
     "--val-split",
     type=float,
-    default=0.1,
+    default=_D.val_split,
     show_default=True,
     help="Fraction held out for validation, taken from the end of the training set.",
 )
 @click.option(
-    "--seed", type=int, default=42, show_default=True, help="Seeds init, dropout and shuffling."
+    "--seed",
+    type=int,
+    default=_D.seed,
+    show_default=True,
+    help="Seeds init, dropout and shuffling.",
 )
 @click.option(
     "--device",
-    default="auto",
+    default=_D.device,
     show_default=True,
     help="auto (CUDA when present), cpu, cuda or cuda:N.",
 )
@@ -66,7 +75,7 @@ def _err(message: str) -> None:
 @click.option("--test-limit", type=int, default=None, help="Use only the first N test images.")
 @click.option(
     "--channels-last/--no-channels-last",
-    default=True,
+    default=_D.channels_last,
     show_default=True,
     help="NHWC memory format (faster on CPU).",
 )

@@ -12,9 +12,10 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch loads lazily: the CLI reads these defaults before it is needed
+    import torch
 
 DEVICES = ("auto", "cpu", "cuda")
 # The fields of TrainConfig that define a run's result (stored as its recipe).
@@ -133,6 +134,8 @@ def resolve_device(name: str) -> torch.device:
         TrainError: the name is not a device option (see :func:`_parse_device`),
             or CUDA was requested but is not available.
     """
+    import torch
+
     if _parse_device(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
