@@ -23,6 +23,7 @@ import click
 from mnist_edge.runtime import __version__
 from mnist_edge.runtime.atomic import atomic_path
 from mnist_edge.runtime.output import FORMATS
+from mnist_edge.runtime.pipeline import PipelineConfig
 
 if TYPE_CHECKING:
     from mnist_edge.runtime.classifier import Classifier
@@ -74,7 +75,7 @@ def _open_output(output: Path | None):
 @click.option(
     "--batch-size",
     type=click.IntRange(1, 1 << 16),
-    default=256,
+    default=PipelineConfig.batch_size,
     show_default=True,
     help="Images per inference call.",
 )
@@ -82,7 +83,8 @@ def _open_output(output: Path | None):
     "--workers",
     type=click.IntRange(0, 512),
     default=None,
-    help="Worker processes that decode images (and on CPU run the model, one thread each); 0: all in this process.  [default: usable cores, started past 256 files]",
+    help="Worker processes that decode images (and on CPU run the model, one thread each); 0: all in this process.  [default: usable cores, started past "
+    f"{PipelineConfig.inline_limit} files]",
 )
 @click.option(
     "--threads",
@@ -147,7 +149,7 @@ def main(
     result per image in them.
     """
     from mnist_edge.runtime.output import Progress, ResultWriter, RunStats
-    from mnist_edge.runtime.pipeline import Pipeline, PipelineConfig
+    from mnist_edge.runtime.pipeline import Pipeline
     from mnist_edge.runtime.workers import DecoderError
 
     err = sys.stderr
