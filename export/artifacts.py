@@ -15,10 +15,11 @@ from mnist_edge.export.parity import ORT_ERRORS, ParityReport, open_session
 from mnist_edge.export.pipeline import Log, load_inputs, tolerance_for
 from mnist_edge.export.spec import GraphSpec
 from mnist_edge.export.verify import validate
+from mnist_edge.runtime.errors import MnistEdgeError
 from mnist_edge.runtime.metadata import ModelMetadata
 
 
-class ArtifactError(ValueError):
+class ArtifactError(MnistEdgeError, ValueError):
     """The files to check are missing or not mnist-edge models; the message says how to make them."""
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mnist_edge.runtime.errors import MnistEdgeError
+
 if TYPE_CHECKING:
     from mnist_edge.export.spec import GraphSpec
 
@@ -18,7 +20,7 @@ DEFAULT_OPSET = 18
 SUPPORTED_OPSETS = range(18, 24)
 
 
-class ExportConfigError(ValueError):
+class ExportConfigError(MnistEdgeError, ValueError):
     """An export setting is out of range; the message names it and the allowed values."""
 
 

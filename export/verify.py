@@ -29,14 +29,14 @@ from google.protobuf.message import DecodeError
 
 from mnist_edge.export.parity import ParityReport, Reference, Tolerance, compare
 from mnist_edge.export.spec import INPUT_NAME, OUTPUT_NAME, GraphSpec
-from mnist_edge.runtime.errors import first_line
+from mnist_edge.runtime.errors import MnistEdgeError, first_line
 
 # Node types that only make sense while training; none may survive export.
 TRAINING_OPS = frozenset({"Dropout"})
 TRAINING_DOMAINS = frozenset({"ai.onnx.preview.training"})
 
 
-class ValidationError(ValueError):
+class ValidationError(MnistEdgeError, ValueError):
     """One or more exported models failed validation; ``failures`` lists every problem."""
 
     def __init__(self, failures: Sequence[str]) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 
+from mnist_edge.runtime.errors import MnistEdgeError
+
 # extra -> the top-level modules it provides
 EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("torch", "torchvision", "matplotlib"),
@@ -17,7 +19,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 }
 
 
-class MissingExtraError(RuntimeError):
+class MissingExtraError(MnistEdgeError, RuntimeError):
     """A command needs packages from an extra that is not installed."""
 
 

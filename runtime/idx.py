@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_edge.runtime.atomic import atomic_path
+from mnist_edge.runtime.errors import MnistEdgeError
 
 # type code -> numpy dtype (big-endian where it matters)
 _CODES: dict[int, np.dtype] = {
@@ -28,7 +29,7 @@ _CODES: dict[int, np.dtype] = {
 _KINDS = {(dt.kind, dt.itemsize): code for code, dt in _CODES.items()}
 
 
-class IdxFormatError(ValueError):
+class IdxFormatError(MnistEdgeError, ValueError):
     """The bytes are not a valid IDX file."""
 
 

@@ -14,16 +14,19 @@ worker process.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
 import struct
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mnist_edge.runtime.errors import MnistEdgeError
 from mnist_edge.runtime.metadata import Preprocessing
 
 INVERT_MODES = ("auto", "always", "never")
@@ -32,7 +35,7 @@ CENTERINGS = ("center-of-mass", "bbox")
 _ORIENTATION = 0x0112  # EXIF tag
 
 
-class ImageError(ValueError):
+class ImageError(MnistEdgeError, ValueError):
     """An input could not be read as a digit image; the message is the reason."""
 
 
@@ -121,6 +124,24 @@ def _bomb_checks() -> Iterator[None]:
         yield
 
 
+def decode_image_bytes(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
+    """Read one picture held in memory (an upload, an object-store blob) as uint8 (H, W).
+
+    The same formats, checks and errors as :func:`decode_image`.
+
+    Raises:
+        ImageError: empty, not an image, truncated/corrupt, or over ``max_pixels``.
+    """
+    with _bomb_checks():
+        return _decode_bytes(data, max_pixels)
+
+
+def _decode_bytes(data: bytes, max_pixels: int) -> np.ndarray:
+    if len(data) == 0:
+        raise ImageError("empty file (0 bytes)")
+    return _open(io.BytesIO(data), max_pixels)
+
+
 def _decode(path: str | os.PathLike[str], max_pixels: int) -> np.ndarray:
     """:func:`decode_image` inside :func:`_bomb_checks` (entered once per batch)."""
     try:
@@ -133,8 +154,13 @@ def _decode(path: str | os.PathLike[str], max_pixels: int) -> np.ndarray:
         raise ImageError("not a regular file (FIFO, device or socket)")
     if info.st_size == 0:
         raise ImageError("empty file (0 bytes)")
+    return _open(path, max_pixels)
+
+
+def _open(source: str | os.PathLike[str] | io.BytesIO, max_pixels: int) -> np.ndarray:
+    """Decode a checked file path or in-memory file -> uint8 (H, W)."""
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             width, height = img.size
             if width * height > max_pixels:
                 raise ImageError(
@@ -262,13 +288,28 @@ def load_batch(
         images: uint8 (len(paths), size, size); zeros where the file failed.
         errors: per path, ``None`` or the reason it failed.
     """
+    return _batch(paths, _decode, options)
+
+
+def load_bytes_batch(
+    blobs: list[bytes], options: ImageOptions = ImageOptions()
+) -> tuple[np.ndarray, list[str | None]]:
+    """:func:`load_batch` for pictures held in memory (uploads, object-store blobs)."""
+    return _batch(blobs, _decode_bytes, options)
+
+
+def _batch(
+    items: list[str] | list[bytes],
+    decode: Callable[[Any, int], np.ndarray],
+    options: ImageOptions,
+) -> tuple[np.ndarray, list[str | None]]:
     size = options.preprocessing.size
-    images = np.zeros((len(paths), size, size), dtype=np.uint8)
-    errors: list[str | None] = [None] * len(paths)
+    images = np.zeros((len(items), size, size), dtype=np.uint8)
+    errors: list[str | None] = [None] * len(items)
     with _bomb_checks():
-        for i, path in enumerate(paths):
+        for i, item in enumerate(items):
             try:
-                images[i] = preprocess(_decode(path, options.max_pixels), options)
+                images[i] = preprocess(decode(item, options.max_pixels), options)
             except ImageError as exc:
                 errors[i] = str(exc)
     return images, errors

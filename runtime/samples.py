@@ -18,13 +18,14 @@ import numpy as np
 from PIL import Image
 
 from mnist_edge.runtime.atomic import atomic_path
+from mnist_edge.runtime.errors import MnistEdgeError
 from mnist_edge.runtime.idx import IdxFormatError, read_idx
 
 IMAGES_FILE = "t10k-images-idx3-ubyte"
 LABELS_FILE = "t10k-labels-idx1-ubyte"
 
 
-class SamplesError(RuntimeError):
+class SamplesError(MnistEdgeError, RuntimeError):
     """The MNIST test files are missing or unreadable."""
 
 

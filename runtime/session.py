@@ -15,7 +15,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from mnist_edge.runtime.errors import first_line
+from mnist_edge.runtime.errors import MnistEdgeError, first_line
 from mnist_edge.runtime.workers import usable_cores
 
 PROVIDER_NAMES: dict[str, str] = {
@@ -36,11 +36,11 @@ AUTO_ORDER = ("cuda", "rocm", "directml", "coreml", "cpu")
 GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider"}
 
 
-class ProviderError(RuntimeError):
+class ProviderError(MnistEdgeError, RuntimeError):
     """The requested execution provider is unknown or not available here."""
 
 
-class ModelError(ValueError):
+class ModelError(MnistEdgeError, ValueError):
     """The model file is missing, not ONNX, or not an image classifier we can feed."""
 
 

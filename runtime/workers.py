@@ -21,6 +21,8 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING
 
+from mnist_edge.runtime.errors import MnistEdgeError
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 WORKER_BATCH = 64
 
 
-class DecoderError(RuntimeError):
+class DecoderError(MnistEdgeError, RuntimeError):
     """A decoder process died or could not start; the run cannot account for its inputs."""
 
 

@@ -17,6 +17,9 @@ from mnist_edge.runtime.images import (
     ImageError,
     ImageOptions,
     decode_image,
+    decode_image_bytes,
+    load_batch,
+    load_bytes_batch,
     load_image,
     needs_inversion,
     preprocess,
@@ -183,6 +186,37 @@ def test_bad_files_raise_image_error(tmp_path, name, content, reason):
     path.write_bytes(content)
     with pytest.raises(ImageError, match=reason):
         decode_image(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "empty file"),
+        (b"hello, not a picture\n" * 10, "not an image"),
+        (_png_header_only(30000, 30000), "decompression bomb"),
+        (_png_header_only(12000, 5000), "over the limit"),
+    ],
+    ids=["zero-byte", "non-image", "bomb", "over-limit"],
+)
+def test_bad_bytes_raise_the_same_image_errors(content, reason):
+    with pytest.raises(ImageError, match=reason):
+        decode_image_bytes(content)
+
+
+def test_bytes_batch_equals_file_batch(tmp_path):
+    """Uploads and object-store blobs are decoded and preprocessed exactly as files are."""
+    rng = np.random.default_rng(1)
+    paths = []
+    for i, size in enumerate([(28, 28), (64, 40), (300, 200)]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 255, size, dtype=np.uint8)).save(paths[-1])
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a picture")
+    paths.append(str(bad))
+    images, errors = load_batch(paths)
+    blob_images, blob_errors = load_bytes_batch([Path(p).read_bytes() for p in paths])
+    assert np.array_equal(images, blob_images)
+    assert errors == blob_errors and errors[:3] == [None] * 3 and "not an image" in errors[3]
 
 
 def test_truncated_png_is_an_error(tmp_path):

@@ -37,14 +37,14 @@ import torch
 
 from mnist_edge.runtime import __version__ as MNIST_EDGE_VERSION
 from mnist_edge.runtime.atomic import atomic_path
-from mnist_edge.runtime.errors import first_line
+from mnist_edge.runtime.errors import MnistEdgeError, first_line
 from mnist_edge.train.model import ConvNet, ConvNetConfig
 
 FORMAT = "mnist-edge-checkpoint"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MnistEdgeError, ValueError):
     """A checkpoint is missing, unreadable, or not an mnist-edge checkpoint."""
 
 

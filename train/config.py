@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mnist_edge.runtime.errors import MnistEdgeError
+
 if TYPE_CHECKING:  # torch loads lazily: the CLI reads these defaults before it is needed
     import torch
 
@@ -34,7 +36,7 @@ RECIPE_KEYS = (
 )
 
 
-class TrainError(ValueError):
+class TrainError(MnistEdgeError, ValueError):
     """A training option is invalid or cannot be honoured; the message names it and the fix."""
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_edge.runtime.errors import last_line
+from mnist_edge.runtime.errors import MnistEdgeError, last_line
 from mnist_edge.runtime.idx import IdxFormatError, decode_idx
 
 Log = Callable[[str], None]
@@ -63,7 +63,7 @@ FASHION_SHA256 = {
 }
 
 
-class DataError(RuntimeError):
+class DataError(MnistEdgeError, RuntimeError):
     """The dataset cannot be found, fetched or trusted. The message says what to do."""
 
 

@@ -1,0 +1,151 @@
+"""The artifact layout: every file name and default path the stages write or read.
+
+One owner for the names, so ``mnist-train``, ``mnist-export``, ``mnist-infer``,
+the benchmarks and the tests agree on where things are. Standard library only:
+the torch-free runtime and the CLIs' option defaults import it.
+
+::
+
+    artifacts/
+      model.pt                   checkpoint (train -> export)
+      last.pt                    resume point, rewritten every epoch
+      metrics.json  report.md  training.png  confusion.png
+      mnist.onnx                 fp32, float32 [batch, 1, 28, 28]
+      mnist.int8.onnx            int8 (QDQ)
+      mnist[.int8][.batchN][.uint8].onnx    --fixed-batch / --uint8-input variants
+      mnist.pixels[.int8].onnx   pixels-in: uint8 [height, width], preprocessing in the graph
+      *.ort  mnist.required_operators.config    --ort
+      mnist.meta.json            the models' metadata for runtimes that cannot read it (web)
+      export.json                the export report
+      bench.json  gpu-check.json the benchmark and GPU-check figures
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DIR = Path("artifacts")
+DEFAULT_DATA_DIR = Path("data")
+
+CHECKPOINT = "model.pt"
+RESUME = "last.pt"
+METRICS = "metrics.json"
+REPORT = "report.md"
+TRAINING_PLOT = "training.png"
+CONFUSION_PLOT = "confusion.png"
+EXPORT_REPORT = "export.json"
+REQUIRED_OPERATORS = "mnist.required_operators.config"
+META_JSON = "mnist.meta.json"
+BENCH = "bench.json"
+GPU_CHECK = "gpu-check.json"
+
+MODEL_STEM = "mnist"
+PRECISIONS = ("fp32", "int8")
+
+
+def model_name(
+    precision: str = "fp32",
+    *,
+    fixed_batch: int | None = None,
+    uint8_input: bool = False,
+    pixels: bool = False,
+    suffix: str = ".onnx",
+) -> str:
+    """``mnist[.pixels][.int8][.batchN][.uint8].onnx`` (or ``.ort`` with ``suffix``).
+
+    Raises:
+        ValueError: an unknown ``precision``.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    parts = [MODEL_STEM]
+    if pixels:
+        parts.append("pixels")
+    if precision == "int8":
+        parts.append("int8")
+    if fixed_batch is not None:
+        parts.append(f"batch{fixed_batch}")
+    if uint8_input:
+        parts.append("uint8")
+    return ".".join(parts) + suffix
+
+
+def int8_sibling(model: str | os.PathLike[str]) -> Path:
+    """The quantized file beside ``model``: ``dir/NAME.onnx`` -> ``dir/NAME.int8.onnx``."""
+    model = Path(model)
+    return model.with_name(model.name.removesuffix(".onnx") + ".int8.onnx")
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """The files of one artifacts folder (``artifacts/`` unless told otherwise)."""
+
+    root: Path = DEFAULT_DIR
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / CHECKPOINT
+
+    @property
+    def resume(self) -> Path:
+        return self.root / RESUME
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT
+
+    @property
+    def training_plot(self) -> Path:
+        return self.root / TRAINING_PLOT
+
+    @property
+    def confusion_plot(self) -> Path:
+        return self.root / CONFUSION_PLOT
+
+    @property
+    def export_report(self) -> Path:
+        return self.root / EXPORT_REPORT
+
+    @property
+    def required_operators(self) -> Path:
+        return self.root / REQUIRED_OPERATORS
+
+    @property
+    def meta_json(self) -> Path:
+        return self.root / META_JSON
+
+    @property
+    def bench(self) -> Path:
+        return self.root / BENCH
+
+    @property
+    def gpu_check(self) -> Path:
+        return self.root / GPU_CHECK
+
+    def model(
+        self,
+        precision: str = "fp32",
+        *,
+        fixed_batch: int | None = None,
+        uint8_input: bool = False,
+        pixels: bool = False,
+        suffix: str = ".onnx",
+    ) -> Path:
+        """A model file in this folder (arguments as for :func:`model_name`)."""
+        name = model_name(
+            precision,
+            fixed_batch=fixed_batch,
+            uint8_input=uint8_input,
+            pixels=pixels,
+            suffix=suffix,
+        )
+        return self.root / name
+
+
+DEFAULT = Artifacts()

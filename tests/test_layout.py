@@ -1,0 +1,42 @@
+"""The artifact layout (runtime/layout.py): one owner for every file name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mnist_edge.runtime.layout import Artifacts, int8_sibling, model_name
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({}, "mnist.onnx"),
+        ({"precision": "int8"}, "mnist.int8.onnx"),
+        ({"fixed_batch": 8, "uint8_input": True}, "mnist.batch8.uint8.onnx"),
+        ({"precision": "int8", "fixed_batch": 1, "suffix": ".ort"}, "mnist.int8.batch1.ort"),
+        ({"pixels": True}, "mnist.pixels.onnx"),
+        ({"pixels": True, "precision": "int8"}, "mnist.pixels.int8.onnx"),
+    ],
+    ids=["fp32", "int8", "edge-variant", "ort", "pixels", "pixels-int8"],
+)
+def test_model_names(kwargs, name) -> None:
+    assert model_name(**kwargs) == name
+
+
+def test_unknown_precision_is_refused() -> None:
+    with pytest.raises(ValueError, match="precision must be one of fp32, int8"):
+        model_name("fp16")
+
+
+def test_artifacts_folder_paths(tmp_path: Path) -> None:
+    art = Artifacts(tmp_path)
+    assert art.checkpoint == tmp_path / "model.pt"
+    assert art.resume == tmp_path / "last.pt"
+    assert art.model("int8") == tmp_path / "mnist.int8.onnx"
+    assert Artifacts().model() == Path("artifacts/mnist.onnx")
+
+
+def test_int8_sibling() -> None:
+    assert int8_sibling("models/m.onnx") == Path("models/m.int8.onnx")
