@@ -16,6 +16,7 @@ from mnist_edge.export.pipeline import Log, load_inputs, tolerance_for
 from mnist_edge.export.spec import GraphSpec
 from mnist_edge.export.verify import validate
 from mnist_edge.runtime.errors import MnistEdgeError
+from mnist_edge.runtime.layout import Artifacts
 from mnist_edge.runtime.metadata import ModelMetadata
 
 
@@ -49,10 +50,9 @@ def check_artifacts(
     config = config or ExportConfig()
     log = log or (lambda _: None)
     out_dir = Path(out_dir)
-    if not (out_dir / "mnist.onnx").is_file():
-        raise ArtifactError(
-            f"{out_dir / 'mnist.onnx'} does not exist; run `make export` (or `mnist-export`) first"
-        )
+    art = Artifacts(out_dir)
+    if not art.model().is_file():
+        raise ArtifactError(f"{art.model()} does not exist; export the model first")
     ckpt, reference, _ = load_inputs(Path(checkpoint), config, log, calibration=False)
     paths = sorted(
         [*out_dir.glob("mnist*.onnx"), *out_dir.glob("mnist*.ort")],
@@ -84,7 +84,7 @@ def check_artifacts(
             report.failures.insert(
                 0,
                 f"exported from checkpoint sha256 {meta.source_sha256[:12] or '(none)'}, not from "
-                f"{checkpoint} ({ckpt.sha256[:12]}); run `make export` again",
+                f"{checkpoint} ({ckpt.sha256[:12]}); export it again",
             )
         reports.append(report)
     return reports

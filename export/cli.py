@@ -11,10 +11,14 @@ from pathlib import Path
 
 import click
 
-from mnist_edge.export.config import SUPPORTED_OPSETS, ExportConfig, ExportConfigError
+from mnist_edge.export.config import SUPPORTED_OPSETS, ExportConfig
+from mnist_edge.runtime.errors import ConfigError, MnistEdgeError
 from mnist_edge.runtime.extras import MissingExtraError, require_extras
+from mnist_edge.runtime.layout import DEFAULT, Artifacts
 
 _D = ExportConfig()  # the options' defaults come from the config
+# ExportConfig fields whose option is not "--" + the field name with dashes
+OPTIONS = {"int8_max_accuracy_drop": "--int8-max-drop", "ort": "--ort"}
 
 
 def _progress(line: str) -> None:
@@ -25,13 +29,13 @@ def _progress(line: str) -> None:
 @click.option(
     "--checkpoint",
     type=click.Path(path_type=Path, dir_okay=False),
-    default=Path("artifacts/model.pt"),
+    default=DEFAULT.checkpoint,
     help="Checkpoint written by mnist-train.",
 )
 @click.option(
     "--out-dir",
     type=click.Path(path_type=Path, file_okay=False),
-    default=Path("artifacts"),
+    default=DEFAULT.root,
     help="Where the .onnx files, export.json and report.md go.",
 )
 @click.option(
@@ -125,8 +129,6 @@ def main(
     from mnist_edge.export.pipeline import export_onnx
     from mnist_edge.export.report import parity_table
     from mnist_edge.export.verify import ValidationError
-    from mnist_edge.train.checkpoint import CheckpointError
-    from mnist_edge.train.data import DataError
 
     if not checkpoint.is_file():
         raise click.BadParameter(
@@ -156,7 +158,7 @@ def main(
             if failed:
                 raise click.ClickException(
                     f"{len(failed)} of {len(reports)} files out of tolerance ({', '.join(r.name for r in failed)}); "
-                    "run `make export` to re-export them"
+                    "run `make export` to export them again"
                 )
             return
         report = export_onnx(checkpoint, out_dir, config, _progress)
@@ -170,10 +172,13 @@ def main(
             else ""
         )
         raise click.ClickException(
-            f"validation failed ({len(exc.failures)} problems above); nothing was written{kept}. "
-            "Fix the cause, or pass --allow-mismatch to write the files anyway"
+            f"{exc.summary}{kept}. Fix the cause, or pass --allow-mismatch to write the files anyway"
         ) from exc
-    except (ExportConfigError, ArtifactError, CheckpointError, DataError) as exc:
+    except ConfigError as exc:
+        raise click.ClickException(exc.option_hint(OPTIONS)) from exc
+    except ArtifactError as exc:
+        raise click.ClickException(f"{exc} (`make export`)") from exc
+    except MnistEdgeError as exc:
         raise click.ClickException(str(exc)) from exc
 
     sizes = {f.path.name: f.size_bytes for f in report.files}
@@ -184,7 +189,8 @@ def main(
         click.echo(f"wrote {f.path} ({f.size_bytes / 1024:.1f} KiB)")
     if report.required_operators:
         click.echo(f"wrote {report.required_operators}")
-    click.echo(f"wrote {out_dir / 'export.json'} and the Export section of {out_dir / 'report.md'}")
+    art = Artifacts(out_dir)
+    click.echo(f"wrote {art.export_report} and the Export section of {art.report}")
     if not report.ok:
         click.echo(
             f"WARNING: {len(report.failures)} validation failures; files written because of --allow-mismatch",

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mnist_edge.runtime.errors import MnistEdgeError
+from mnist_edge.runtime.errors import ConfigError
+from mnist_edge.runtime.layout import DEFAULT_DATA_DIR
 
 if TYPE_CHECKING:
     from mnist_edge.export.spec import GraphSpec
@@ -20,7 +21,7 @@ DEFAULT_OPSET = 18
 SUPPORTED_OPSETS = range(18, 24)
 
 
-class ExportConfigError(MnistEdgeError, ValueError):
+class ExportConfigError(ConfigError):
     """An export setting is out of range; the message names it and the allowed values."""
 
 
@@ -54,29 +55,36 @@ class ExportConfig:
     uint8_input: bool = False
     ort: bool = False
     allow_mismatch: bool = False
-    data_dir: Path = Path("data")
+    data_dir: Path = DEFAULT_DATA_DIR
     eval_limit: int | None = None
     batch_size: int = 500
 
     def __post_init__(self) -> None:
         if self.opset not in SUPPORTED_OPSETS:
             raise ExportConfigError(
-                f"opset {self.opset} is not supported; choose {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}"
+                f"opset {self.opset} is not supported; choose {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}",
+                "opset",
             )
         if not self.tolerance > 0:
-            raise ExportConfigError(f"tolerance {self.tolerance} must be > 0 (e.g. 1e-5)")
+            raise ExportConfigError(
+                f"tolerance {self.tolerance} must be > 0 (e.g. 1e-5)", "tolerance"
+            )
         if not 0 <= self.int8_max_accuracy_drop < 1:
             raise ExportConfigError(
-                f"int8 max accuracy drop {self.int8_max_accuracy_drop} must be in [0, 1) (0.002 = 0.2 points)"
+                f"int8 max accuracy drop {self.int8_max_accuracy_drop} must be in [0, 1) (0.002 = 0.2 points)",
+                "int8_max_accuracy_drop",
             )
         if not 0 <= self.int8_min_agreement <= 1:
             raise ExportConfigError(
-                f"int8 min agreement {self.int8_min_agreement} must be in [0, 1]"
+                f"int8 min agreement {self.int8_min_agreement} must be in [0, 1]",
+                "int8_min_agreement",
             )
         if self.calibration_images < 1:
-            raise ExportConfigError(f"calibration images {self.calibration_images} must be >= 1")
+            raise ExportConfigError(
+                f"calibration images {self.calibration_images} must be >= 1", "calibration_images"
+            )
         if self.fixed_batch is not None and self.fixed_batch < 1:
-            raise ExportConfigError(f"fixed batch {self.fixed_batch} must be >= 1")
+            raise ExportConfigError(f"fixed batch {self.fixed_batch} must be >= 1", "fixed_batch")
         if (
             self.int8
             and self.fixed_batch is not None
@@ -84,12 +92,15 @@ class ExportConfig:
         ):
             raise ExportConfigError(
                 f"calibration images {self.calibration_images} are fewer than one fixed batch "
-                f"({self.fixed_batch}); use --calibration-images {self.fixed_batch} or more"
+                f"({self.fixed_batch}); use {self.fixed_batch} or more",
+                "calibration_images",
             )
         if self.eval_limit is not None and self.eval_limit < 1:
-            raise ExportConfigError(f"eval limit {self.eval_limit} must be >= 1 (or unset for all)")
+            raise ExportConfigError(
+                f"eval limit {self.eval_limit} must be >= 1 (or unset for all)", "eval_limit"
+            )
         if self.batch_size < 1:
-            raise ExportConfigError(f"batch size {self.batch_size} must be >= 1")
+            raise ExportConfigError(f"batch size {self.batch_size} must be >= 1", "batch_size")
 
     def specs(self) -> list[GraphSpec]:
         """The interfaces to export: the main one, plus the edge variant if asked for."""

@@ -26,6 +26,7 @@ import torch
 from mnist_edge.export.config import DEFAULT_OPSET
 from mnist_edge.export.spec import BATCH_AXIS, INPUT_NAME, OUTPUT_NAME, GraphSpec
 from mnist_edge.runtime import __version__
+from mnist_edge.runtime.layout import model_name
 from mnist_edge.train.model import ConvNet, ProbabilityModel
 
 MODEL_VERSION = 1  # ONNX model_version: bumped when the file's interface changes
@@ -33,15 +34,10 @@ PRODUCER = "mnist-edge"
 
 
 def file_name(spec: GraphSpec, precision: str, suffix: str = ".onnx") -> str:
-    """``mnist[.int8][.batchN][.uint8].onnx``."""
-    parts = ["mnist"]
-    if precision == "int8":
-        parts.append("int8")
-    if spec.fixed_batch is not None:
-        parts.append(f"batch{spec.fixed_batch}")
-    if spec.uint8_input:
-        parts.append("uint8")
-    return ".".join(parts) + suffix
+    """``mnist[.int8][.batchN][.uint8].onnx``: the layout's name for this interface."""
+    return model_name(
+        precision, fixed_batch=spec.fixed_batch, uint8_input=spec.uint8_input, suffix=suffix
+    )
 
 
 class Uint8Input(torch.nn.Module):

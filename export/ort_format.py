@@ -18,7 +18,7 @@ from pathlib import Path
 import onnxruntime as ort
 from onnxruntime.tools.ort_format_model import create_config_from_models
 
-CONFIG_NAME = "mnist.required_operators.config"
+from mnist_edge.runtime.layout import REQUIRED_OPERATORS as CONFIG_NAME
 
 
 def to_ort_format(onnx_path: Path, ort_path: Path) -> None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -36,6 +36,9 @@ from mnist_edge.export.report import ExportedFile, ExportReport, write_reports
 from mnist_edge.export.verify import ValidationError, raise_for_failures, validate
 from mnist_edge.runtime.atomic import atomic_write_bytes, atomic_write_text
 
+if TYPE_CHECKING:
+    from mnist_edge.train.checkpoint import Checkpoint
+
 Log = Callable[[str], None]
 
 
@@ -48,7 +51,7 @@ def tolerance_for(config: ExportConfig, precision: str) -> Tolerance:
 
 def load_inputs(
     checkpoint: Path, config: ExportConfig, log: Log, *, calibration: bool = True
-) -> tuple[Any, Reference, np.ndarray | None]:
+) -> tuple[Checkpoint, Reference, np.ndarray | None]:
     """The checkpoint, PyTorch's reference outputs on the test set, and calibration images.
 
     Only the slices needed are loaded (the evaluation images and the first
@@ -62,7 +65,7 @@ def load_inputs(
 
     ckpt = load_checkpoint(checkpoint)
     dataset = load_dataset(
-        DataConfig(dataset=ckpt.dataset.get("name", "mnist"), data_dir=config.data_dir),
+        DataConfig(dataset=ckpt.dataset.name, data_dir=config.data_dir),
         log,
         train_limit=config.calibration_images if calibration else 0,
         test_limit=config.eval_limit,
@@ -132,7 +135,7 @@ def export_onnx(
                 precision=precision,
                 batch_size=config.batch_size,
             )
-            doc = file_doc(str(ckpt.dataset.get("name", "mnist")), precision, spec, ckpt.sha256)
+            doc = file_doc(ckpt.dataset.name, precision, spec, ckpt.sha256)
             set_metadata(
                 model, file_props(ckpt, precision, spec, parity, versions), doc, MODEL_VERSION
             )
@@ -162,7 +165,7 @@ def export_onnx(
     report = ExportReport(
         checkpoint=checkpoint,
         checkpoint_sha256=ckpt.sha256,
-        dataset=str(ckpt.dataset.get("name", "mnist")),
+        dataset=ckpt.dataset.name,
         opset=config.opset,
         eval_images=len(reference.labels),
         pytorch_accuracy=reference.accuracy,

@@ -9,7 +9,7 @@ source checkpoint SHA-256, recipe, versions) plus the validation outcome;
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -19,6 +19,9 @@ from mnist_edge.export.parity import ParityReport
 from mnist_edge.export.spec import GraphSpec
 from mnist_edge.runtime.metadata import ModelMetadata, Preprocessing
 from mnist_edge.train.data import DATASETS
+
+if TYPE_CHECKING:
+    from mnist_edge.train.checkpoint import Checkpoint
 
 
 def model_preprocessing(dataset: str, spec: GraphSpec) -> Preprocessing:
@@ -45,15 +48,19 @@ def export_versions(trained_with: dict[str, str]) -> dict[str, str]:
 
 
 def file_props(
-    ckpt: Any, precision: str, spec: GraphSpec, parity: ParityReport, versions: dict[str, str]
+    ckpt: Checkpoint,
+    precision: str,
+    spec: GraphSpec,
+    parity: ParityReport,
+    versions: dict[str, str],
 ) -> dict[str, str]:
     """The ``metadata_props`` of one file: its :class:`ModelMetadata` plus the number of
     test images it was checked on and its validation outcome (``passed`` or ``FAILED: ...``)."""
     acc = parity.accuracy if np.isfinite(parity.accuracy) else None
     meta = ModelMetadata(
-        labels=tuple(ckpt.classes),
-        preprocessing=model_preprocessing(str(ckpt.dataset.get("name", "mnist")), spec),
-        dataset=str(ckpt.dataset.get("name", "mnist")),
+        labels=ckpt.classes,
+        preprocessing=model_preprocessing(ckpt.dataset.name, spec),
+        dataset=ckpt.dataset.name,
         test_accuracy=acc,
         precision=precision,
         source_sha256=ckpt.sha256,

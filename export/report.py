@@ -18,6 +18,7 @@ from typing import Any
 from mnist_edge.export.parity import ParityReport
 from mnist_edge.export.spec import GraphSpec
 from mnist_edge.runtime.atomic import atomic_write_text
+from mnist_edge.runtime.layout import Artifacts
 from mnist_edge.train.report import upsert_section
 
 REPORT_TITLE = "# mnist-edge report\n"  # heading of a report.md the export creates itself
@@ -208,8 +209,9 @@ def _json_safe(value: object) -> object:
 def write_reports(report: ExportReport, out_dir: Path) -> None:
     """Write ``out_dir/export.json`` and the "Export" section of ``out_dir/report.md``."""
     data = _json_safe(report.to_dict())
-    atomic_write_text(out_dir / "export.json", json.dumps(data, indent=2, allow_nan=False) + "\n")
-    path = out_dir / "report.md"
+    art = Artifacts(out_dir)
+    atomic_write_text(art.export_report, json.dumps(data, indent=2, allow_nan=False) + "\n")
+    path = art.report
     if not path.is_file():
         atomic_write_text(path, REPORT_TITLE)  # no training report yet: keep the usual heading
     upsert_section(path, "export", markdown_section(report))

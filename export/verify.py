@@ -41,11 +41,9 @@ class ValidationError(MnistEdgeError, ValueError):
 
     def __init__(self, failures: Sequence[str]) -> None:
         self.failures = list(failures)
+        self.summary = f"validation failed ({len(self.failures)} problem(s)); nothing was written"
         lines = "\n".join(f"  - {f}" for f in self.failures)
-        super().__init__(
-            f"validation failed ({len(self.failures)} problem(s)); nothing was written "
-            f"(rerun with --allow-mismatch to write the files anyway):\n{lines}"
-        )
+        super().__init__(f"{self.summary}:\n{lines}")
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:

@@ -2,6 +2,10 @@
 
 A reader (or a crashed writer) never sees a half-written checkpoint, model or
 report: the target either keeps its old content or has the whole new one.
+
+Temp files are named ``.NAME.PID.XXXX.tmp`` after the writing process. A
+writer killed outright (``kill -9``, the OOM killer) cannot remove its own;
+the next write to the same target removes those whose process is gone.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from mnist_edge.runtime.processes import pid_running
 
 # mkstemp creates 0600 files; give ours the mode a plain open() would.
 _UMASK = os.umask(0)
@@ -27,7 +33,10 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     removed and ``target`` is left untouched.
     """
     target = Path(target)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    remove_stale_temps(target)
+    fd, name = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp"
+    )
     os.close(fd)
     tmp = Path(name)
     os.chmod(tmp, _FILE_MODE)
@@ -37,6 +46,26 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temps(target: str | os.PathLike[str]) -> list[Path]:
+    """Remove temp files of ``target`` left by writers that no longer run; return them."""
+    target = Path(target)
+    prefix = f".{target.name}."
+    removed = []
+    try:
+        names = os.listdir(target.parent)
+    except OSError:  # the folder is missing or unreadable: mkstemp will say so
+        return removed
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid = name[len(prefix) :].split(".", 1)[0]
+        if pid.isdigit() and not pid_running(int(pid)):
+            with contextlib.suppress(FileNotFoundError):  # another writer got there first
+                (target.parent / name).unlink()
+                removed.append(target.parent / name)
+    return removed
 
 
 def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:

@@ -88,7 +88,7 @@ class Classifier:
                 self.session.get_modelmeta().custom_metadata_map
             )
         except ValueError as exc:
-            raise ModelError(f"{self.path}: {exc}; re-export it with `make export`") from None
+            raise ModelError(f"{self.path}: {exc}; export it again with this mnist-edge") from None
         if not self.metadata.from_file:
             warnings.warn(
                 f"{self.path} has no mnist-edge metadata; using MNIST labels 0-9 and MNIST preprocessing",

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import FrameType
+from typing import TextIO
 
 import click
 
@@ -22,30 +26,50 @@ import click
 # (where workers are spawned, they also re-import this module).
 from mnist_edge.runtime import __version__
 from mnist_edge.runtime.atomic import atomic_path
+from mnist_edge.runtime.layout import DEFAULT, int8_sibling
 from mnist_edge.runtime.output import FORMATS
-from mnist_edge.runtime.pipeline import PipelineConfig
+from mnist_edge.runtime.stream import INVERT_MODES, PipelineConfig
 
-if TYPE_CHECKING:
-    from mnist_edge.runtime.classifier import Classifier
-    from mnist_edge.runtime.images import ImageOptions
+DEFAULT_MODEL = DEFAULT.model()
+DEFAULT_INT8_MODEL = DEFAULT.model("int8")
+MODEL_HINT = "`make train export` makes the default model; --model picks another file"
+# Exit codes of a run stopped by a signal: 128 + the signal's number, as shells report it.
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
-# images.INVERT_MODES, spelt out so that numpy and pillow load after the workers
-# start (tests check the two agree)
-INVERT_MODES = ("auto", "always", "never")
-DEFAULT_MODEL = Path("artifacts/mnist.onnx")
-DEFAULT_INT8_MODEL = Path("artifacts/mnist.int8.onnx")
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived: unwind (stop the workers, drop the temp output) and exit."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    for sig in SIGNAL_EXIT:  # one clean unwind: further signals wait until it is done
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into :class:`Interrupted` in this (main) thread."""
+    previous = {sig: signal.signal(sig, _interrupt) for sig in SIGNAL_EXIT}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _model_path(model: Path | None, int8: bool) -> Path:
     if model is None:
         return DEFAULT_INT8_MODEL if int8 else DEFAULT_MODEL
-    if int8:  # the quantized file beside the given one: mnist.onnx -> mnist.int8.onnx
-        return model.with_name(model.name.removesuffix(".onnx") + ".int8.onnx")
-    return model
+    return int8_sibling(model) if int8 else model
 
 
 @contextlib.contextmanager
-def _open_output(output: Path | None):
+def _open_output(output: Path | None) -> Iterator[TextIO]:
     if output is None:
         yield sys.stdout
         return
@@ -146,77 +170,93 @@ def main(
 
     Pictures of any size and kind (PNG, JPEG, BMP, GIF, TIFF, WebP; photos,
     scans, drawings) are made MNIST-style first; .npy and IDX files give one
-    result per image in them.
+    result per image in them. Ctrl-C or SIGTERM stops the run cleanly: no
+    partial -o file, no worker processes left, exit 130 or 143.
     """
+    config = PipelineConfig(batch_size=batch_size, workers=workers, top_k=top_k or 0, invert=invert)
+    try:
+        with _signals_interrupt():
+            run = _run(
+                inputs, _model_path(model, int8), config, provider, threads, fmt, output, progress
+            )
+    except Interrupted as exc:
+        kept = f"; {output} was not written" if output is not None else ""
+        click.echo(f"mnist-infer: stopped by {exc}{kept}", err=True)
+        sys.exit(SIGNAL_EXIT[signal.Signals(exc.signum)])
+    if run.reader_left:  # `mnist-infer ... | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit flush
+    elif not quiet:
+        click.echo(run.summary, err=True)
+    if run.failures:
+        sys.exit(1)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """How a run ended: the summary line, failed inputs, and whether stdout's reader left early."""
+
+    summary: str
+    failures: int
+    reader_left: bool = False
+
+
+def _run(
+    inputs: tuple[str, ...],
+    path: Path,
+    config: PipelineConfig,
+    provider: str,
+    threads: int | None,
+    fmt: str,
+    output: Path | None,
+    progress: bool | None,
+) -> _Run:
+    """Open the pipeline and stream the results out; library errors become click errors."""
     from mnist_edge.runtime.output import Progress, ResultWriter, RunStats
-    from mnist_edge.runtime.pipeline import Pipeline
+    from mnist_edge.runtime.session import ModelError, ProviderError, SessionConfig, short_name
+    from mnist_edge.runtime.stream import Pipeline
     from mnist_edge.runtime.workers import DecoderError
 
     err = sys.stderr
-    path = _model_path(model, int8)
-    config = PipelineConfig(batch_size=batch_size, workers=workers, top_k=top_k or 0)
     stdin = sys.stdin if "-" in inputs else None
-    # Worker processes (which load ONNX Runtime themselves) start now, while this one loads it.
-    prestart = path.is_file() and provider.strip().lower() in ("auto", "cpu")
-    with Pipeline(inputs, path, config, stdin, prestart=prestart) as pipeline:
-        classifier, options = _load_model(path, model, int8, provider, threads, invert)
-        if top_k is not None and top_k > len(classifier.classes):
+    session = SessionConfig(provider=provider, threads=threads)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            pipeline = Pipeline(path, inputs, config, session, stdin)
+        except ProviderError as exc:
+            raise click.BadParameter(str(exc), param_hint="--provider") from None
+        except ModelError as exc:
+            hint = "--int8" if path == DEFAULT_INT8_MODEL else "--model"
+            raise click.BadParameter(f"{exc}; {MODEL_HINT}", param_hint=hint) from None
+        except DecoderError as exc:
+            raise click.ClickException(f"{exc}; rerun with --workers 0") from None
+    for warning in caught:
+        click.echo(f"warning: {warning.message}", err=True)
+    with pipeline:
+        classes = pipeline.classifier.classes
+        if config.top_k > len(classes):
             raise click.BadParameter(
-                f"{top_k} is more than the model's {len(classifier.classes)} classes",
+                f"{config.top_k} is more than the model's {len(classes)} classes",
                 param_hint="--top-k",
             )
         stats = RunStats()
         bar = Progress(err) if (progress if progress is not None else err.isatty()) else None
         try:
             with _open_output(output) as stream:
-                writer = ResultWriter(stream, fmt, top_k or 0)
-                for result in pipeline.run(classifier, options):
+                writer = ResultWriter(stream, fmt, config.top_k)
+                for result in pipeline:
                     writer.write(result)
                     stats.add(result)
                     if bar is not None:
                         bar.update(stats)
         except DecoderError as exc:
-            raise click.ClickException(str(exc)) from None
-        except BrokenPipeError:  # `mnist-infer ... | head`: the reader left; stop quietly
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit flush
-            sys.exit(1 if stats.failures else 0)
+            raise click.ClickException(f"{exc}; rerun with --workers 0") from None
+        except BrokenPipeError:
+            return _Run("", stats.failures, reader_left=True)
         finally:
             if bar is not None:
                 bar.close()
-    if not quiet:
-        from mnist_edge.runtime.session import short_name
-
-        chosen = short_name(classifier.provider)
-        chosen += " (auto)" if provider.strip().lower() == "auto" else ""
-        click.echo(stats.summary(chosen, f"{path} ({classifier.metadata.precision})"), err=True)
-    if stats.failures:
-        sys.exit(1)
-
-
-def _load_model(
-    path: Path, model: Path | None, int8: bool, provider: str, threads: int | None, invert: str
-) -> tuple[Classifier, ImageOptions]:
-    """The classifier and image options, or click errors naming the bad option."""
-    from mnist_edge.runtime.classifier import Classifier
-    from mnist_edge.runtime.images import ImageOptions
-    from mnist_edge.runtime.session import ModelError, ProviderError, SessionConfig
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            classifier = Classifier(path, config=SessionConfig(provider=provider, threads=threads))
-        except ProviderError as exc:
-            raise click.BadParameter(str(exc), param_hint="--provider") from None
-        except ModelError as exc:
-            raise click.BadParameter(
-                str(exc), param_hint="--int8" if int8 and model is None else "--model"
-            ) from None
-    for warning in caught:
-        click.echo(f"warning: {warning.message}", err=True)
-    try:
-        options = ImageOptions(preprocessing=classifier.metadata.preprocessing, invert=invert)
-    except ValueError as exc:
-        raise click.BadParameter(
-            f"{path}: {exc}; upgrade mnist-edge", param_hint="--model"
-        ) from None
-    return classifier, options
+    chosen = short_name(pipeline.classifier.provider)
+    chosen += " (auto)" if provider.strip().lower() == "auto" else ""
+    model = f"{path} ({pipeline.classifier.metadata.precision})"
+    return _Run(stats.summary(chosen, model), stats.failures)

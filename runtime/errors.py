@@ -14,9 +14,36 @@ errors quote one line of them. Torch-free, so every stage can use it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class MnistEdgeError(Exception):
     """Base class of every error mnist-edge raises on purpose; the message is one line."""
+
+
+class ConfigError(MnistEdgeError, ValueError):
+    """A config value is out of range or inconsistent; raised by the config's ``__post_init__``.
+
+    Every stage validates its frozen config dataclass this one way, when it is made.
+
+    Attributes:
+        field: the config field at fault, when there is one (a CLI names its option).
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def option_hint(self, options: Mapping[str, str] | None = None) -> str:
+        """The message with the command-line option of ``field``: ``... (--batch-size)``.
+
+        Args:
+            options: field -> option where the option is not ``--`` + the field with dashes.
+        """
+        if self.field is None:
+            return str(self)
+        option = (options or {}).get(self.field, "--" + self.field.replace("_", "-"))
+        return f"{self} ({option})"
 
 
 def _lines(message: BaseException | str) -> list[str]:

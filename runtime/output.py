@@ -1,6 +1,6 @@
 """Result writers for ``mnist-infer`` (table, csv, jsonl) and the run summary.
 
-Writers stream: one line per :class:`~mnist_edge.runtime.batch.Result`, as it comes.
+Writers stream: one line per :class:`~mnist_edge.runtime.messages.Result`, as it comes.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:  # keep this module light: the CLI imports it before anything heavy
-    from mnist_edge.runtime.batch import Result
+    from mnist_edge.runtime.messages import Result
 
 FORMATS = ("table", "csv", "jsonl")
 

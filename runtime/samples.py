@@ -33,7 +33,7 @@ def _find(raw: Path, name: str) -> Path:
     for candidate in (raw / name, raw / f"{name}.gz"):
         if candidate.is_file():
             return candidate
-    raise SamplesError(f"{raw / name} not found; run `make data` first")
+    raise SamplesError(f"{raw / name} not found; prepare the MNIST dataset there first")
 
 
 def load_test_set(
@@ -49,7 +49,7 @@ def load_test_set(
         images = read_idx(_find(raw, IMAGES_FILE))
         labels = read_idx(_find(raw, LABELS_FILE))
     except IdxFormatError as exc:
-        raise SamplesError(f"{exc}; delete {raw} and run `make data` again") from None
+        raise SamplesError(f"{exc}; delete {raw} and prepare the dataset again") from None
     if images.ndim != 3 or len(images) != len(labels):
         raise SamplesError(f"{raw}: images {images.shape} and labels {labels.shape} do not match")
     return images, labels
@@ -122,7 +122,7 @@ def main(out_dir: Path, data_dir: Path, count: int, everything: bool) -> None:
     try:
         images, labels = load_test_set(data_dir)
     except SamplesError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(f"{exc} (`make data`)") from None
     written = write_samples(
         out_dir, images, labels, len(images) if everything else count, 0 if everything else 3
     )

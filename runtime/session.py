@@ -12,14 +12,18 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import onnxruntime as ort
+from typing import TYPE_CHECKING
 
 from mnist_edge.runtime.errors import MnistEdgeError, first_line
-from mnist_edge.runtime.workers import usable_cores
+from mnist_edge.runtime.processes import usable_cores
+
+if TYPE_CHECKING:  # onnxruntime loads when a session is made (the CLI starts its workers first)
+    import onnxruntime as ort
+
+CPU = "CPUExecutionProvider"
 
 PROVIDER_NAMES: dict[str, str] = {
-    "cpu": "CPUExecutionProvider",
+    "cpu": CPU,
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
     "rocm": "ROCMExecutionProvider",
@@ -63,7 +67,11 @@ def resolve_provider(requested: str, available: Sequence[str] | None = None) -> 
         ProviderError: unknown name, or not available in this onnxruntime build
             (the message lists what is available and how to get GPU support).
     """
-    available = list(ort.get_available_providers() if available is None else available)
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+    available = list(available)
     names = ", ".join(
         ["auto", *(short_name(p) for p in available if p != "AzureExecutionProvider")]
     )
@@ -114,10 +122,7 @@ class SessionConfig:
 
 
 def _load_error(path: Path, exc: BaseException) -> ModelError:
-    return ModelError(
-        f"{path} is not a valid ONNX model ({first_line(exc)[:200]}); "
-        "re-create it with `make export` (or `make train export`)"
-    )
+    return ModelError(f"{path} is not a valid ONNX model ({first_line(exc)[:200]})")
 
 
 def create_session(
@@ -129,12 +134,11 @@ def create_session(
         ModelError: the file is missing or not a loadable ONNX model.
         ProviderError: the provider is not available, or the session did not get it.
     """
+    import onnxruntime as ort
+
     path = Path(model)
     if not path.is_file():
-        raise ModelError(
-            f"model file {path} not found; make one with `make train export` "
-            "(or pass --model PATH to an existing .onnx file)"
-        )
+        raise ModelError(f"model file {path} not found")
     provider = resolve_provider(config.provider)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -146,7 +150,7 @@ def create_session(
         "session.intra_op.allow_spinning", "1" if config.allow_spinning else "0"
     )
     provider_options: dict[str, str] = {}
-    if provider != "CPUExecutionProvider":
+    if provider != CPU:
         options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
         if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from the nvidia-* wheels, when installed
@@ -163,10 +167,10 @@ def create_session(
     except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/RuntimeException types
         text = str(exc)
         unreadable = any(w in text for w in ("Protobuf", "protobuf", "Load model", "ModelProto"))
-        if provider != "CPUExecutionProvider" and not unreadable:
+        if provider != CPU and not unreadable:
             # e.g. a node the provider cannot run while CPU fallback is disabled
             raise ProviderError(
-                f"{short_name(provider)} could not run {path}: {first_line(exc)[:300]}; try --provider cpu"
+                f"{short_name(provider)} could not run {path}: {first_line(exc)[:300]}; use the cpu provider"
             ) from exc
         raise _load_error(path, exc) from exc
     got = session.get_providers()

@@ -1,13 +1,21 @@
-"""Decoder worker processes: a pool started from a forkserver, in the background.
+"""Worker processes that decode pictures and, on CPU, also run the model.
 
-PIL holds the GIL while it decodes, so threads do not help (measured: 2 threads
-are no faster than 1); decoding runs in processes. On CPU each process also runs
-the model with one ONNX Runtime thread, so only paths and probabilities cross
-process boundaries.
+PIL holds the GIL while it decodes, so threads do not help; decoding runs in
+processes. When the model runs on the CPU, each process also runs it with one
+ONNX Runtime thread, so only paths and probabilities cross process boundaries.
 
-Only the standard library is imported at module level (the workers' forkserver
-preloads numpy, pillow and ONNX Runtime), so a :class:`WorkerPool` can start
-while the caller is still importing them and loading the model itself.
+Workers fork from a forkserver (never from the caller, which holds ONNX
+Runtime's threads), ignore Ctrl-C (the owner shuts them down), and exit on
+their own within a fraction of a second if the owner is killed
+(:func:`~mnist_edge.runtime.processes.exit_with`).
+
+A worker loads the model only when it will run it: when it was given one and
+the requested provider resolves to the CPU here. Otherwise it only decodes,
+and the owner runs the model (on a GPU, say).
+
+Only the standard library is imported at module level (the forkserver preloads
+numpy, pillow and ONNX Runtime), so a :class:`WorkerPool` can start while the
+caller is still importing them and loading the model itself.
 """
 
 from __future__ import annotations
@@ -17,111 +25,123 @@ import os
 import signal
 import threading
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mnist_edge.runtime.errors import MnistEdgeError
+from mnist_edge.runtime.messages import Classified, Decoded
+from mnist_edge.runtime.processes import exit_with
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from mnist_edge.runtime.classifier import Classifier
     from mnist_edge.runtime.images import ImageOptions
 
-# One-thread ONNX Runtime on a 28x28 CNN is fastest at about this many images per
-# call (the activations stay in cache): measured 20.3k images/s at 64 vs 17.8k at 256.
+# One-thread ONNX Runtime on a 28x28 CNN is fastest at a few dozen images per
+# call (the activations stay in cache); see README "Benchmarks".
 WORKER_BATCH = 64
 
 
 class DecoderError(MnistEdgeError, RuntimeError):
-    """A decoder process died or could not start; the run cannot account for its inputs."""
+    """A worker process died or could not start; the run cannot account for its inputs."""
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (affinity and cgroup-free count)."""
+@dataclass(frozen=True)
+class WorkerModel:
+    """The model the workers may run.
+
+    Attributes:
+        path: the ONNX file.
+        provider: the provider the caller asked for; workers load ``path`` only
+            when it resolves to the CPU.
+    """
+
+    path: str
+    provider: str = "auto"
+
+
+# Per worker process: the classifier made by _init (when the worker runs the
+# model), or why it could not be made.
+_classifier: Classifier | None = None
+_load_error: str | None = None
+
+
+def _init(model: WorkerModel | None, owner: int) -> None:
+    global _classifier, _load_error
+    exit_with(owner)  # the owner killed outright: exit instead of waiting forever
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the owner's to handle
+    if model is None:
+        return
+    from mnist_edge.runtime.classifier import Classifier  # preloaded by the forkserver
+    from mnist_edge.runtime.session import (
+        CPU,
+        MissingMetadataWarning,
+        SessionConfig,
+        resolve_provider,
+    )
+
+    # An initializer that raises gets a traceback printed and a broken pool;
+    # keep the reason for _ready instead (the owner reports it properly).
     try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        if resolve_provider(model.provider) != CPU:
+            return  # the owner runs the model on its accelerator; this worker decodes
+        with warnings.catch_warnings():  # the owner has already said it
+            warnings.simplefilter("ignore", MissingMetadataWarning)
+            _classifier = Classifier(model.path, config=SessionConfig(provider="cpu", threads=1))
+    except MnistEdgeError as exc:
+        _load_error = str(exc)
 
 
-# One classifier per worker process when the workers also run the model (CPU):
-# made once by _worker_init, used by every task that process runs.
-_worker_classifier: Classifier | None = None
-_worker_error: str | None = None  # why the model did not load (told by _worker_ready)
-
-
-def _worker_init(model: str | None) -> None:
-    global _worker_classifier, _worker_error
-    # Ctrl-C is the main process's to handle: it shuts the pool down cleanly.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if model is not None:
-        from mnist_edge.runtime.classifier import Classifier  # preloaded by the forkserver
-        from mnist_edge.runtime.session import (
-            MissingMetadataWarning,
-            ModelError,
-            ProviderError,
-            SessionConfig,
-        )
-
-        # An initializer that raises gets a traceback printed and a broken pool;
-        # keep the reason for _worker_ready instead (the main process says it properly).
-        try:
-            with warnings.catch_warnings():  # the main process has already said it
-                warnings.simplefilter("ignore", MissingMetadataWarning)
-                config = SessionConfig(provider="cpu", threads=1)  # one core per worker
-                _worker_classifier = Classifier(model, config=config)
-        except (ModelError, ProviderError) as exc:
-            _worker_error = str(exc)
-
-
-def _worker_ready() -> None:
-    """Start-up probe run in each new worker.
+def _ready() -> bool:
+    """Start-up probe run in each new worker: whether it holds the model.
 
     Raises:
         DecoderError: the worker could not load its model.
     """
-    if _worker_error is not None:
-        raise DecoderError(f"a decoder process could not load the model: {_worker_error}")
+    if _load_error is not None:
+        raise DecoderError(f"a worker process could not load the model: {_load_error}")
+    return _classifier is not None
 
 
-def decode_and_classify(
-    paths: list[str], options: ImageOptions, batch_size: int
-) -> tuple[np.ndarray, list[str | None]]:
-    """Worker task: decode, preprocess and classify -> (probabilities (k, classes), errors).
+def decode_files(paths: list[str], options: ImageOptions) -> Decoded:
+    """Worker task: decode and preprocess picture files."""
+    from mnist_edge.runtime.images import load_batch  # preloaded: no cost per task
+
+    images, errors = load_batch(paths, options)
+    return Decoded(paths, images, errors)
+
+
+def classify_files(paths: list[str], options: ImageOptions, batch_size: int) -> Classified:
+    """Worker task: decode, preprocess and classify picture files.
 
     The model runs on at most ``min(batch_size, WORKER_BATCH)`` images per call.
     """
     import numpy as np
 
-    from mnist_edge.runtime.images import load_batch  # both preloaded: no cost per task
+    from mnist_edge.runtime.images import load_batch
 
-    if _worker_classifier is None:
-        raise DecoderError(
-            _worker_error or "decoder process has no model (pool started without one)"
-        )
+    if _classifier is None:
+        raise DecoderError(_load_error or "this worker process holds no model")
     images, errors = load_batch(paths, options)  # (k, size, size)
     ok = [i for i, e in enumerate(errors) if e is None]
     if len(ok) < len(paths):
         images = images[ok]  # (len(ok), size, size)
-    probs = np.zeros((len(paths), len(_worker_classifier.classes)), np.float32)
+    probs = np.zeros((len(paths), len(_classifier.classes)), np.float32)
     step = min(batch_size, WORKER_BATCH)
     for start in range(0, len(ok), step):
         rows = ok[start : start + step]
-        probs[rows] = _worker_classifier.predict(images[start : start + step]).probabilities
-    return probs, errors
+        probs[rows] = _classifier.predict(images[start : start + step]).probabilities
+    return Classified(paths, probs, errors)
 
 
-def new_pool(workers: int, model: str | None = None) -> ProcessPoolExecutor:
-    """A started pool of ``workers`` decoder processes (each with the model when ``model`` is set).
+def _start(workers: int, model: WorkerModel | None) -> tuple[ProcessPoolExecutor, bool]:
+    """Start ``workers`` processes and wait until each is up; return the pool and whether they run the model.
 
     Raises:
         BrokenProcessPool, OSError: the processes could not start.
-        DecoderError: they could not load ``model``.
+        DecoderError: they could not load the model.
     """
-    # forkserver: workers fork from a small clean server process, never from this
-    # one (which holds ONNX Runtime's threads); spawn where there is no forkserver.
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     if "forkserver" in methods:
@@ -129,57 +149,79 @@ def new_pool(workers: int, model: str | None = None) -> ProcessPoolExecutor:
         ctx.set_forkserver_preload(
             [*preload, "mnist_edge.runtime.classifier"] if model else preload
         )
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(model,))
-    # start every worker now (the executor would start them one per submit)
-    try:
-        for future in [pool.submit(_worker_ready) for _ in range(workers)]:
-            future.result()
+    pool = ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init, initargs=(model, os.getpid())
+    )
+    try:  # start every worker now (the executor would start them one per submit)
+        holds_model = [f.result() for f in [pool.submit(_ready) for _ in range(workers)]]
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
-    return pool
+    return pool, all(holds_model)
 
 
 class WorkerPool:
-    """A :func:`new_pool` started in a background thread; the caller goes on meanwhile.
+    """Worker processes started in a background thread; the caller goes on meanwhile.
 
     Args:
         workers: processes to start (>= 1).
-        model: ONNX file each process loads (CPU, one thread), or ``None`` to decode only.
+        model: the model the workers may run (see :class:`WorkerModel`), or ``None``
+            to only decode.
+
+    Raises:
+        ValueError: ``workers`` < 1.
     """
 
-    def __init__(self, workers: int, model: str | None = None) -> None:
+    def __init__(self, workers: int, model: WorkerModel | None = None) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, not {workers}")
         self.workers = workers
-        self.model = model
         self._pool: ProcessPoolExecutor | None = None
+        self._runs_model = False
         self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._start, name="decoder-pool", daemon=True)
+        self._thread = threading.Thread(
+            target=self._start, args=(model,), name="worker-pool", daemon=True
+        )
         self._thread.start()
 
-    def _start(self) -> None:
+    def _start(self, model: WorkerModel | None) -> None:
         try:
-            self._pool = new_pool(self.workers, self.model)
-        except (
-            OSError,
-            BrokenProcessPool,
-            DecoderError,
-        ):  # no processes (sandbox, limits), bad model
+            self._pool, self._runs_model = _start(self.workers, model)
+        except (OSError, BrokenProcessPool, DecoderError):  # sandbox limits, unloadable model
             self._pool = None
         finally:
             self._ready.set()
 
-    def get(self, wait: bool = False) -> ProcessPoolExecutor | None:
-        """The running pool; ``None`` while it is starting (unless ``wait``) or if it could not start."""
+    def ready(self, wait: bool = False) -> bool:
+        """Whether the pool is running (waiting for the start to end when ``wait``)."""
         if wait:
             self._ready.wait()
-        return self._pool if self._ready.is_set() else None
+        return self._ready.is_set() and self._pool is not None
 
     @property
     def failed(self) -> bool:
-        """True once starting is over and no pool came of it."""
+        """True once starting is over and no pool came of it (work is then done in-process)."""
         return self._ready.is_set() and self._pool is None
+
+    @property
+    def runs_model(self) -> bool:
+        """Whether the running workers hold the model (so :meth:`classify` may be used)."""
+        return self.ready() and self._runs_model
+
+    def decode(self, paths: list[str], options: ImageOptions) -> Future[Decoded]:
+        """Queue :func:`decode_files` (the pool must be :meth:`ready`)."""
+        return self._running().submit(decode_files, paths, options)
+
+    def classify(
+        self, paths: list[str], options: ImageOptions, batch_size: int
+    ) -> Future[Classified]:
+        """Queue :func:`classify_files` (the pool must be ready and :attr:`runs_model`)."""
+        return self._running().submit(classify_files, paths, options, batch_size)
+
+    def _running(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            raise DecoderError("the worker processes are not running")
+        return self._pool
 
     def close(self) -> None:
         """Wait for the start to finish, then stop the processes (queued tasks are cancelled)."""

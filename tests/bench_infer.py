@@ -35,8 +35,9 @@ from benchutil import cpu_name, merge_section  # tests/ is sys.path[0] for scrip
 from PIL import Image
 
 from mnist_edge.runtime.classifier import Classifier
+from mnist_edge.runtime.processes import usable_cores
 from mnist_edge.runtime.samples import SamplesError, load_test_set, write_samples
-from mnist_edge.runtime.session import SessionConfig, usable_cores
+from mnist_edge.runtime.session import SessionConfig
 
 BATCHES = (1, 32, 256, 1024)
 SUMMARY = re.compile(r"(\d+) images, (\d+) failed, ([\d,]+) images/s")
@@ -180,10 +181,10 @@ def _mnist_infer(args, inputs: list[str], extra: list[str] = ()) -> tuple[float,
 
 def decoding(files: list[str], workers: int) -> dict:
     """Decode + preprocess the PNGs: one thread, ``workers`` threads, ``workers`` processes (why processes)."""
-    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor
 
-    from mnist_edge.runtime.images import load_batch
-    from mnist_edge.runtime.workers import new_pool
+    from mnist_edge.runtime.images import ImageOptions, load_batch
+    from mnist_edge.runtime.workers import WorkerPool
 
     chunks = [files[i : i + 64] for i in range(0, len(files), 64)]
     out = {}
@@ -195,13 +196,14 @@ def decoding(files: list[str], workers: int) -> dict:
         start = time.perf_counter()
         list(pool.map(load_batch, chunks))
         out[f"{workers}_threads_s"] = time.perf_counter() - start
-    pool: ProcessPoolExecutor = new_pool(workers)  # started before the clock, as in mnist-infer
-    try:
+    with WorkerPool(workers) as processes:  # started before the clock, as in mnist-infer
+        if not processes.ready(wait=True):
+            raise BenchError("worker processes could not start")
         start = time.perf_counter()
-        list(pool.map(load_batch, chunks))
+        options = ImageOptions()
+        for task in [processes.decode(chunk, options) for chunk in chunks]:
+            task.result()
         out[f"{workers}_processes_s"] = time.perf_counter() - start
-    finally:
-        pool.shutdown()
     return {k: round(v, 3) for k, v in out.items()}
 
 

@@ -194,7 +194,7 @@ def test_corrupt_wheel_is_a_clear_error(tmp_path: Path) -> None:
     mirror = config.data_dir / "mirror"
     mirror.mkdir(parents=True)
     (mirror / mirror_mod.MIRROR_WHEEL).write_bytes(b"not a zip")
-    with pytest.raises(DataError, match=r"unreadable.*make data"):
+    with pytest.raises(DataError, match=r"unreadable.*delete it and prepare the dataset again"):
         prepare_dataset(config)
 
 

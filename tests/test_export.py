@@ -278,18 +278,23 @@ def test_supported_opsets_export_and_run(trained_checkpoint, mnist, opset):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "message", "option"),
     [
-        ({"opset": 12}, "opset 12"),
-        ({"fixed_batch": 0}, "fixed batch 0"),
-        ({"tolerance": 0.0}, "tolerance 0.0"),
-        ({"fixed_batch": 64, "calibration_images": 10}, "--calibration-images 64"),
+        ({"opset": 12}, "opset 12", "--opset"),
+        ({"fixed_batch": 0}, "fixed batch 0", "--fixed-batch"),
+        ({"tolerance": 0.0}, "tolerance 0.0", "--tolerance"),
+        (
+            {"fixed_batch": 64, "calibration_images": 10},
+            r"one fixed batch \(64\); use 64 or more",
+            "--calibration-images",
+        ),
     ],
     ids=["opset", "fixed-batch", "tolerance", "calibration"],
 )
-def test_bad_config_is_rejected_up_front(kwargs, message):
-    with pytest.raises(ExportConfigError, match=message):
+def test_bad_config_is_rejected_up_front(kwargs, message, option):
+    with pytest.raises(ExportConfigError, match=message) as info:
         ExportConfig(**kwargs)
+    assert info.value.option_hint().endswith(f"({option})")  # what the CLI shows
 
 
 def test_cli_parity_only_prints_the_table(exported, trained_checkpoint):
@@ -331,7 +336,7 @@ def test_cli_parity_only_without_files(trained_checkpoint, tmp_path):
         main, ["--checkpoint", str(trained_checkpoint), "--out-dir", str(tmp_path), "--parity-only"]
     )
     assert result.exit_code == 1
-    assert "mnist.onnx does not exist; run `make export`" in result.output
+    assert "mnist.onnx does not exist; export the model first (`make export`)" in result.output
 
 
 def test_cli_failed_export_leaves_earlier_files_and_says_so(trained_checkpoint, tmp_path):

@@ -269,7 +269,7 @@ def test_real_subprocess_never_imports_torch(model, folder, tmp_path):
 def test_cli_and_pipeline_import_no_heavy_module():
     """mnist-infer starts its workers before numpy, pillow or ONNX Runtime load here."""
     code = (
-        "import sys; import mnist_edge.runtime.cli, mnist_edge.runtime.pipeline\n"
+        "import sys; import mnist_edge.runtime.cli, mnist_edge.runtime.stream\n"
         "print(sorted(m for m in ('numpy', 'PIL', 'onnxruntime') if m in sys.modules))\n"
     )
     proc = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60)

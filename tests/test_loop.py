@@ -150,9 +150,9 @@ def test_resume_from_a_corrupt_checkpoint(tmp_path, content):
     ],
     ids=["epochs", "batch", "lr", "val-split", "dataset", "device", "limit"],
 )
-def test_validate_names_the_bad_value(change, message):
+def test_config_names_the_bad_value_when_made(change, message):
     with pytest.raises(TrainError, match=message):
-        replace(TrainConfig(), **change).validate()
+        replace(TrainConfig(), **change)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

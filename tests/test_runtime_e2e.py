@@ -125,7 +125,7 @@ def _fake_mnist(data_dir: Path, n: int = 30) -> np.ndarray:
 
 
 def test_samples_need_data(tmp_path):
-    with pytest.raises(SamplesError, match="make data"):
+    with pytest.raises(SamplesError, match="not found; prepare the MNIST dataset there first"):
         load_test_set(tmp_path)
 
 

@@ -94,7 +94,7 @@ def test_cuda_without_a_gpu(runner, tmp_path, no_data_loading):
     result = runner.invoke(cli.main, ["--device", "cuda", "--out", str(tmp_path)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        "Error: device 'cuda' requested but no CUDA GPU is available; use --device cpu or auto"
+        "Error: device 'cuda' requested but no CUDA GPU is available; use device cpu or auto (--device)"
     ]
 
 

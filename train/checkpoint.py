@@ -38,6 +38,7 @@ import torch
 from mnist_edge.runtime import __version__ as MNIST_EDGE_VERSION
 from mnist_edge.runtime.atomic import atomic_path
 from mnist_edge.runtime.errors import MnistEdgeError, first_line
+from mnist_edge.runtime.metadata import MNIST_LABELS
 from mnist_edge.train.model import ConvNet, ConvNetConfig
 
 FORMAT = "mnist-edge-checkpoint"
@@ -60,15 +61,52 @@ def library_versions() -> dict[str, str]:
     }
 
 
-@dataclass
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Which dataset a checkpoint was trained on, and its class names (index = output column)."""
+
+    name: str
+    classes: tuple[str, ...]
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> DatasetInfo:
+        """From a checkpoint's ``dataset`` entry; checkpoints without one are MNIST's.
+
+        Raises:
+            CheckpointError: the entry is not a mapping of a name and class names.
+        """
+        try:
+            name = str(raw.get("name", "mnist"))
+            classes = tuple(str(c) for c in raw.get("classes", MNIST_LABELS))
+        except (AttributeError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint dataset entry {raw!r} is malformed") from exc
+        return cls(name, classes)
+
+
+@dataclass(frozen=True)
 class Checkpoint:
-    """A loaded checkpoint: the rebuilt model (eval mode) and everything saved beside it."""
+    """A loaded checkpoint: what the train stage hands to the export stage.
+
+    Attributes:
+        model: the rebuilt net, in eval mode.
+        path: the file it was loaded from.
+        sha256: of the file's bytes (recorded in every exported model).
+        recipe: the training config it was made with (JSON-able).
+        dataset: the dataset's name and class names.
+        metrics: test/val loss and accuracy, per-epoch history.
+        versions: library versions it was trained with.
+        device: where it was trained.
+        created: ISO-8601 UTC time it was saved.
+        complete: ``False`` for a resume point written mid-run.
+        epoch: epochs completed.
+        raw: the loaded dict itself (resume state included).
+    """
 
     model: ConvNet
     path: Path
     sha256: str
     recipe: dict[str, Any]
-    dataset: dict[str, Any]
+    dataset: DatasetInfo
     metrics: dict[str, Any]
     versions: dict[str, str]
     device: str
@@ -78,8 +116,8 @@ class Checkpoint:
     raw: dict[str, Any] = field(repr=False)
 
     @property
-    def classes(self) -> list[str]:
-        return list(self.dataset["classes"])
+    def classes(self) -> tuple[str, ...]:
+        return self.dataset.classes
 
 
 def _reason(exc: BaseException) -> str:
@@ -139,7 +177,7 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Pa
     return path
 
 
-_HINT = "run `make train` (or `mnist-train`) to make one"
+_HINT = "train a model to make one"
 
 
 def _read_raw(path: Path) -> tuple[dict[str, Any], bytes]:
@@ -198,7 +236,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         path=path,
         sha256=hashlib.sha256(data).hexdigest(),
         recipe=raw.get("recipe", {}),
-        dataset=raw.get("dataset", {}),
+        dataset=DatasetInfo.from_dict(raw.get("dataset", {})),
         metrics=raw.get("metrics", {}),
         versions=raw.get("versions", {}),
         device=raw.get("device", "cpu"),

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import click
 
+from mnist_edge.runtime.errors import ConfigError, MnistEdgeError
 from mnist_edge.runtime.extras import MissingExtraError, require_extras
+from mnist_edge.runtime.layout import Artifacts
 from mnist_edge.train.config import TrainConfig
 
 _D = TrainConfig()  # the reference recipe: the options' defaults come from the config
@@ -117,9 +119,8 @@ def main(
         require_extras("mnist-train", "train")
     except MissingExtraError as exc:
         raise click.ClickException(str(exc)) from None
-    from mnist_edge.train.checkpoint import CheckpointError
-    from mnist_edge.train.config import TrainConfig, TrainError
-    from mnist_edge.train.data import DataConfig, DataError, prepare_dataset
+    from mnist_edge.train.config import TrainConfig
+    from mnist_edge.train.data import DataConfig, prepare_dataset
 
     log = (lambda _: None) if quiet else _err
     try:
@@ -148,7 +149,9 @@ def main(
         from mnist_edge.train.loop import train
 
         result = train(config, log=log)
-    except (TrainError, CheckpointError, DataError) as exc:
+    except ConfigError as exc:
+        raise click.ClickException(exc.option_hint({"out_dir": "--out"})) from None
+    except MnistEdgeError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         if sys.stderr.isatty():
@@ -159,7 +162,7 @@ def main(
             )
         else:
             _err(
-                f"Interrupted; {out_dir / 'last.pt'} keeps the last completed epoch: "
+                f"Interrupted; {Artifacts(out_dir).resume} keeps the last completed epoch: "
                 "run the same command with --resume (e.g. mnist-train --resume)"
             )
         sys.exit(130)

@@ -1,9 +1,9 @@
 """The training run's options, and the checks on them that need no data.
 
-:class:`TrainConfig` is passed whole to :func:`mnist_edge.train.loop.train`;
-:meth:`TrainConfig.validate`, :func:`resolve_device` and
-:func:`check_output_dir` run before any long work, so a bad option fails in
-well under a second with a :class:`TrainError` naming it.
+:class:`TrainConfig` is passed whole to :func:`mnist_edge.train.loop.train`
+and checks its values when it is made (as every mnist-edge config does);
+:func:`resolve_device` and :func:`check_output_dir` run before any long work,
+so a bad option fails in well under a second with a :class:`TrainError` naming it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mnist_edge.runtime.errors import MnistEdgeError
+from mnist_edge.runtime.errors import ConfigError
+from mnist_edge.runtime.layout import DEFAULT_DATA_DIR, DEFAULT_DIR
 
 if TYPE_CHECKING:  # torch loads lazily: the CLI reads these defaults before it is needed
     import torch
@@ -36,7 +37,7 @@ RECIPE_KEYS = (
 )
 
 
-class TrainError(MnistEdgeError, ValueError):
+class TrainError(ConfigError):
     """A training option is invalid or cannot be honoured; the message names it and the fix."""
 
 
@@ -65,8 +66,8 @@ class TrainConfig:
     """
 
     dataset: str = "mnist"
-    data_dir: Path = Path("data")
-    out_dir: Path = Path("artifacts")
+    data_dir: Path = DEFAULT_DATA_DIR
+    out_dir: Path = DEFAULT_DIR
     epochs: int = 15
     batch_size: int = 128
     lr: float = 1e-3
@@ -82,7 +83,7 @@ class TrainConfig:
     compile: bool = False
     eval_batch_size: int = 1000
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         """Check the values that need no I/O.
 
         Raises:
@@ -93,19 +94,19 @@ class TrainConfig:
         try:
             _ = DataConfig(dataset=self.dataset).spec
         except DataError as exc:
-            raise TrainError(str(exc)) from None
+            raise TrainError(str(exc), "dataset") from None
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if value < 1:
-                raise TrainError(f"{name} must be at least 1, got {value}")
+                raise TrainError(f"{name} must be at least 1, got {value}", name)
         for name in ("train_limit", "test_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise TrainError(f"{name} must be at least 1 (or unset for all), got {value}")
+                raise TrainError(f"{name} must be at least 1 (or unset for all), got {value}", name)
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise TrainError(f"lr must be a positive number, got {self.lr}")
+            raise TrainError(f"lr must be a positive number, got {self.lr}", "lr")
         if not 0 <= self.val_split < 1:
-            raise TrainError(f"val_split must be in [0, 1), got {self.val_split}")
+            raise TrainError(f"val_split must be in [0, 1), got {self.val_split}", "val_split")
         _parse_device(self.device)
 
     def recipe(self) -> dict[str, Any]:
@@ -125,7 +126,7 @@ def _parse_device(name: str) -> str:
     if base not in DEVICES or (
         sep and (base != "cuda" or not (index.isascii() and index.isdigit()))
     ):
-        raise TrainError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+        raise TrainError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N", "device")
     return name
 
 
@@ -144,11 +145,13 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise TrainError(
-                f"device {name!r} requested but no CUDA GPU is available; use --device cpu or auto"
+                f"device {name!r} requested but no CUDA GPU is available; use device cpu or auto",
+                "device",
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise TrainError(
-                f"device {name!r} does not exist ({torch.cuda.device_count()} GPU(s)); use cuda:0"
+                f"device {name!r} does not exist ({torch.cuda.device_count()} GPU(s)); use cuda:0",
+                "device",
             )
     return device
 
@@ -167,5 +170,6 @@ def check_output_dir(out_dir: Path) -> None:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise TrainError(
-            f"output folder {out_dir} is not writable ({reason}); pass --out with a writable folder"
+            f"output folder {out_dir} is not writable ({reason}); choose a writable folder",
+            "out_dir",
         ) from exc

@@ -215,7 +215,7 @@ def load_dataset(
     except (RuntimeError, OSError, ValueError) as exc:
         raise DataError(
             f"{spec.name} files in {raw_dir} are unreadable ({last_line(exc)}); "
-            f"delete {raw_dir} and run `make data` again"
+            f"delete {raw_dir} and prepare the dataset again"
         ) from exc
     return Dataset(
         name=spec.name,

@@ -22,15 +22,14 @@ from typing import Any
 
 import torch
 
+from mnist_edge.runtime.layout import Artifacts
 from mnist_edge.train.checkpoint import build_payload, save_checkpoint
 from mnist_edge.train.config import TrainConfig, TrainError, check_output_dir, resolve_device
 from mnist_edge.train.fit import EpochStats, Evaluation, evaluate, train_epoch
 from mnist_edge.train.mirror import Log, quiet
 from mnist_edge.train.model import ConvNet, count_parameters, summary
 from mnist_edge.train.progress import ProgressBar
-from mnist_edge.train.resume import RESUME_FILE, load_resume_point, restore, resume_state
-
-MODEL_FILE = "model.pt"
+from mnist_edge.train.resume import load_resume_point, restore, resume_state
 
 
 @dataclass
@@ -166,7 +165,6 @@ def train(
         DataError: the dataset cannot be prepared.
     """
     log = log or quiet
-    config.validate()
     device = resolve_device(config.device)
     out_dir = Path(config.out_dir)
     check_output_dir(out_dir)
@@ -237,7 +235,7 @@ def train(
             epoch=epoch,
             resume=resume,
         )
-        save_checkpoint(out_dir / RESUME_FILE, payload)
+        save_checkpoint(Artifacts(out_dir).resume, payload)
 
     test = evaluate(
         model, splits.test_images, splits.test_labels, config.eval_batch_size, amp=config.amp
@@ -292,7 +290,7 @@ def _finish(
         complete=True,
         epoch=len(history),
     )
-    checkpoint = save_checkpoint(Path(config.out_dir) / MODEL_FILE, payload)
+    checkpoint = save_checkpoint(Artifacts(Path(config.out_dir)).checkpoint, payload)
     paths = report.write_outputs(Path(config.out_dir), metrics)
     return TrainResult(
         checkpoint=checkpoint,

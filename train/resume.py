@@ -15,11 +15,12 @@ from typing import Any
 import torch
 
 from mnist_edge.runtime.errors import first_line
+from mnist_edge.runtime.layout import RESUME, Artifacts
 from mnist_edge.train.checkpoint import CheckpointError, load_raw
 from mnist_edge.train.config import RECIPE_KEYS, TrainConfig, TrainError
 from mnist_edge.train.model import ConvNet
 
-RESUME_FILE = "last.pt"
+RESUME_FILE = RESUME
 # Recipe keys that must match the resume point: all but epochs (which may grow)
 # and the layout/compile speed flags (which do not change the numbers).
 _RESUME_KEYS = tuple(k for k in RECIPE_KEYS if k not in ("epochs", "channels_last", "compile"))
@@ -34,16 +35,17 @@ def load_resume_point(config: TrainConfig) -> dict[str, Any]:
         TrainError: no resume point, or its recipe differs from ``config``.
         CheckpointError: the file is corrupt or not a resume point.
     """
-    path = Path(config.out_dir) / RESUME_FILE
+    path = Artifacts(Path(config.out_dir)).resume
     if not path.is_file():
         raise TrainError(
-            f"nothing to resume: {path} does not exist; run without --resume (or pass the run's --out)"
+            f"nothing to resume: {path} does not exist; train without resume (or set out_dir to the run's folder)",
+            "resume",
         )
     raw = load_raw(path)
     state = raw.get("resume")
     needed = ("optimizer", "torch_rng", "shuffle_rng", "history")
     if raw.get("complete") or not isinstance(state, dict) or any(k not in state for k in needed):
-        raise CheckpointError(f"checkpoint {path} is not a resume point; run without --resume")
+        raise CheckpointError(f"checkpoint {path} is not a resume point; train without resume")
     saved = raw.get("recipe", {})
     now = config.recipe()
     diffs = [
@@ -51,11 +53,13 @@ def load_resume_point(config: TrainConfig) -> dict[str, Any]:
     ]
     if diffs:
         raise TrainError(
-            f"--resume with a different recipe: {', '.join(diffs)}; use the saved options or drop --resume"
+            f"resuming with a different recipe: {', '.join(diffs)}; use the saved values or do not resume",
+            "resume",
         )
     if raw["epoch"] > config.epochs:
         raise TrainError(
-            f"resume point {path} has {raw['epoch']} epochs, more than --epochs {config.epochs}; raise --epochs"
+            f"resume point {path} has {raw['epoch']} epochs, more than epochs={config.epochs}; raise epochs",
+            "epochs",
         )
     return raw
 
@@ -99,5 +103,5 @@ def restore(
         return [dict(h) for h in state["history"]]
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
-            f"resume point is damaged ({first_line(exc)}); delete {RESUME_FILE} and train without --resume"
+            f"resume point is damaged ({first_line(exc)}); delete {RESUME_FILE} and train without resume"
         ) from exc

@@ -1,4 +1,4 @@
-"""Input expansion and the streamed, ordered batch pipeline (runtime/batch.py)."""
+"""Input expansion and the streamed, ordered pipeline (runtime/inputs.py, runtime/stream.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 from runtime_models import digit, expected_probabilities, linear_model
 
-from mnist_edge.runtime.batch import Pipeline, PipelineConfig, run_pipeline
-from mnist_edge.runtime.classifier import Classifier
-from mnist_edge.runtime.images import ImageOptions
+from mnist_edge.runtime.errors import ConfigError
 from mnist_edge.runtime.inputs import Source, expand_inputs
+from mnist_edge.runtime.session import ModelError
+from mnist_edge.runtime.stream import Pipeline, PipelineConfig
 
 
 def _png(path, seed):
@@ -102,8 +102,13 @@ def test_globs_and_stdin(tree):
 
 
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory):
-    return Classifier(linear_model(tmp_path_factory.mktemp("m") / "linear.onnx"))
+def model(tmp_path_factory):
+    return linear_model(tmp_path_factory.mktemp("m") / "linear.onnx")
+
+
+def run(model, inputs, **config) -> list:
+    with Pipeline(model, inputs, PipelineConfig(**config)) as pipeline:
+        return list(pipeline)
 
 
 @pytest.fixture(scope="module")
@@ -135,10 +140,9 @@ def mixed(tmp_path_factory):
     [(1, 0), (7, 0), (256, 0), (3, 2)],
     ids=["b1-inline", "b7-inline", "b256-inline", "b3-processes"],
 )
-def test_pipeline_keeps_order_and_accounts_for_every_input(classifier, mixed, batch_size, workers):
+def test_pipeline_keeps_order_and_accounts_for_every_input(model, mixed, batch_size, workers):
     inputs, expected = mixed
-    config = PipelineConfig(batch_size=batch_size, workers=workers, chunk_size=4, top_k=2)
-    results = list(run_pipeline(inputs, classifier, ImageOptions(), config))
+    results = run(model, inputs, batch_size=batch_size, workers=workers, chunk_size=4, top_k=2)
     assert [r.path for r in results] == [path for path, _ in expected]
     for result, (_, image) in zip(results, expected, strict=True):
         if image is None:
@@ -151,18 +155,14 @@ def test_pipeline_keeps_order_and_accounts_for_every_input(classifier, mixed, ba
         assert [lab for lab, _ in result.top_k] == [str(int(j)) for j in np.argsort(-probs)[:2]]
 
 
-def test_batch_size_does_not_change_results(classifier, mixed):
+def test_batch_size_does_not_change_results(model, mixed):
     inputs, _ = mixed
-    one = list(
-        run_pipeline(inputs, classifier, ImageOptions(), PipelineConfig(batch_size=1, workers=0))
+    assert run(model, inputs, batch_size=1, workers=0) == run(
+        model, inputs, batch_size=256, workers=0
     )
-    many = list(
-        run_pipeline(inputs, classifier, ImageOptions(), PipelineConfig(batch_size=256, workers=0))
-    )
-    assert one == many
 
 
-def test_pipeline_is_lazy(classifier, tmp_path):
+def test_pipeline_is_lazy(model, tmp_path):
     """Results come before the input stream ends: inputs are never collected up front."""
     _png(tmp_path / "x.png", 0)
     seen = []
@@ -173,64 +173,57 @@ def test_pipeline_is_lazy(classifier, tmp_path):
             yield str(tmp_path / "x.png")
 
     config = PipelineConfig(batch_size=8, workers=0, chunk_size=8)
-    stream = run_pipeline(inputs(), classifier, ImageOptions(), config)
-    first = next(stream)
-    assert first.ok
-    assert len(seen) < 200
-    stream.close()
+    with Pipeline(model, inputs(), config) as pipeline:
+        stream = iter(pipeline)
+        assert next(stream).ok
+        assert len(seen) < 200
 
 
 @pytest.mark.parametrize(
     "infer_in_workers", [True, False], ids=["infer-in-workers", "decode-only-workers"]
 )
-def test_process_pool_gives_exactly_the_inline_results(classifier, mixed, infer_in_workers):
+def test_process_pool_gives_exactly_the_inline_results(model, mixed, infer_in_workers):
     inputs, _ = mixed
-    inline = list(
-        run_pipeline(inputs, classifier, ImageOptions(), PipelineConfig(workers=0, top_k=3))
-    )
+    inline = run(model, inputs, workers=0, top_k=3)
     config = PipelineConfig(
         workers=2, chunk_size=5, batch_size=4, top_k=3, infer_in_workers=infer_in_workers
     )
-    pooled = list(run_pipeline(inputs, classifier, ImageOptions(), config))
-    assert pooled == inline
-
-
-def _inline(classifier, inputs):
-    config = PipelineConfig(workers=0, top_k=3)
-    return list(run_pipeline(inputs, classifier, ImageOptions(), config))
+    with Pipeline(model, inputs, config) as pipeline:
+        assert pipeline.pool is not None and pipeline.pool.ready(wait=True)
+        assert pipeline.pool.runs_model == infer_in_workers  # a model only where it runs
+        assert list(pipeline) == inline
 
 
 @pytest.mark.parametrize(
-    ("inline_limit", "prestarted"),
+    ("inline_limit", "started"),
     [(100, False), (10, True)],
-    ids=["few-inputs-no-workers-yet", "many-inputs-workers-start-early"],
+    ids=["few-inputs-no-workers", "many-inputs-workers-start-before-the-model"],
 )
-def test_pipeline_starts_workers_before_the_model_only_for_many_inputs(
-    classifier, mixed, inline_limit, prestarted
-):
+def test_workers_start_only_for_many_inputs(model, mixed, inline_limit, started):
     inputs, _ = mixed
     config = PipelineConfig(chunk_size=5, batch_size=4, top_k=3, inline_limit=inline_limit)
-    with Pipeline(inputs, classifier.path, config) as pipeline:
-        assert (pipeline.pool is not None) == prestarted
+    with Pipeline(model, inputs, config) as pipeline:
+        assert (pipeline.pool is not None) == started
         if pipeline.pool is not None:
-            assert pipeline.pool.get(wait=True) is not None  # all work goes to the workers
-        results = list(pipeline.run(classifier, ImageOptions()))
-    assert results == _inline(classifier, inputs)
+            assert pipeline.pool.ready(wait=True)  # all work goes to the workers
+        results = list(pipeline)
+    assert results == run(model, inputs, workers=0, top_k=3)
 
 
-def test_workers_that_cannot_load_the_model_leave_the_work_inline(classifier, mixed, tmp_path):
-    bad = tmp_path / "bad.onnx"
-    bad.write_bytes(b"not an onnx model")
-    inputs, _ = mixed
-    config = PipelineConfig(chunk_size=5, batch_size=4, top_k=3, inline_limit=10)
-    with Pipeline(inputs, bad, config) as pipeline:
-        assert pipeline.pool is not None
-        assert pipeline.pool.get(wait=True) is None and pipeline.pool.failed
-        results = list(pipeline.run(classifier, ImageOptions()))
-    assert results == _inline(classifier, inputs)
+def test_workers_for_another_provider_hold_no_model(model):
+    """Workers load the model only when they will run it (CPU); otherwise they only decode."""
+    from mnist_edge.runtime.workers import WorkerModel, WorkerPool
+
+    with WorkerPool(1, WorkerModel(str(model), provider="cpu")) as pool:
+        assert pool.ready(wait=True) and pool.runs_model
+    # Azure: a provider every onnxruntime build lists, and not the CPU: the workers only decode
+    with WorkerPool(1, WorkerModel(str(model), provider="AzureExecutionProvider")) as pool:
+        assert pool.ready(wait=True) and not pool.runs_model
+    with WorkerPool(1, None) as pool:
+        assert pool.ready(wait=True) and not pool.runs_model
 
 
-def test_pipeline_without_prestart_reads_no_input_up_front(classifier):
+def test_a_missing_model_is_reported_before_any_input_is_read(tmp_path):
     """A missing model must be reported before a huge folder or glob is walked."""
     seen = []
 
@@ -238,5 +231,21 @@ def test_pipeline_without_prestart_reads_no_input_up_front(classifier):
         seen.append(1)
         yield "x.png"
 
-    with Pipeline(inputs(), classifier.path, prestart=False) as pipeline:
-        assert seen == [] and pipeline.pool is None
+    with pytest.raises(ModelError, match="not found"):
+        Pipeline(tmp_path / "none.onnx", inputs())
+    assert seen == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("batch_size", 0, "batch_size must be >= 1"),
+        ("workers", -1, "workers must be >= 0"),
+        ("max_in_flight", 0, "max_in_flight must be >= 1"),
+        ("top_k", -2, "top_k must be >= 0"),
+        ("invert", "sometimes", "invert must be one of auto, always, never"),
+    ],
+)
+def test_config_is_validated_when_made(field, value, words):
+    with pytest.raises(ConfigError, match=words):
+        PipelineConfig(**{field: value})
