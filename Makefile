@@ -58,9 +58,13 @@ bench: $(STAMP) ## Benchmarks: training s/epoch, model-only and end-to-end infer
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest $(ARGS)
 
-lint: $(STAMP) ## ruff check + format check
+lint: $(STAMP) ## ruff check + format check + mypy type check of the package
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	@# mypy sees the installed names (mnist_edge.train, ...) through a link tree
+	@rm -rf build/typecheck && mkdir -p build/typecheck/mnist_edge
+	@for p in train export runtime; do ln -s ../../../$$p build/typecheck/mnist_edge/$$p; done
+	cd build/typecheck && $(abspath $(BIN))/mypy --config-file ../../pyproject.toml mnist_edge
 
 format: $(STAMP) ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .

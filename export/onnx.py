@@ -83,6 +83,8 @@ def torch_to_onnx(net: ConvNet, spec: GraphSpec, opset: int = DEFAULT_OPSET) -> 
         optimize=True,
         verbose=False,
     )
+    if program is None:  # only with dynamo=False, which is not used here
+        raise RuntimeError("torch.onnx.export returned no program")
     model = program.model_proto
     strip_debug_metadata(model)
     return model

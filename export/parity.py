@@ -128,12 +128,11 @@ def run_session(
     session: Any, spec: GraphSpec, images: np.ndarray, batch_size: int = 500
 ) -> np.ndarray:
     """Probabilities (N, classes) for float ``images`` (N, 1, 28, 28), fed in batches."""
-    fixed = spec.fixed_batch is not None
-    size = spec.fixed_batch if fixed else batch_size
+    size = spec.fixed_batch or batch_size
     feed = spec.feed(images)
     outs = [
         session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0][:rows]
-        for batch, rows in batches(feed, size, pad_last=fixed)
+        for batch, rows in batches(feed, size, pad_last=spec.fixed_batch is not None)
     ]
     return np.concatenate(outs) if outs else np.zeros((0, spec.num_classes), np.float32)
 

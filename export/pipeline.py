@@ -117,7 +117,7 @@ def export_onnx(
         fp32 = torch_to_onnx(ckpt.model, spec, config.opset)
         timings["export"] += time.perf_counter() - t
         models = [("fp32", fp32)]
-        if config.int8:
+        if calibration is not None:  # loaded when config.int8
             t = time.perf_counter()
             log(f"int8: calibrating on {len(calibration):,} training images")
             models.append(("int8", quantize_int8(fp32, calibration, spec, qconfig)))
@@ -169,7 +169,7 @@ def export_onnx(
         opset=config.opset,
         eval_images=len(reference.labels),
         pytorch_accuracy=reference.accuracy,
-        calibration_images=len(calibration) if config.int8 else 0,
+        calibration_images=len(calibration) if calibration is not None else 0,
         quantization=asdict(qconfig) | {"format": "QDQ", "activations": "uint8", "weights": "int8"},
         files=report_files,
         versions=versions,

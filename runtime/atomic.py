@@ -52,7 +52,7 @@ def remove_stale_temps(target: str | os.PathLike[str]) -> list[Path]:
     """Remove temp files of ``target`` left by writers that no longer run; return them."""
     target = Path(target)
     prefix = f".{target.name}."
-    removed = []
+    removed: list[Path] = []
     try:
         names = os.listdir(target.parent)
     except OSError:  # the folder is missing or unreadable: mkstemp will say so

@@ -26,6 +26,7 @@ import click
 # (where workers are spawned, they also re-import this module).
 from mnist_edge.runtime import __version__
 from mnist_edge.runtime.atomic import atomic_path
+from mnist_edge.runtime.errors import MnistEdgeError
 from mnist_edge.runtime.layout import DEFAULT, int8_sibling
 from mnist_edge.runtime.output import FORMATS
 from mnist_edge.runtime.stream import INVERT_MODES, PipelineConfig
@@ -230,6 +231,8 @@ def _run(
             raise click.BadParameter(f"{exc}; {MODEL_HINT}", param_hint=hint) from None
         except DecoderError as exc:
             raise click.ClickException(f"{exc}; rerun with --workers 0") from None
+        except MnistEdgeError as exc:
+            raise click.ClickException(str(exc)) from None
     for warning in caught:
         click.echo(f"warning: {warning.message}", err=True)
     with pipeline:

@@ -245,8 +245,8 @@ def preprocess(gray: np.ndarray, options: ImageOptions = ImageOptions()) -> np.n
     ch, cw = work.shape
     scale = pre.fit / max(ch, cw)
     nh, nw = max(1, round(ch * scale)), max(1, round(cw * scale))
-    fitted = Image.fromarray(_round_to_uint8(work), mode="L")
-    fitted = np.asarray(fitted.resize((nw, nh), Image.Resampling.LANCZOS), dtype=np.float32)
+    box = Image.fromarray(_round_to_uint8(work), mode="L")
+    fitted = np.asarray(box.resize((nw, nh), Image.Resampling.LANCZOS), dtype=np.float32)
 
     out = np.zeros((size, size), dtype=np.float32)
     if float(fitted.sum()) <= 0:

@@ -111,9 +111,9 @@ def main(
     Writes OUT/model.pt (weights + recipe), OUT/metrics.json and a report
     (report.md, training.png, confusion.png). An interrupted run resumes with --resume.
     """
-    # OpenMP threads sleep instead of spinning between parallel regions. On a busy
-    # 2-core machine spinning made training up to 8x slower; set before torch loads,
-    # and an OMP_WAIT_POLICY the user exported wins.
+    # OpenMP threads sleep instead of spinning between parallel regions: spinning
+    # threads starve whatever else shares the cores (README "Benchmarks"). Set
+    # before torch loads; an OMP_WAIT_POLICY the user exported wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         require_extras("mnist-train", "train")

@@ -120,13 +120,13 @@ def train_epoch(
         correct += (logits.detach().argmax(1) == y).sum()
         if bar is not None and bar.due(step + 1):
             seen = min((step + 1) * batch_size, n)
-            bar.update(
-                step + 1,
-                lambda s=seen, ls=loss_sum, c=correct: {
-                    "loss": ls.item() / s,
-                    "accuracy": c.item() / s,
-                },
-            )
+
+            def values(
+                s: int = seen, ls: torch.Tensor = loss_sum, c: torch.Tensor = correct
+            ) -> dict[str, float]:
+                return {"loss": ls.item() / s, "accuracy": c.item() / s}
+
+            bar.update(step + 1, values)
     if bar is not None:
         bar.close()
     return loss_sum.item() / n, correct.item() / n

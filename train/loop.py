@@ -110,13 +110,12 @@ def make_splits(dataset: Any, config: TrainConfig, device: torch.device) -> Spli
 def keep_freed_memory() -> bool:
     """Stop glibc handing freed activation buffers back to the OS after every step.
 
-    A CPU training step frees and reallocates ~40 MB of activations. With
+    A CPU training step frees and reallocates tens of MB of activations. With
     glibc's default (dynamic) thresholds the freed top of the heap is trimmed
-    and the next step page-faults it back in: zero-filling max-pool's 11 MB
-    gradient took 2 ms instead of 0.08 ms. Raising the mmap and trim
-    thresholds keeps that memory in the process: measured 24.6 -> 20.3 ms/step
-    (batch 128, 2-core AMD EPYC). Process-wide and harmless elsewhere (it only
-    delays returning up to 256 MiB of free heap); a no-op off glibc.
+    and the next step page-faults it back in (zero-filling max-pool's gradient
+    then dominates it). Raising the mmap and trim thresholds keeps that memory
+    in the process. Process-wide and harmless elsewhere (it only delays
+    returning up to 256 MiB of free heap); a no-op off glibc.
 
     Returns:
         Whether the thresholds were set.
@@ -181,7 +180,7 @@ def train(
     model = ConvNet()
     log(summary(model))
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = model.to(device=device, memory_format=fmt)
+    model = model.to(device=device).to(memory_format=fmt)
     # Fused Adam is one kernel per step on CUDA; on CPU the default (foreach) measured as fast.
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, fused=device.type == "cuda" or None
@@ -299,9 +298,9 @@ def _finish(
         history=history,
         test_loss=test.loss,
         test_accuracy=test.accuracy,
-        seconds_per_epoch=metrics["seconds_per_epoch"],
+        seconds_per_epoch=sum(seconds) / len(seconds),
         device=str(device),
-        parameters=metrics["parameters"],
+        parameters=count_parameters(model),
         confusion=confusion,
     )
 

@@ -24,6 +24,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -86,7 +87,7 @@ class _AllowListUnpickler(pickle.Unpickler):
         try:
             from numpy._core.multiarray import _reconstruct  # numpy >= 2
         except ImportError:  # pragma: no cover - numpy 1.x
-            from numpy.core.multiarray import _reconstruct
+            from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]  # the same function, numpy 1.x's path
         return {
             ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
             ("numpy", "ndarray"): np.ndarray,
@@ -160,7 +161,7 @@ def arrays_from_pickle(payload_gz: bytes) -> dict[str, np.ndarray]:
         raise DataError(f"mirror file is not valid gzip ({last_line(exc)})") from exc
     obj = unpickle_arrays(raw)
     try:
-        (tx, ty), (vx, vy), (sx, sy) = obj  # type: ignore[misc]
+        (tx, ty), (vx, vy), (sx, sy) = cast("Any", obj)  # checked just below, by unpacking
     except (TypeError, ValueError) as exc:
         raise DataError("mirror pickle does not hold ((train), (valid), (test)) pairs") from exc
     train_x, train_y = np.concatenate([tx, vx]), np.concatenate([ty, vy])
