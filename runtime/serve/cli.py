@@ -30,12 +30,15 @@ INVERT_MODES = ("auto", "always", "never")  # images.INVERT_MODES (numpy and pil
 
 def _bind(host: str, port: int) -> socket.socket:
     """A listening-ready TCP socket on ``host:port`` (port 0: any free port)."""
+    sock: socket.socket | None = None
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
     except OSError as exc:
+        if sock is not None:
+            sock.close()
         raise click.BadParameter(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another --host/--port",
             param_hint="--port",

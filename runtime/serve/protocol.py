@@ -120,11 +120,16 @@ class InferRequest:
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(data)
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError(f"{what} is not UTF-8 text") from None
+    try:
+        value = json.loads(text)
     except ValueError as exc:
-        raise ProtocolError(f"{what} is not valid JSON ({exc})") from None
+        hint = ""
+        if what == "request body" and "Extra data" in str(exc):
+            hint = f"; binary tensor data needs the {HEADER_LENGTH} header"
+        raise ProtocolError(f"{what} is not valid JSON ({exc}){hint}") from None
     if not isinstance(value, dict):
         raise ProtocolError(f"{what} must be a JSON object, not {type(value).__name__}")
     return value
