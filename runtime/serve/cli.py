@@ -108,8 +108,8 @@ def _bind(host: str, port: int) -> socket.socket:
 )
 @click.option(
     "--graceful-timeout",
-    type=click.FloatRange(0, None),
-    default=30.0,
+    type=click.IntRange(0, None),
+    default=30,
     show_default=True,
     help="Seconds to let requests in flight finish after SIGTERM.",
 )
@@ -126,7 +126,7 @@ def main(
     max_body_mb: float,
     threads: int | None,
     invert: str,
-    graceful_timeout: float,
+    graceful_timeout: int,
     access_log: bool,
 ) -> None:
     """Serve an mnist-edge ONNX model over HTTP (Open Inference Protocol, KServe v2).
