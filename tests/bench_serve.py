@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -129,6 +130,12 @@ def _run(coroutine: Coroutine[Any, Any, Load]) -> Load:
     return uvloop.run(coroutine)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _stats(server: ServerProcess) -> tuple[int, int]:
     conn = server.connection()
     conn.request("GET", "/v2/models/mnist/stats")
@@ -146,9 +153,11 @@ def run_phase(
     seconds: float,
 ) -> dict[str, float | int]:
     rows0, calls0 = _stats(server)
+    cpu0, own0 = _cpu_seconds(server.pid), time.process_time()
     start = time.perf_counter()
     load = _run(_phase(server.port, requests, labels, clients, count, seconds))
     wall = time.perf_counter() - start
+    cpu1, own1 = _cpu_seconds(server.pid), time.process_time()
     rows1, calls1 = _stats(server)
     ms = np.array(load.latencies) * 1e3
     return {
@@ -160,18 +169,23 @@ def run_phase(
         "p50_ms": round(float(np.percentile(ms, 50)), 3),
         "p99_ms": round(float(np.percentile(ms, 99)), 3),
         "mean_batch": round((rows1 - rows0) / max(calls1 - calls0, 1), 2),
+        # CPU time per request: what the machine's load does not change much
+        "server_cpu_ms": round((cpu1 - cpu0) * 1e3 / max(len(load.latencies), 1), 3),
+        "client_cpu_ms": round((own1 - own0) * 1e3 / max(len(load.latencies), 1), 3),
     }
 
 
 def markdown(section: dict) -> str:
     rows = [
-        "| clients | requests | requests/s | p50 (ms) | p99 (ms) | images per model call |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| clients | requests | requests/s | p50 (ms) | p99 (ms) | images per model call "
+        "| server CPU per request (ms) | client CPU per request (ms) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for phase in section["phases"]:
         rows.append(
             f"| {phase['clients']} | {phase['requests']:,} | {phase['requests_per_s']:,.0f} | "
-            f"{phase['p50_ms']:.2f} | {phase['p99_ms']:.2f} | {phase['mean_batch']:.1f} |"
+            f"{phase['p50_ms']:.2f} | {phase['p99_ms']:.2f} | {phase['mean_batch']:.1f} | "
+            f"{phase['server_cpu_ms']:.3f} | {phase['client_cpu_ms']:.3f} |"
         )
     met = "met" if section["speedup"] >= TARGET_SPEEDUP else "NOT met"
     host = section["host"]
@@ -182,7 +196,8 @@ def markdown(section: dict) -> str:
         f"one-at-a-time rate (target >= {TARGET_SPEEDUP:g}x: {met}). Server: max batch "
         f"{server['max_batch']}, max wait {server['max_wait_ms']:g} ms, model {server['model']}.",
         f"Host: {host['cpu']}, {host['cores']} cores (client and server share them), "
-        f"flags: {host['cpu_flags']}; onnxruntime {host['onnxruntime']}.",
+        f"flags: {host['cpu_flags']}; onnxruntime {host['onnxruntime']}; load average "
+        f"{host['load_average']:.1f} at the start.",
     ]
     return "\n".join(rows)
 
@@ -197,11 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="time bound of each phase")
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument("--threads", type=int, default=None, help="server's ONNX Runtime threads")
     args = parser.parse_args(argv)
     if not args.model.is_file():
         print(f"bench_serve: missing {args.model}; run `make train export` first", file=sys.stderr)
         return 2
 
+    load_average = os.getloadavg()[0]  # other work on the machine skews the figures
     session = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
     xs = [np.random.default_rng(i).random((1, 1, 28, 28), np.float32) for i in range(INPUTS)]
     labels = [int(session.run(None, {"image": x})[0].argmax()) for x in xs]
@@ -211,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(tmp) / "server.log",
             "--max-batch", str(args.max_batch),
             "--max-wait-ms", str(args.max_wait_ms),
+            *(["--threads", str(args.threads)] if args.threads else []),
         )  # fmt: skip
         try:
             requests = [_request(server.port, x) for x in xs]
@@ -232,11 +250,13 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_flags": cpu_flags(),
             "cores": usable_cores(),
             "onnxruntime": ort.__version__,
+            "load_average": load_average,
         },
         "server": {
             "model": str(args.model),
             "max_batch": args.max_batch,
             "max_wait_ms": args.max_wait_ms,
+            "threads": args.threads or usable_cores(),
             "exit_code": code,
         },
         "phases": [serial, many],

@@ -186,9 +186,11 @@ def create_app(classifier: Classifier, config: ServeConfig | None = None) -> Fas
     Handler = Callable[[Request], Awaitable[Response]]
 
     def route(method: str, *paths: str) -> Callable[[Handler], Handler]:
+        # Plain Starlette routes: the handlers read the raw request themselves, so
+        # FastAPI's parameter and response-model machinery would only add latency.
         def register(handler: Handler) -> Handler:
             for path in paths:
-                app.add_api_route(path, handler, methods=[method], include_in_schema=False)
+                app.add_route(path, handler, methods=[method], include_in_schema=False)
             return handler
 
         return register

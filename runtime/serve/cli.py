@@ -165,6 +165,7 @@ def main(
             log_level="info",
             access_log=access_log,
             timeout_graceful_shutdown=graceful_timeout,
+            proxy_headers=False,  # clients are not behind a proxy we know of
         )
     )
     from mnist_edge.runtime.session import short_name

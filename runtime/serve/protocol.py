@@ -203,7 +203,9 @@ def _from_bytes(raw: bytes, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndar
             f"input {spec.name!r}: binary_data_size is {len(raw)} bytes, "
             f"shape {list(shape)} of {spec.datatype} needs {need}"
         )
-    return np.frombuffer(raw, dtype=spec.dtype.newbyteorder("<")).astype(spec.dtype).reshape(shape)
+    wire = spec.dtype.newbyteorder("<")  # the extension sends little-endian bytes
+    array = np.frombuffer(raw, dtype=wire).reshape(shape)  # read-only view of the body
+    return array if wire == spec.dtype else array.astype(spec.dtype)
 
 
 def _header_split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
