@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -172,21 +173,28 @@ class RecordingModel:
         return x * 2
 
 
-async def submit_all(batcher: DynamicBatcher, arrays: list[np.ndarray]) -> list[object]:
-    return await asyncio.gather(*(batcher.submit(a) for a in arrays), return_exceptions=True)
+def submit_all(batcher: DynamicBatcher, arrays: list[np.ndarray]) -> list[object]:
+    """Start ``batcher``, submit every array at once, close it; the results (or errors) in order."""
+
+    async def run() -> list[object]:
+        batcher.start()
+        try:
+            return await asyncio.gather(
+                *(batcher.submit(a) for a in arrays), return_exceptions=True
+            )
+        finally:
+            await batcher.aclose()
+
+    return asyncio.run(run())
 
 
 def test_concurrent_requests_share_one_model_call_and_get_their_own_rows() -> None:
     model = RecordingModel()
     batcher = DynamicBatcher(model, BatchConfig(max_batch=64, max_wait_ms=500))
-    batcher.start()
     arrays = [np.full((1 + i % 3, 2), i, np.float32) for i in range(10)]  # 19 rows
-    try:
-        results = asyncio.run(submit_all(batcher, arrays))
-    finally:
-        batcher.stop()
+    results = submit_all(batcher, arrays)
     assert model.calls == [19]  # all ten coalesced into one call
-    assert model.threads == {"mnist-serve-batcher"}  # off the event loop's thread
+    assert model.threads == {"mnist-serve-batcher_0"}  # one worker thread, off the event loop
     for a, r in zip(arrays, results, strict=True):
         np.testing.assert_array_equal(r, a * 2)
     stats = batcher.stats()
@@ -197,23 +205,15 @@ def test_concurrent_requests_share_one_model_call_and_get_their_own_rows() -> No
 def test_batches_stop_at_max_batch_rows() -> None:
     model = RecordingModel()
     batcher = DynamicBatcher(model, BatchConfig(max_batch=4, max_wait_ms=300))
-    batcher.start()
-    try:
-        asyncio.run(submit_all(batcher, [np.ones((1, 2), np.float32)] * 10))
-    finally:
-        batcher.stop()
+    submit_all(batcher, [np.ones((1, 2), np.float32)] * 10)
     assert sum(model.calls) == 10 and max(model.calls) <= 4 and len(model.calls) == 3
 
 
 def test_a_failing_request_fails_alone() -> None:
     model = RecordingModel(fail_on=-1.0)
     batcher = DynamicBatcher(model, BatchConfig(max_batch=64, max_wait_ms=300))
-    batcher.start()
     arrays = [np.full((1, 2), v, np.float32) for v in (1.0, -1.0, 3.0)]
-    try:
-        results = asyncio.run(submit_all(batcher, arrays))
-    finally:
-        batcher.stop()
+    results = submit_all(batcher, arrays)
     np.testing.assert_array_equal(results[0], arrays[0] * 2)
     np.testing.assert_array_equal(results[2], arrays[2] * 2)
     assert isinstance(results[1], BatcherError) and results[1].status == 500
@@ -223,11 +223,31 @@ def test_a_failing_request_fails_alone() -> None:
 
 def test_stopped_batcher_refuses_with_503() -> None:
     batcher = DynamicBatcher(RecordingModel())
-    batcher.start()
-    batcher.stop()
+
+    async def run() -> None:
+        batcher.start()
+        await batcher.aclose()
+        await batcher.submit(np.ones((1, 2), np.float32))
+
     with pytest.raises(BatcherError, match="shutting down") as info:
-        asyncio.run(batcher.submit(np.ones((1, 2), np.float32)))
+        asyncio.run(run())
     assert info.value.status == 503
+
+
+def test_closing_runs_the_requests_still_waiting() -> None:
+    model = RecordingModel()
+    batcher = DynamicBatcher(model, BatchConfig(max_batch=64, max_wait_ms=10_000))
+
+    async def run() -> np.ndarray:
+        batcher.start()
+        pending = asyncio.ensure_future(batcher.submit(np.ones((2, 2), np.float32)))
+        await asyncio.sleep(0.05)  # queued, its 10 s wait not over
+        await batcher.aclose()
+        return await pending
+
+    started = time.monotonic()
+    np.testing.assert_array_equal(asyncio.run(run()), np.full((2, 2), 2.0))
+    assert model.calls == [2] and time.monotonic() - started < 5
 
 
 def test_config_is_checked() -> None:

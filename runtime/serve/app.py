@@ -153,7 +153,7 @@ def create_app(classifier: Classifier, config: ServeConfig | None = None) -> Fas
         try:
             yield
         finally:
-            service.stop()
+            await service.aclose()
 
     app = FastAPI(
         title="mnist-serve",

@@ -1,11 +1,12 @@
 """Dynamic batching: concurrent requests coalesced into one model call, run off the event loop.
 
-Request handlers ``await batcher.submit(rows)``. One worker thread takes the
-oldest waiting request, then gathers more until the batch holds ``max_batch``
-rows or the oldest has waited ``max_wait_ms``, runs the model once on all of
-them and hands each request its own rows back. Under load the queue fills while
-a batch runs, so the next batch forms without waiting; a lone request waits at
-most ``max_wait_ms``.
+Request handlers ``await batcher.submit(rows)``; the requests wait on the event
+loop. A batch goes to the model when it holds ``max_batch`` rows or when its
+oldest request has waited ``max_wait_ms``; the model runs in one worker thread
+(one batch at a time), and each request gets its own rows back. While a batch
+runs, new requests gather, so under load the next batch forms without waiting;
+a lone request waits at most ``max_wait_ms``. Only whole batches cross to the
+worker thread, not single requests.
 
 The worker counts what it does (:class:`BatchStats`), in the shape of Triton's
 statistics extension, so clients and tests can see how many model calls served
@@ -15,10 +16,10 @@ how many requests.
 from __future__ import annotations
 
 import asyncio
-import queue
-import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,22 +120,14 @@ class BatchStats:
 class _Item:
     rows: np.ndarray  # (k, ...) model input
     future: asyncio.Future[np.ndarray]
-    loop: asyncio.AbstractEventLoop
     enqueued_ns: int
 
 
-def _deliver(future: asyncio.Future[np.ndarray], value: np.ndarray | BaseException) -> None:
-    """Runs on the event loop: settle ``future`` unless its request was cancelled."""
-    if future.done():
-        return
-    if isinstance(value, BaseException):
-        future.set_exception(value)
-    else:
-        future.set_result(value)
-
-
 class DynamicBatcher:
-    """Coalesces concurrent :meth:`submit` calls into calls of ``run``, in one worker thread.
+    """Coalesces concurrent :meth:`submit` calls into calls of ``run`` in one worker thread.
+
+    Use it from one event loop: :meth:`start`, any number of :meth:`submit`,
+    then ``await`` :meth:`aclose`.
 
     Args:
         run: the model call: (n, ...) input -> (n, ...) output (rows in order).
@@ -146,52 +139,39 @@ class DynamicBatcher:
     ) -> None:
         self.config = config or BatchConfig()
         self._run = run
-        self._queue: queue.Queue[_Item | None] = queue.Queue()  # None: stop
-        self._lock = threading.Lock()
-        self._queued_rows = 0
+        self._waiting: deque[_Item] = deque()
+        self._waiting_rows = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._busy: asyncio.Task[None] | None = None  # the batch in the worker thread
+        self._executor: ThreadPoolExecutor | None = None
         self._accepting = False
         self._stats = BatchStats()
-        self._thread: threading.Thread | None = None
-        self._carry: _Item | None = None  # taken from the queue but did not fit the last batch
 
     def start(self) -> None:
         """Start the worker thread (idempotent)."""
-        if self._thread is not None:
-            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="mnist-serve-batcher")
         self._accepting = True
-        self._thread = threading.Thread(target=self._work, name="mnist-serve-batcher", daemon=True)
-        self._thread.start()
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Refuse new requests, finish the waiting ones, and end the worker thread."""
-        with self._lock:
-            self._accepting = False
-        if self._thread is None:
-            return
-        with self._lock:  # after every accepted request
-            self._queue.put(None)
-        self._thread.join(timeout)
-        self._thread = None
+    async def aclose(self) -> None:
+        """Refuse new requests, run the waiting ones now, then end the worker thread."""
+        self._accepting = False
+        while self._busy is not None or self._waiting:
+            if self._busy is None:
+                self._dispatch()
+            if self._busy is not None:
+                await asyncio.shield(self._busy)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     @property
     def running(self) -> bool:
-        return self._accepting and self._thread is not None and self._thread.is_alive()
+        return self._accepting and self._executor is not None
 
     def stats(self) -> BatchStats:
-        """A snapshot of the counters."""
-        with self._lock:
-            s = self._stats
-            return BatchStats(
-                requests=s.requests,
-                inference_count=s.inference_count,
-                execution_count=s.execution_count,
-                last_inference_ms=s.last_inference_ms,
-                success=_Duration(s.success.count, s.success.ns),
-                fail=_Duration(s.fail.count, s.fail.ns),
-                queue=_Duration(s.queue.count, s.queue.ns),
-                compute_infer=_Duration(s.compute_infer.count, s.compute_infer.ns),
-                batch_sizes={k: _Duration(v.count, v.ns) for k, v in s.batch_sizes.items()},
-            )
+        """The counters (updated on the event loop; read them there)."""
+        return self._stats
 
     async def submit(self, rows: np.ndarray) -> np.ndarray:
         """Run the model on ``rows`` (k, ...) together with whatever else is waiting.
@@ -200,86 +180,96 @@ class DynamicBatcher:
             The model's output rows for this request, (k, ...).
 
         Raises:
-            BatcherError: stopped (503), the queue is full (503), or the model call failed (500).
+            BatcherError: stopped (503), too many rows waiting (503), or the model call failed (500).
         """
-        loop = asyncio.get_running_loop()
-        item = _Item(rows, loop.create_future(), loop, time.perf_counter_ns())
-        with self._lock:
-            if not self._accepting:
-                raise BatcherError("the server is shutting down; retry on another instance")
-            if self._queued_rows + len(rows) > self.config.max_queue_rows:
-                raise BatcherError(
-                    f"the server is overloaded ({self._queued_rows} rows waiting); retry later"
-                )
-            self._queued_rows += len(rows)
-            self._queue.put(item)  # under the lock: never after the stop mark
+        if not self.running:
+            raise BatcherError("the server is shutting down; retry on another instance")
+        if self._waiting_rows + len(rows) > self.config.max_queue_rows:
+            raise BatcherError(
+                f"the server is overloaded ({self._waiting_rows} rows waiting); retry later"
+            )
+        item = _Item(rows, asyncio.get_running_loop().create_future(), time.perf_counter_ns())
+        self._waiting.append(item)
+        self._waiting_rows += len(rows)
+        self._schedule()
         return await item.future
 
-    # ------------------------------------------------------------ worker thread
+    # ------------------------------------------------------------ on the event loop
 
-    def _take(self) -> list[_Item] | None:
-        """The next batch (blocks until there is one); ``None`` once stopped and drained."""
-        first = self._carry if self._carry is not None else self._queue.get()
-        self._carry = None
-        if first is None:  # stop: everything queued before it has run
-            return None
-        batch, rows = [first], len(first.rows)
-        deadline = first.enqueued_ns + int(self.config.max_wait_ms * 1e6)
-        while rows < self.config.max_batch:
-            wait = (deadline - time.perf_counter_ns()) / 1e9
-            try:
-                item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                self._queue.put(None)  # nothing is queued after the stop mark
-                break
-            if rows + len(item.rows) > self.config.max_batch:
-                self._carry = item
-                break
+    def _schedule(self) -> None:
+        """Dispatch a batch if one is due; otherwise set a timer for when the oldest is."""
+        if self._busy is not None or not self._waiting:
+            return
+        waited_ns = time.perf_counter_ns() - self._waiting[0].enqueued_ns
+        wait_s = self.config.max_wait_ms / 1e3 - waited_ns / 1e9
+        if self._waiting_rows >= self.config.max_batch or wait_s <= 0:
+            self._dispatch()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(wait_s, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._schedule()
+
+    def _dispatch(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch = [self._waiting.popleft()]
+        rows = len(batch[0].rows)
+        while self._waiting and rows + len(self._waiting[0].rows) <= self.config.max_batch:
+            item = self._waiting.popleft()
             batch.append(item)
             rows += len(item.rows)
-        return batch
+        self._waiting_rows -= rows
+        self._busy = asyncio.get_running_loop().create_task(self._execute(batch))
 
-    def _work(self) -> None:
-        while (batch := self._take()) is not None:
-            self._execute(batch)
-
-    def _call(self, items: list[_Item]) -> np.ndarray:
-        x = items[0].rows if len(items) == 1 else np.concatenate([i.rows for i in items])
-        return self._run(x)
-
-    def _execute(self, batch: list[_Item]) -> None:
-        start = time.perf_counter_ns()
-        rows = sum(len(i.rows) for i in batch)
+    async def _execute(self, batch: list[_Item]) -> None:
         try:
-            out = self._call(batch)
-            results: list[np.ndarray | BaseException] = []
-            offset = 0
-            for item in batch:
-                results.append(out[offset : offset + len(item.rows)])
-                offset += len(item.rows)
+            await self._execute_batch(batch)
+        finally:
+            self._busy = None
+            if self._accepting:
+                self._schedule()
+
+    async def _execute_batch(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter_ns()
+        try:
+            out = await loop.run_in_executor(self._executor, self._call, batch)
         except Exception as exc:  # ORT raises its own types; every waiting request must hear
             if len(batch) > 1:  # run them one by one so only the request at fault fails
                 for item in batch:
-                    self._execute([item])
+                    await self._execute_batch([item])
                 return
-            results = [BatcherError(f"model call failed: {first_line(exc)[:300]}", status=500)]
+            out = BatcherError(f"model call failed: {first_line(exc)[:300]}", status=500)
         end = time.perf_counter_ns()
-        with self._lock:
-            s = self._stats
-            self._queued_rows -= rows
-            s.execution_count += 1
-            s.compute_infer.add(end - start)
-            s.batch_sizes.setdefault(rows, _Duration()).add(end - start)
-            s.last_inference_ms = time.time_ns() // 1_000_000
-            for item, result in zip(batch, results, strict=True):
-                s.requests += 1
-                s.queue.add(start - item.enqueued_ns)
+        s = self._stats
+        rows = sum(len(i.rows) for i in batch)
+        s.execution_count += 1
+        s.compute_infer.add(end - start)
+        s.batch_sizes.setdefault(rows, _Duration()).add(end - start)
+        s.last_inference_ms = time.time_ns() // 1_000_000
+        offset = 0
+        for item in batch:
+            s.requests += 1
+            s.queue.add(start - item.enqueued_ns)
+            if isinstance(out, BaseException):
+                s.fail.add(end - item.enqueued_ns)
+                result: np.ndarray | BaseException = out
+            else:
+                s.inference_count += len(item.rows)
+                s.success.add(end - item.enqueued_ns)
+                result = out[offset : offset + len(item.rows)]
+                offset += len(item.rows)
+            if not item.future.done():  # the client may have gone
                 if isinstance(result, BaseException):
-                    s.fail.add(end - item.enqueued_ns)
+                    item.future.set_exception(result)
                 else:
-                    s.inference_count += len(item.rows)
-                    s.success.add(end - item.enqueued_ns)
-        for item, result in zip(batch, results, strict=True):
-            item.loop.call_soon_threadsafe(_deliver, item.future, result)
+                    item.future.set_result(result)
+
+    # ------------------------------------------------------------ in the worker thread
+
+    def _call(self, batch: list[_Item]) -> np.ndarray:
+        x = batch[0].rows if len(batch) == 1 else np.concatenate([i.rows for i in batch])
+        return self._run(x)

@@ -114,9 +114,9 @@ class ModelService:
             )
         self.batcher.start()
 
-    def stop(self) -> None:
+    async def aclose(self) -> None:
         """Finish the requests already taken, then stop the worker threads."""
-        self.batcher.stop()
+        await self.batcher.aclose()
         if self._decoders is not None:
             self._decoders.shutdown(wait=True)
             self._decoders = None
