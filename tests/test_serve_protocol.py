@@ -1,17 +1,23 @@
-"""The Open Inference Protocol wire format and the dynamic batcher, without a server."""
+"""The Open Inference Protocol wire format, the dynamic batcher and the model service, without a server."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
+from PIL import Image
+from runtime_models import digit, linear_model
 from tritonclient.http import InferInput, InferRequestedOutput, InferResult
 from tritonclient.http._utils import _get_inference_request
 
+from mnist_edge.runtime.classifier import Classifier
 from mnist_edge.runtime.errors import MnistEdgeError
 from mnist_edge.runtime.serve.batcher import BatchConfig, BatcherError, DynamicBatcher
 from mnist_edge.runtime.serve.protocol import (
@@ -21,6 +27,7 @@ from mnist_edge.runtime.serve.protocol import (
     encode_infer_response,
     parse_infer_request,
 )
+from mnist_edge.runtime.serve.service import Classified, ModelService
 
 IMAGE = TensorSpec("image", "FP32", (-1, 1, 28, 28))
 PIXELS = TensorSpec("image", "UINT8", (-1, 28, 28))
@@ -255,3 +262,54 @@ def test_config_is_checked() -> None:
         BatchConfig(max_batch=0)
     with pytest.raises(ValueError, match="max_queue_rows"):
         BatchConfig(max_batch=64, max_queue_rows=8)
+
+
+# ---------------------------------------------------------------- the service, without HTTP
+
+
+def test_uint8_model_is_served_with_its_own_input_spec(tmp_path: Path) -> None:
+    """A ``--uint8-input`` export: UINT8 [N, 28, 28] in, same probabilities as ONNX Runtime."""
+    model = linear_model(tmp_path / "u8.onnx", input_dtype="uint8")
+    service = ModelService(Classifier(model, provider="cpu"))
+    assert service.model_metadata()["inputs"] == [
+        {"name": "image", "datatype": "UINT8", "shape": [-1, 28, 28]}
+    ]
+    x = np.stack([digit(i) for i in range(3)])  # (3, 28, 28) uint8
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [3, 28, 28],
+                    "datatype": "UINT8",
+                    "data": x.ravel().tolist(),
+                }
+            ]
+        }
+    ).encode()
+    pictures = [("a.png", _png(digit(4))), ("b.png", b"not a picture")]
+
+    async def run() -> tuple[bytes, Classified]:
+        service.start()
+        try:
+            response, _ = await service.infer(body, None)
+            return response, await service.classify(pictures, top_k=2)
+        finally:
+            await service.aclose()
+
+    response, classified = asyncio.run(run())
+    got = np.array(json.loads(response)["outputs"][0]["data"], np.float32).reshape(3, 10)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(got, session.run(None, {"image": x})[0])
+    assert classified.status == 422
+    assert classified.payload["error"].startswith("1 of 2 pictures could not be used (first: b.png")
+    good, bad = classified.payload["results"]
+    assert good["path"] == "a.png" and len(good["top_k"]) == 2
+    assert good["label"] == str(int(session.run(None, {"image": digit(4)[None]})[0].argmax()))
+    assert bad == {"path": "b.png", "error": "not an image (unknown or unsupported file format)"}
+
+
+def _png(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="PNG")
+    return out.getvalue()
