@@ -144,6 +144,10 @@ class Classifier:
             x = x[:, None]  # (N, 1, H, W)
         return np.ascontiguousarray(x)
 
+    def model_input(self, images: np.ndarray) -> np.ndarray:
+        """Preprocessed uint8 (N, H, W) digits -> what :meth:`run` takes (the model's dtype and rank)."""
+        return self._scale(images)
+
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run the graph on model-shaped input; returns float32 (N, classes). Handles static batch sizes."""
         if self.static_batch is not None and x.shape[0] != self.static_batch:

@@ -16,6 +16,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("torch", "torchvision", "matplotlib"),
     "export": ("torch", "torchvision", "onnx", "onnxscript"),
     "cpu": ("onnxruntime",),
+    "serve": ("fastapi", "uvicorn", "python_multipart"),
 }
 
 

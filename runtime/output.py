@@ -9,12 +9,30 @@ import csv
 import json
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:  # keep this module light: the CLI imports it before anything heavy
     from mnist_edge.runtime.messages import Result
 
 FORMATS = ("table", "csv", "jsonl")
+
+
+def json_record(result: Result, top_k: int = 0) -> dict[str, Any]:
+    """One result as the ``jsonl`` format writes it (and ``mnist-serve`` returns it).
+
+    ``{"path", "label", "confidence"}`` plus ``"top_k": [{"label", "confidence"}, ...]``
+    when ``top_k`` > 0, or ``{"path", "error"}`` for an input that failed.
+    """
+    if result.error is not None:
+        return {"path": result.path, "error": result.error}
+    record: dict[str, Any] = {
+        "path": result.path,
+        "label": result.label,
+        "confidence": result.confidence,
+    }
+    if top_k:
+        record["top_k"] = [{"label": lab, "confidence": p} for lab, p in result.top_k]
+    return record
 
 
 class ResultWriter:
@@ -41,16 +59,7 @@ class ResultWriter:
 
     def write(self, result: Result) -> None:
         if self.fmt == "jsonl":
-            if result.error is not None:
-                record: dict = {"path": result.path, "error": result.error}
-            else:
-                record = {
-                    "path": result.path,
-                    "label": result.label,
-                    "confidence": result.confidence,
-                }
-                if self.top_k:
-                    record["top_k"] = [{"label": lab, "confidence": p} for lab, p in result.top_k]
+            record = json_record(result, self.top_k)
             self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
         elif self._csv is not None:
             if result.error is not None:

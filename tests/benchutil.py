@@ -33,3 +33,16 @@ def merge_section(path: Path, name: str, section: dict) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
     return data
+
+
+def cpu_flags() -> str:
+    """The vector-instruction flags that matter for inference speed (AVX2, AVX-512, VNNI, BF16, AMX)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1].split()
+                keep = [f for f in flags if f.startswith(("avx", "amx", "fma")) or f == "f16c"]
+                return " ".join(sorted(keep)) or "none of avx/fma/amx"
+    except OSError:
+        pass
+    return "unknown"

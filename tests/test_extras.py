@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -57,3 +59,25 @@ def test_cli_without_its_extra_is_one_line(without, module, args, extra) -> None
     assert result.exit_code == 1
     assert f"[{extra}]" in result.output and "torch" in result.output
     assert result.output.count("\n") == 1 and result.output.startswith("Error: ")
+
+
+def test_mnist_serve_without_the_serve_extra_is_one_line(without) -> None:
+    from mnist_edge.runtime.serve.cli import main
+
+    without("fastapi", "uvicorn")
+    result = CliRunner().invoke(main, ["--model", "any.onnx"])
+    assert result.exit_code == 1
+    assert "mnist-serve needs fastapi, uvicorn" in result.output and "[serve]" in result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("Error: ")
+
+
+def test_the_runtime_imports_no_web_framework() -> None:
+    """A runtime-only install (`pip install '.[cpu]'`) never needs the `serve` extra."""
+    code = (
+        "import sys, mnist_edge.runtime.cli, mnist_edge.runtime.stream, mnist_edge.runtime.classifier, "
+        "mnist_edge.runtime.output, mnist_edge.runtime.serve, mnist_edge.runtime.serve.cli; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'fastapi', 'uvicorn', 'starlette', "
+        "'python_multipart', 'pydantic', 'anyio'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

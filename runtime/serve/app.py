@@ -1,0 +1,261 @@
+"""The FastAPI app: Open Inference Protocol routes and ``/v1/classify`` over a :class:`ModelService`.
+
+Handlers take the raw request and return raw responses (no request models): the
+protocol's wire format is the contract, and the binary tensor extension is not
+JSON. Every error answer is ``{"error": "..."}``; the request body is always read
+to its end before an answer goes out (a client still sending, like
+``tritonclient``, cannot read a reply sent early).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mnist_edge.runtime import __version__
+from mnist_edge.runtime.classifier import Classifier
+from mnist_edge.runtime.errors import first_line
+from mnist_edge.runtime.serve.batcher import BatcherError
+from mnist_edge.runtime.serve.protocol import HEADER_LENGTH, ProtocolError, error_body
+from mnist_edge.runtime.serve.service import ModelService, ServeConfig
+
+JSON = "application/json"
+CLASSIFY_HINT = "send pictures as multipart/form-data file fields, e.g. curl -F file=@digit.png"
+
+
+class DrainRequestBody:
+    """ASGI middleware: read whatever is left of the request body before the response starts.
+
+    An error can be decided before the body has arrived (an unknown route, a
+    declared size over the limit); HTTP/1.1 clients that are still sending then
+    miss the answer. Draining discards the bytes (memory stays flat).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        finished = False
+
+        async def tracked_receive() -> Message:
+            nonlocal finished
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                finished = True
+            return message
+
+        async def drain_then_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                while not finished:
+                    await tracked_receive()
+            await send(message)
+
+        await self.app(scope, tracked_receive, drain_then_send)
+
+
+def _json(payload: dict[str, Any], status: int = 200) -> Response:
+    return Response(json.dumps(payload), status_code=status, media_type=JSON)
+
+
+def _error(message: str, status: int) -> Response:
+    return Response(error_body(message), status_code=status, media_type=JSON)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole request body, refusing (413) more than ``limit`` bytes without holding them.
+
+    Raises:
+        ProtocolError: over the limit (413), or a compressed body (415).
+    """
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ProtocolError(
+            f"Content-Encoding {encoding!r} is not supported; send the body uncompressed",
+            status=415,
+        )
+    too_big = (
+        f"request body over the limit of {limit} bytes; send fewer images per request "
+        "or raise the server's body limit"
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ProtocolError(too_big, status=413)
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise ProtocolError(too_big, status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _replay(body: bytes) -> Receive:
+    """A receive callable that gives ``body`` again (to parse a body already read)."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+def _top_k(request: Request) -> int:
+    raw = request.query_params.get("top_k", "0")
+    try:
+        return int(raw)
+    except ValueError:
+        raise ProtocolError(f"top_k must be an integer, not {raw!r}") from None
+
+
+async def _uploads(request: Request, body: bytes, max_files: int) -> list[tuple[str, bytes]]:
+    """The picture files of a multipart body, in order: ``(filename, content)``."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ProtocolError(f"expected multipart/form-data; {CLASSIFY_HINT}", status=415)
+    replay = Request(request.scope, receive=_replay(body))
+    files: list[tuple[str, bytes]] = []
+    async with replay.form(max_files=max_files, max_fields=max_files) as form:
+        for key, value in form.multi_items():
+            if not isinstance(value, UploadFile):
+                raise ProtocolError(f"form field {key!r} is not a file; {CLASSIFY_HINT}")
+            files.append((value.filename or key, await value.read()))
+    if not files:
+        raise ProtocolError(f"no picture files in the request; {CLASSIFY_HINT}")
+    return files
+
+
+def create_app(classifier: Classifier, config: ServeConfig | None = None) -> FastAPI:
+    """The server for ``classifier``: start it with any ASGI server (``mnist-serve`` uses uvicorn).
+
+    The batcher starts and stops with the app's lifespan: requests that are in
+    the queue at shutdown are answered before it ends.
+    """
+    service = ModelService(classifier, config)
+    limits = service.config
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        service.start()
+        try:
+            yield
+        finally:
+            await service.aclose()
+
+    app = FastAPI(
+        title="mnist-serve",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.service = service
+    app.add_middleware(DrainRequestBody)
+
+    async def protocol_error(_: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status", 400)
+        return _error(str(exc), status)
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        if isinstance(exc, HTTPException):
+            return _error(str(exc.detail), exc.status_code)
+        return _error("internal error", 500)
+
+    app.add_exception_handler(ProtocolError, protocol_error)
+    app.add_exception_handler(BatcherError, protocol_error)
+    app.add_exception_handler(HTTPException, http_error)
+    # Anything else is a bug: answer in the protocol's shape (uvicorn still logs the traceback).
+    app.add_exception_handler(
+        Exception, lambda _, exc: _error(f"internal error: {first_line(exc)[:200]}", 500)
+    )
+
+    Handler = Callable[[Request], Awaitable[Response]]
+
+    def route(method: str, *paths: str) -> Callable[[Handler], Handler]:
+        # Plain Starlette routes: the handlers read the raw request themselves, so
+        # FastAPI's parameter and response-model machinery would only add latency.
+        def register(handler: Handler) -> Handler:
+            for path in paths:
+                app.add_route(path, handler, methods=[method], include_in_schema=False)
+            return handler
+
+        return register
+
+    def model_paths(suffix: str = "") -> tuple[str, str]:
+        return (
+            f"/v2/models/{{name}}{suffix}",
+            f"/v2/models/{{name}}/versions/{{version}}{suffix}",
+        )
+
+    def check_model(request: Request) -> None:
+        service.check_model(request.path_params["name"], request.path_params.get("version"))
+
+    @route("GET", "/v2")
+    async def server_metadata(request: Request) -> Response:
+        return _json(service.server_metadata())
+
+    @route("GET", "/v2/health/live")
+    async def live(request: Request) -> Response:
+        return _json({"live": True})
+
+    @route("GET", "/v2/health/ready")
+    async def ready(request: Request) -> Response:
+        return _json({"ready": service.ready}, 200 if service.ready else 400)
+
+    @route("GET", "/v2/models/stats")
+    async def all_stats(request: Request) -> Response:
+        return _json(service.statistics())
+
+    @route("GET", *model_paths())
+    async def model_metadata(request: Request) -> Response:
+        check_model(request)
+        return _json(service.model_metadata())
+
+    @route("GET", *model_paths("/ready"))
+    async def model_ready(request: Request) -> Response:
+        check_model(request)
+        return _json(
+            {"name": limits.model_name, "ready": service.ready}, 200 if service.ready else 400
+        )
+
+    @route("GET", *model_paths("/stats"))
+    async def model_stats(request: Request) -> Response:
+        check_model(request)
+        return _json(service.statistics())
+
+    @route("POST", *model_paths("/infer"))
+    async def infer(request: Request) -> Response:
+        body = await read_body(request, limits.max_body_bytes)
+        check_model(request)
+        content, header_length = await service.infer(body, request.headers.get(HEADER_LENGTH))
+        if header_length is None:
+            return Response(content, media_type=JSON)
+        return Response(
+            content,
+            media_type="application/octet-stream",
+            headers={HEADER_LENGTH: str(header_length)},
+        )
+
+    @route("POST", "/v1/classify")
+    async def classify(request: Request) -> Response:
+        body = await read_body(request, limits.max_body_bytes)
+        top_k = service.check_top_k(_top_k(request))
+        files = await _uploads(request, body, limits.max_files)
+        answer = await service.classify(files, top_k)
+        return _json(answer.payload, answer.status)
+
+    return app

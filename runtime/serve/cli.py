@@ -1,0 +1,218 @@
+"""``mnist-serve``: serve a model over HTTP with the Open Inference Protocol (KServe v2).
+
+Parses options, loads the model, binds the socket and runs uvicorn. SIGTERM (or
+Ctrl-C) stops accepting connections, finishes the requests in flight and exits 0.
+Exit status 2: bad option, missing/corrupt model, unavailable provider, or an
+address that cannot be bound.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import warnings
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import click
+
+from mnist_edge.runtime import __version__
+from mnist_edge.runtime.extras import MissingExtraError, require_extras
+from mnist_edge.runtime.layout import Artifacts, int8_sibling
+
+if TYPE_CHECKING:
+    from mnist_edge.runtime.classifier import Classifier
+
+DEFAULTS = Artifacts()
+INVERT_MODES = ("auto", "always", "never")  # images.INVERT_MODES (numpy and pillow load later)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket on ``host:port`` (port 0: any free port)."""
+    sock: socket.socket | None = None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        if sock is not None:
+            sock.close()
+        raise click.BadParameter(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another --host/--port",
+            param_hint="--port",
+        ) from None
+    return sock
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--model",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"ONNX model file.  [default: {DEFAULTS.model()}]",
+)
+@click.option(
+    "--int8",
+    is_flag=True,
+    help=f"Serve the quantized model ({DEFAULTS.model('int8')}, or NAME.int8.onnx beside --model).",
+)
+@click.option(
+    "--provider",
+    default="auto",
+    show_default=True,
+    help="Execution provider: auto, cpu, cuda, tensorrt, ...",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="TCP port (0: any free port, printed at start).",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(1, 1 << 16),
+    default=64,
+    show_default=True,
+    help="Most images in one model call (dynamic batching).",
+)
+@click.option(
+    "--max-wait-ms",
+    type=click.FloatRange(0, 10_000),
+    default=2.0,
+    show_default=True,
+    help="Longest a request waits for others to join its batch.",
+)
+@click.option(
+    "--max-body-mb",
+    type=click.FloatRange(0.001, 4096),
+    default=16.0,
+    show_default=True,
+    help="Largest request body in MiB (bigger ones get 413).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="ONNX Runtime CPU threads.  [default: usable cores]",
+)
+@click.option(
+    "--invert",
+    type=click.Choice(INVERT_MODES),
+    default="auto",
+    show_default=True,
+    help="Invert uploaded pictures to white-on-black (/v1/classify).",
+)
+@click.option(
+    "--graceful-timeout",
+    type=click.IntRange(0, None),
+    default=30,
+    show_default=True,
+    help="Seconds to let requests in flight finish after SIGTERM.",
+)
+@click.option("--access-log", is_flag=True, help="Log every request (uvicorn's access log).")
+@click.version_option(__version__, prog_name="mnist-serve")
+def main(
+    model: Path | None,
+    int8: bool,
+    provider: str,
+    host: str,
+    port: int,
+    max_batch: int,
+    max_wait_ms: float,
+    max_body_mb: float,
+    threads: int | None,
+    invert: str,
+    graceful_timeout: int,
+    access_log: bool,
+) -> None:
+    """Serve an mnist-edge ONNX model over HTTP (Open Inference Protocol, KServe v2).
+
+    Endpoints: GET /v2/health/live, /v2/health/ready, /v2/models/mnist,
+    /v2/models/mnist/ready, /v2/models/mnist/stats; POST /v2/models/mnist/infer
+    (JSON or binary tensors, as tritonclient sends them) and POST /v1/classify
+    (picture files as multipart/form-data; ?top_k=K).
+    """
+    try:
+        require_extras("mnist-serve", "serve", "cpu")
+    except MissingExtraError as exc:
+        raise click.ClickException(str(exc)) from None
+    import uvicorn
+
+    from mnist_edge.runtime.serve.app import create_app
+    from mnist_edge.runtime.serve.batcher import BatchConfig
+    from mnist_edge.runtime.serve.service import ServeConfig
+
+    if model is None:
+        path = DEFAULTS.model("int8" if int8 else "fp32")
+    else:
+        path = int8_sibling(model) if int8 else model
+    classifier = _load(path, model, int8, provider, threads)
+    config = ServeConfig(
+        batch=BatchConfig(max_batch=max_batch, max_wait_ms=max_wait_ms),
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        invert=invert,
+    )
+    sock = _bind(host, port)
+    bound = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(classifier, config),
+            lifespan="on",
+            log_level="info",
+            access_log=access_log,
+            timeout_graceful_shutdown=graceful_timeout,
+            proxy_headers=False,  # clients are not behind a proxy we know of
+        )
+    )
+    from mnist_edge.runtime.session import short_name
+
+    click.echo(
+        f"mnist-serve: {path} ({classifier.metadata.precision}, {short_name(classifier.provider)}) "
+        f"as model {config.model_name!r} on http://{host}:{bound} "
+        f"(batches of <= {max_batch}, wait <= {max_wait_ms:g} ms)",
+        err=True,
+    )
+    # uvicorn re-raises the signal that stopped it once it has shut down gracefully;
+    # a no-op handler here (restored by uvicorn before that) makes SIGTERM end in exit 0.
+    previous = signal.signal(signal.SIGTERM, _stopped)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sock.close()
+    if not server.started:
+        raise click.ClickException("the server did not start (see the log above)")
+
+
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM after uvicorn's graceful shutdown: nothing left to do."""
+
+
+def _load(
+    path: Path, model: Path | None, int8: bool, provider: str, threads: int | None
+) -> Classifier:
+    """The classifier, or click errors naming the bad option."""
+    from mnist_edge.runtime.classifier import Classifier
+    from mnist_edge.runtime.session import ModelError, ProviderError, SessionConfig
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            classifier = Classifier(path, config=SessionConfig(provider=provider, threads=threads))
+        except ProviderError as exc:
+            raise click.BadParameter(str(exc), param_hint="--provider") from None
+        except ModelError as exc:
+            raise click.BadParameter(
+                str(exc), param_hint="--int8" if int8 and model is None else "--model"
+            ) from None
+    for warning in caught:
+        click.echo(f"warning: {warning.message}", err=True)
+    return classifier
+
+
+if __name__ == "__main__":
+    main()
