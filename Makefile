@@ -1,11 +1,11 @@
 # mnist-edge: every target works on a fresh clone; `make venv` is implied.
-# Variables: PYTHON (interpreter for the venv), EXTRAS (train,export,cpu,dev; use gpu
+# Variables: PYTHON (interpreter for the venv), EXTRAS (train,export,cpu,dev,scale; use gpu
 # instead of cpu on a CUDA machine), DATASET, DEVICE, ARGS (extra CLI options).
 
 PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-EXTRAS  ?= train,export,cpu,dev
+EXTRAS  ?= train,export,cpu,dev,scale
 DATASET ?= mnist
 DEVICE  ?= auto
 ARGS    ?=
