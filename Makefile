@@ -11,6 +11,7 @@ DEVICE  ?= auto
 ARGS    ?=
 TRAIN_BENCH_ARGS ?=
 INFER_BENCH_ARGS ?=
+RAY_BENCH_ARGS ?=
 comma   := ,
 # One stamp per set of extras: switching EXTRAS (e.g. to train,export,gpu,dev) reinstalls.
 STAMP   := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
@@ -51,9 +52,10 @@ parity: $(STAMP) ## Compare PyTorch, ONNX fp32 and int8 on the full test set
 samples: $(STAMP) ## Write some test-set digits (and photo-like variants) into images/
 	$(BIN)/python -m mnist_edge.runtime.samples images $(ARGS)
 
-bench: $(STAMP) ## Benchmarks: training s/epoch, model-only and end-to-end inference -> artifacts/bench.json
+bench: $(STAMP) ## Benchmarks: training s/epoch, model-only and end-to-end inference, Ray -> artifacts/bench.json
 	$(BIN)/python tests/bench_train.py $(TRAIN_BENCH_ARGS)
 	$(BIN)/python tests/bench_infer.py $(INFER_BENCH_ARGS)
+	$(BIN)/python tests/bench_ray.py $(RAY_BENCH_ARGS)
 
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest $(ARGS)

@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
 
 import click
 
@@ -30,7 +30,8 @@ from mnist_edge.runtime.errors import first_line
 from mnist_edge.runtime.output import FORMATS
 
 if TYPE_CHECKING:
-    import ray.data
+    import pyarrow as pa
+    from ray.data import Dataset
 
     from mnist_edge.runtime.classifier import Classifier
     from mnist_edge.runtime.output import RunStats
@@ -169,6 +170,9 @@ def run_ray(run: RayRun, stdin: TextIO | None = None) -> int:
                 _write_parquet(results, run.output, config.rows_per_file, stats)
             else:
                 _write_rows(results, run.output, fmt, run.top_k, stats)
+        except ray_engine.RayEngineError as exc:
+            hint = "--gpus-per-actor" if "GPU" in str(exc) else "--cpus-per-actor"
+            raise click.BadParameter(str(exc), param_hint=hint) from None
         except ray.exceptions.RayError as exc:
             raise click.ClickException(f"the Ray job failed: {_reason(exc)}") from None
     if not run.quiet:
@@ -286,9 +290,7 @@ def _check_parquet_target(target: Path) -> None:
         )
 
 
-def _write_parquet(
-    results: ray.data.Dataset, output: str, rows_per_file: int, stats: RunStats
-) -> None:
+def _write_parquet(results: Dataset, output: str, rows_per_file: int, stats: RunStats) -> None:
     """Write the results as a Parquet folder (swapped in whole when local), then count them."""
     if "://" in output:
         results.write_parquet(output, min_rows_per_file=rows_per_file)
@@ -322,7 +324,7 @@ def _count(folder: str, stats: RunStats) -> None:
 
 
 def _write_rows(
-    results: ray.data.Dataset, output: str | None, fmt: str, top_k: int, stats: RunStats
+    results: Dataset, output: str | None, fmt: str, top_k: int, stats: RunStats
 ) -> None:
     """Stream result rows through this process into a jsonl/csv/table writer (never all at once)."""
     from mnist_edge.runtime.batch import Result
@@ -331,7 +333,7 @@ def _write_rows(
     with _open_text(output) as stream:
         writer = ResultWriter(stream, fmt, top_k)
         for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
-            for row in batch.to_pylist():
+            for row in cast("pa.Table", batch).to_pylist():
                 alts = tuple((a["label"], a["confidence"]) for a in row["top_k"] or ())
                 result = Result(
                     row["path"],

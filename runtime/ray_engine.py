@@ -22,6 +22,7 @@ that need it raise :class:`RayEngineError` naming the ``scale`` extra.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import stat
 import sys
@@ -41,7 +42,7 @@ from mnist_edge.runtime.session import GPU_PROVIDERS, PROVIDER_NAMES, SessionCon
 if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.fs as pafs
-    import ray.data
+    from ray.data import Dataset
 
     from mnist_edge.runtime.classifier import Classifier
 
@@ -245,7 +246,12 @@ class ClassifyBatch:
             probs = predictions.probabilities
             rows = ok[start : start + self.model_batch]
             for i, (row, index, conf) in enumerate(
-                zip(rows, predictions.indices.tolist(), predictions.confidences.tolist(), strict=True)
+                zip(
+                    rows,
+                    predictions.indices.tolist(),
+                    predictions.confidences.tolist(),
+                    strict=True,
+                )
             ):
                 labels[row] = classes[index]
                 confs[row] = conf
@@ -410,20 +416,20 @@ def _remember_missing_http_filesystem() -> None:
     try:
         import fsspec.implementations.http  # noqa: F401
     except ImportError:
-        sys.modules.setdefault("fsspec.implementations.http", None)  # type: ignore[assignment]
+        sys.modules.setdefault("fsspec.implementations.http", None)  # type: ignore[arg-type]
 
 
-def read_inputs(plan: InputPlan, ray: Any) -> ray.data.Dataset | None:
+def read_inputs(plan: InputPlan, ray: Any) -> Dataset | None:
     """The readable files of ``plan`` as one Dataset of ``{bytes, path}`` (``None`` if there are none)."""
     _remember_missing_http_filesystem()
-    parts: list[ray.data.Dataset] = []
+    parts: list[Dataset] = []
     if plan.local:
         parts.append(ray.data.read_binary_files(plan.local, include_paths=True))
     for remote in plan.remote:
         ds = ray.data.read_binary_files(
             remote.paths, include_paths=True, filesystem=remote.filesystem
         )
-        parts.append(ds.map_batches(_add_scheme, fn_kwargs={"scheme": remote.scheme}))
+        parts.append(ds.map_batches(functools.partial(_add_scheme, scheme=remote.scheme)))
     if not parts:
         return None
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
@@ -441,13 +447,13 @@ def load_model(model: str | os.PathLike[str]) -> Classifier:
 
 
 def classify_dataset(
-    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | ray.data.Dataset,
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Dataset,
     model: str | os.PathLike[str],
     config: RayConfig = RayConfig(),
     *,
     stdin: TextIO | None = None,
     classifier: Classifier | None = None,
-) -> ray.data.Dataset:
+) -> Dataset:
     """Classify digit images on Ray Data; returns a lazy Dataset of result rows.
 
     Nothing runs until the Dataset is consumed (``write_parquet``, ``iter_batches``,
@@ -469,12 +475,15 @@ def classify_dataset(
         A ``ray.data.Dataset`` with columns :data:`RESULT_COLUMNS`.
 
     Raises:
-        RayEngineError: Ray is not installed.
+        RayEngineError: Ray is not installed, or no node can hold an actor.
         ModelError: the model file is missing or unusable.
     """
     ray = import_ray()
     from ray.data import ActorPoolStrategy
 
+    if not ray.is_initialized():
+        ray.init()  # as Ray Data would: RAY_ADDRESS, else a local Ray
+    check_resources(ray, config)
     classifier = classifier or load_model(model)
     options = ImageOptions(
         preprocessing=classifier.metadata.preprocessing,
@@ -483,7 +492,7 @@ def classify_dataset(
     )
     errors: list[Source] = []
     if isinstance(inputs, ray.data.Dataset):
-        files: ray.data.Dataset | None = inputs
+        files: Dataset | None = inputs
     else:
         specs = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else inputs
         plan = plan_inputs([os.fspath(s) for s in specs], stdin)
@@ -496,7 +505,7 @@ def classify_dataset(
     if files is None:
         return failed if failed is not None else ray.data.from_arrow(error_table([], []))
     decoded = files.map_batches(
-        decode_batch, fn_kwargs={"options": options}, batch_size=config.batch_size
+        functools.partial(decode_batch, options=options), batch_size=config.batch_size
     )
     session = SessionConfig(provider=config.provider_name, threads=1)
     # min_size 1: a small input need not feed every actor (Ray warns when it cannot)
@@ -522,9 +531,25 @@ def classify_dataset(
     return results.union(failed) if failed is not None else results
 
 
+def check_resources(ray: Any, config: RayConfig) -> None:
+    """Refuse a job whose actors fit nowhere in the cluster (Ray would wait for them forever).
+
+    Raises:
+        RayEngineError: no node has the CPUs or GPUs one actor asks for.
+    """
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for name, amount in (("CPU", config.cpus_per_actor), ("GPU", config.gpus)):
+        if amount > 0 and not any(r.get(name, 0) >= amount for r in nodes):
+            most = max((r.get(name, 0) for r in nodes), default=0)
+            raise RayEngineError(
+                f"each actor asks for {amount:g} {name}, but no node of the cluster has that "
+                f"many (the most is {most:g}); ask for less per actor, or add such nodes"
+            )
+
+
 def _max_actors(ray: Any, config: RayConfig) -> int:
-    """The most actors the cluster can hold now (at least 1), leaving room for read tasks."""
-    resources = ray.cluster_resources() if ray.is_initialized() else {}
+    """The most actors the cluster holds now (at least 1), leaving a CPU for read tasks."""
+    resources = ray.cluster_resources()
     if config.gpus > 0:
         return max(1, int(resources.get("GPU", 0) / config.gpus))
-    return max(1, int(resources.get("CPU", 1) / config.cpus_per_actor) - 1)
+    return max(1, int((resources.get("CPU", 1) - 1) / config.cpus_per_actor))

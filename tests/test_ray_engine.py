@@ -37,7 +37,7 @@ from mnist_edge.runtime.ray_engine import RayConfig, classify_dataset  # noqa: E
 pytestmark = pytest.mark.timeout(180)
 
 IMAGES = 5000
-CONFIG = RayConfig(actors=2, batch_size=512)
+CONFIG = RayConfig(actors=1, batch_size=512)  # small runs: one actor starts sooner
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +216,9 @@ def infer(inputs, model, fmt, top_k, output, engine, ray_address, actors, cpus_p
 
 
 def _invoke(*args: str):
-    return CliRunner().invoke(infer, ["--engine", "ray", *args], catch_exceptions=False)
+    return CliRunner().invoke(
+        infer, ["--engine", "ray", "--actors", "1", *args], catch_exceptions=False
+    )
 
 
 def test_cli_parquet_folder_and_exit_codes(local_ray, model, inputs, tmp_path):
@@ -224,7 +226,7 @@ def test_cli_parquet_folder_and_exit_codes(local_ray, model, inputs, tmp_path):
 
     good = sorted(str(p) for p in (inputs / "b").glob("001*.png"))
     out = tmp_path / "results"
-    result = _invoke(*good, "--model", str(model), "-o", str(out), "--actors", "1")
+    result = _invoke(*good, "--model", str(model), "-o", str(out))
     assert result.exit_code == 0, result.output
     assert f"{len(good)} images, 0 failed" in result.stderr
     table = pq.read_table(out)
@@ -243,12 +245,18 @@ def test_cli_text_formats_match_the_local_cli(local_ray, model, inputs, tmp_path
     from mnist_edge.runtime.cli import main as local_main
 
     assert fmt in FORMATS
-    specs = [*sorted(str(p) for p in (inputs / "a").glob("002*.png")), str(inputs / "a" / "notes.txt")]
+    specs = [
+        *sorted(str(p) for p in (inputs / "a").glob("002*.png")),
+        str(inputs / "a" / "notes.txt"),
+    ]
     ours = tmp_path / f"ray.{fmt}"
-    result = _invoke(*specs, "--model", str(model), "--format", fmt, "--top-k", "2", "-o", str(ours))
+    result = _invoke(
+        *specs, "--model", str(model), "--format", fmt, "--top-k", "2", "-o", str(ours)
+    )
     assert result.exit_code == 1, result.output
     local = CliRunner().invoke(
-        local_main, [*specs, "--model", str(model), "--format", fmt, "--top-k", "2", "--workers", "0"]
+        local_main,
+        [*specs, "--model", str(model), "--format", fmt, "--top-k", "2", "--workers", "0"],
     )
     assert local.exit_code == 1
     mine, theirs = ours.read_text().splitlines(), local.stdout.splitlines()
@@ -269,4 +277,5 @@ def test_cli_usage_errors_exit_2(local_ray, model, inputs, tmp_path):
     result = _invoke(png, "--model", str(model), "--top-k", "11", "--format", "jsonl")
     assert result.exit_code == 2 and "--top-k" in result.output
     result = _invoke(png, "--model", str(model), "--gpus-per-actor", "1", "--format", "jsonl")
-    assert result.exit_code == 2 and "GPU" in result.output or "gpu" in result.output
+    assert result.exit_code == 2 and "--gpus-per-actor" in result.output
+    assert "no node of the cluster has that many" in result.output
