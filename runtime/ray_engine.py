@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from mnist_edge.runtime.arrays import is_array_file
 from mnist_edge.runtime.errors import MnistEdgeError, first_line
 from mnist_edge.runtime.images import ImageOptions, load_bytes_batch
 from mnist_edge.runtime.inputs import Source, expand_inputs
@@ -50,6 +51,8 @@ RESULT_COLUMNS = ("path", "label", "confidence", "top_k", "error")
 """The columns of a result row: ``label``/``confidence``/``top_k`` are null on error rows,
 ``error`` is null on the others; ``top_k`` is a list of ``{label, confidence}`` (empty
 unless asked for)."""
+
+ARRAY_FILE_ERROR = "array files (.npy, IDX) hold many images: classify them with the local engine"
 
 # The columns between the decode and the classify stage; "" = no error.
 _PATH, _IMAGE, _ERROR = "path", "image", "error"
@@ -193,10 +196,14 @@ def decode_batch(batch: dict[str, np.ndarray], options: ImageOptions) -> dict[st
             f"the dataset has no {' or '.join(missing)} column; pass a Dataset from "
             "ray.data.read_binary_files(..., include_paths=True)"
         )
+    paths = [str(p) for p in batch["path"]]
     blobs = [bytes(b) for b in batch["bytes"]]
     images, errors = load_bytes_batch(blobs, options)  # (k, size, size) uint8
+    for i, path in enumerate(paths):
+        if is_array_file(path):
+            errors[i] = ARRAY_FILE_ERROR
     return {
-        _PATH: np.asarray([str(p) for p in batch["path"]], dtype=object),
+        _PATH: np.asarray(paths, dtype=object),
         _IMAGE: images,
         _ERROR: np.asarray([e or "" for e in errors], dtype=object),
     }

@@ -191,8 +191,8 @@ def markdown(section: dict) -> str:
         f"one core decodes {pa['core_decode_images_per_s']:,} PNGs/s; decode + model on one core: "
         f"{pa['core_pipeline_images_per_s']:,} images/s. Projection for nodes of {cores} such cores: "
         + ", ".join(
-            f"{n} node{'s' if n > 1 else ''} ≈ {v:,} images/s"
-            for n, v in section["projection"].items()
+            f"{n} node{'s' if int(n) > 1 else ''} ≈ {v:,} images/s"
+            for n, v in sorted(section["projection"].items(), key=lambda kv: int(kv[0]))
         )
         + " (CPU-bound; storage and network not included).",
         "",

@@ -82,6 +82,7 @@ def inputs(tmp_path_factory) -> Path:
     (root / "a" / "notes.txt").write_text("not an image")
     (root / "a" / "empty.png").write_bytes(b"")
     (root / "a" / ".hidden.png").write_bytes(b"skipped like the local CLI")
+    np.save(root / "a" / "stack.npy", np.stack([digit(1), digit(2)]))
     (root / "nothing").mkdir()
     return root
 
@@ -148,7 +149,8 @@ def test_every_input_once_and_equal_to_local(local_ray, model, inputs):
              str(inputs / "missing.png"), str(inputs / "b" / "*.jpg")]  # fmt: skip
     rows = classify_dataset(specs, model, RayConfig(actors=2, batch_size=512, top_k=3)).take_all()
     expected = _local(specs, model, top_k=3)
-    assert len(rows) == IMAGES + 3 + 3  # 3 bad files; empty folder, missing, glob without match
+    expected[str(inputs / "a" / "stack.npy")] = {"error": ray_engine.ARRAY_FILE_ERROR}
+    assert len(rows) == IMAGES + 4 + 3  # 4 bad files; empty folder, missing, glob without match
     _check_same(rows, expected)
     errors = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
     assert errors["empty.png"] == "empty file (0 bytes)"
