@@ -85,7 +85,7 @@ def driver(args: argparse.Namespace) -> int:
     """One Ray job in this process (a fresh driver); prints its figures as JSON."""
     import ray
 
-    from mnist_edge.runtime.ray_engine import RayConfig, classify_dataset
+    from mnist_edge.runtime.scale.engine import RayConfig, classify_dataset
 
     started = time.perf_counter()
     ray.init(
@@ -144,7 +144,7 @@ def ray_job(args: argparse.Namespace, png_dir: Path, times: int, actors: int) ->
 def per_actor(model: Path, png_dir: Path) -> dict:
     """One actor's model throughput (1 ORT thread) and one core's decode throughput, in-process."""
     from mnist_edge.runtime.images import ImageOptions, load_bytes_batch
-    from mnist_edge.runtime.ray_engine import ClassifyBatch
+    from mnist_edge.runtime.scale.stages import ClassifyBatch
     from mnist_edge.runtime.session import SessionConfig
 
     files = sorted(png_dir.glob("*.png"))

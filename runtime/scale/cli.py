@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from mnist_edge.runtime.classifier import Classifier
     from mnist_edge.runtime.output import RunStats
-    from mnist_edge.runtime.ray_engine import RayConfig
+    from mnist_edge.runtime.scale.config import RayConfig
 
 ENGINES = ("local", "ray")
 PARQUET = "parquet"
@@ -150,8 +150,8 @@ def run_ray(run: RayRun, stdin: TextIO | None = None) -> int:
             f"{run.output}: --format {fmt} writes a local file; use --format parquet for URIs",
             param_hint="-o",
         )
-    from mnist_edge.runtime import ray_engine
     from mnist_edge.runtime.output import RunStats
+    from mnist_edge.runtime.scale import engine as ray_engine
 
     config = _config(run)
     classifier = _load(run)
@@ -183,7 +183,7 @@ def run_ray(run: RayRun, stdin: TextIO | None = None) -> int:
 
 
 def _config(run: RayRun) -> RayConfig:
-    from mnist_edge.runtime.ray_engine import RayConfig
+    from mnist_edge.runtime.scale.config import RayConfig
 
     provider = run.provider.strip().lower()
     if provider == "auto":
@@ -212,7 +212,7 @@ def _pool(config: RayConfig) -> str:
 
 def _load(run: RayRun) -> Classifier:
     """Open the model here first: a bad file is a usage error before any cluster work."""
-    from mnist_edge.runtime.ray_engine import load_model
+    from mnist_edge.runtime.scale.engine import load_model
     from mnist_edge.runtime.session import ModelError, ProviderError
 
     with warnings.catch_warnings(record=True) as caught:
@@ -229,7 +229,7 @@ def _load(run: RayRun) -> Classifier:
 @contextlib.contextmanager
 def _ray_session(run: RayRun) -> Iterator[Any]:
     """Connect to (or start) Ray for this run; a Ray the caller started is used and left running."""
-    from mnist_edge.runtime.ray_engine import RayEngineError, import_ray
+    from mnist_edge.runtime.scale.config import RayEngineError, import_ray
 
     try:
         ray = import_ray()

@@ -1,4 +1,4 @@
-"""Scale-out on Ray Data (runtime/ray_engine.py, runtime/ray_cli.py), on a local Ray started here.
+"""Scale-out on Ray Data (runtime/scale/), on a local Ray started here.
 
 The guarantees of the local CLI, checked against its own building blocks
 (expand_inputs + load_batch + Classifier): every input exactly once, in a
@@ -25,13 +25,13 @@ from mnist_edge.runtime.classifier import Classifier
 from mnist_edge.runtime.images import load_batch
 from mnist_edge.runtime.inputs import expand_inputs
 from mnist_edge.runtime.output import FORMATS
-from mnist_edge.runtime.ray_cli import RAY_FORMATS, RayRun, ray_options, run_ray
+from mnist_edge.runtime.scale.cli import RAY_FORMATS, RayRun, ray_options, run_ray
 from mnist_edge.runtime.session import SessionConfig
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: `make venv` (the scale extra)")
 
-from mnist_edge.runtime import ray_engine  # noqa: E402  (after the skip: needs ray to run)
-from mnist_edge.runtime.ray_engine import RayConfig, classify_dataset  # noqa: E402
+from mnist_edge.runtime.scale import stages  # noqa: E402  (after the skip: needs ray to run)
+from mnist_edge.runtime.scale.engine import RayConfig, classify_dataset  # noqa: E402
 
 # A hung Ray job (e.g. actors starving the read tasks, ray-project/ray#44687) fails, never blocks.
 pytestmark = pytest.mark.timeout(180)
@@ -134,10 +134,12 @@ def test_runtime_imports_without_ray():
     code = (
         "import pkgutil, importlib, sys\n"
         "import mnist_edge.runtime as rt\n"
-        "for m in pkgutil.iter_modules(rt.__path__):\n"
-        "    importlib.import_module('mnist_edge.runtime.' + m.name)\n"
+        "names = [m.name for m in pkgutil.walk_packages(rt.__path__, 'mnist_edge.runtime.')]\n"
+        "assert 'mnist_edge.runtime.scale.engine' in names, names\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
         "bad = sorted(n for n in sys.modules if n == 'ray' or n.startswith('ray.'))\n"
-        "print(len(list(pkgutil.iter_modules(rt.__path__))), bad)\n"
+        "print(names, bad)\n"
         "sys.exit(1 if bad else 0)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -149,7 +151,7 @@ def test_every_input_once_and_equal_to_local(local_ray, model, inputs):
              str(inputs / "missing.png"), str(inputs / "b" / "*.jpg")]  # fmt: skip
     rows = classify_dataset(specs, model, RayConfig(actors=2, batch_size=512, top_k=3)).take_all()
     expected = _local(specs, model, top_k=3)
-    expected[str(inputs / "a" / "stack.npy")] = {"error": ray_engine.ARRAY_FILE_ERROR}
+    expected[str(inputs / "a" / "stack.npy")] = {"error": stages.ARRAY_FILE_ERROR}
     assert len(rows) == IMAGES + 4 + 3  # 4 bad files; empty folder, missing, glob without match
     _check_same(rows, expected)
     errors = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
@@ -180,7 +182,7 @@ def test_dataset_of_bytes_and_uris(local_ray, model, inputs):
 def test_a_killed_actor_is_replaced_and_its_batch_retried(local_ray, model, inputs, monkeypatch):
     marker = inputs.parent / f"killed-{os.getpid()}"
 
-    class DiesOnce(ray_engine.ClassifyBatch):
+    class DiesOnce(stages.ClassifyBatch):
         """Exits hard (like an OOM kill) on its third batch, the first time in the run."""
 
         calls = 0
@@ -192,7 +194,7 @@ def test_a_killed_actor_is_replaced_and_its_batch_retried(local_ray, model, inpu
                 os._exit(1)
             return super().__call__(batch)
 
-    monkeypatch.setattr(ray_engine, "ClassifyBatch", DiesOnce)
+    monkeypatch.setattr(stages, "ClassifyBatch", DiesOnce)
     files = sorted(str(p) for p in (inputs / "a").glob("0*.png"))[:1500]
     config = RayConfig(actors=2, batch_size=100)
     rows = classify_dataset(files, model, config).take_all()
@@ -232,7 +234,7 @@ def test_cli_parquet_folder_and_exit_codes(local_ray, model, inputs, tmp_path):
     assert result.exit_code == 0, result.output
     assert f"{len(good)} images, 0 failed" in result.stderr
     table = pq.read_table(out)
-    assert table.column_names == list(ray_engine.RESULT_COLUMNS)
+    assert table.column_names == list(stages.RESULT_COLUMNS)
     _check_same(table.to_pylist(), _local(good, model))
 
     bad = [*good[:5], str(inputs / "a" / "corrupt.png"), str(inputs / "missing.png")]
