@@ -1,17 +1,18 @@
 # mnist-edge: every target works on a fresh clone; `make venv` is implied.
-# Variables: PYTHON (interpreter for the venv), EXTRAS (train,export,cpu,serve,dev; use gpu
+# Variables: PYTHON (interpreter for the venv), EXTRAS (train,export,cpu,serve,scale,dev; use gpu
 # instead of cpu on a CUDA machine), DATASET, DEVICE, ARGS (extra CLI options).
 
 PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-EXTRAS  ?= train,export,cpu,serve,dev
+EXTRAS  ?= train,export,cpu,serve,scale,dev
 DATASET ?= mnist
 DEVICE  ?= auto
 ARGS    ?=
 TRAIN_BENCH_ARGS ?=
 INFER_BENCH_ARGS ?=
 SERVE_BENCH_ARGS ?=
+RAY_BENCH_ARGS ?=
 comma   := ,
 # One stamp per set of extras: switching EXTRAS (e.g. to train,export,gpu,dev) reinstalls.
 STAMP   := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
@@ -52,10 +53,11 @@ parity: $(STAMP) ## Compare PyTorch, ONNX fp32 and int8 on the full test set
 samples: $(STAMP) ## Write some test-set digits (and photo-like variants) into images/
 	$(BIN)/python -m mnist_edge.runtime.samples images $(ARGS)
 
-bench: $(STAMP) ## Benchmarks: training s/epoch, model-only and end-to-end inference, serving -> artifacts/bench.json
+bench: $(STAMP) ## Benchmarks: training, model-only and end-to-end inference, serving, Ray -> artifacts/bench.json
 	$(BIN)/python tests/bench_train.py $(TRAIN_BENCH_ARGS)
 	$(BIN)/python tests/bench_infer.py $(INFER_BENCH_ARGS)
 	$(BIN)/python tests/bench_serve.py $(SERVE_BENCH_ARGS)
+	$(BIN)/python tests/bench_ray.py $(RAY_BENCH_ARGS)
 
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest $(ARGS)

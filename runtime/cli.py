@@ -29,6 +29,7 @@ from mnist_edge.runtime.atomic import atomic_path
 from mnist_edge.runtime.errors import MnistEdgeError
 from mnist_edge.runtime.layout import DEFAULT, int8_sibling
 from mnist_edge.runtime.output import FORMATS
+from mnist_edge.runtime.scale.cli import RAY_FORMATS, ray_options  # click only: Ray loads per run
 from mnist_edge.runtime.stream import INVERT_MODES, PipelineConfig
 
 DEFAULT_MODEL = DEFAULT.model()
@@ -127,10 +128,9 @@ def _open_output(output: Path | None) -> Iterator[TextIO]:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(FORMATS),
-    default="table",
-    show_default=True,
-    help="Output format.",
+    type=click.Choice(RAY_FORMATS),
+    default=None,
+    help="Output format (parquet: --engine ray only).  [default: table; parquet with --engine ray]",
 )
 @click.option(
     "--top-k",
@@ -141,9 +141,10 @@ def _open_output(output: Path | None) -> Iterator[TextIO]:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    type=click.Path(writable=True, path_type=str),
     default=None,
-    help="Write results to FILE (atomically) instead of stdout.",
+    help="Write results to FILE (atomically) instead of stdout; with --engine ray, "
+    "a folder or URI for Parquet.",
 )
 @click.option(
     "--progress/--no-progress",
@@ -151,6 +152,7 @@ def _open_output(output: Path | None) -> Iterator[TextIO]:
     help="Progress line on stderr.  [default: when stderr is a terminal]",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
+@ray_options
 @click.version_option(__version__, prog_name="mnist-infer")
 def main(
     inputs: tuple[str, ...],
@@ -161,11 +163,16 @@ def main(
     workers: int | None,
     threads: int | None,
     invert: str,
-    fmt: str,
+    fmt: str | None,
     top_k: int | None,
-    output: Path | None,
+    output: str | None,
     progress: bool | None,
     quiet: bool,
+    engine: str,
+    ray_address: str | None,
+    actors: int | None,
+    cpus_per_actor: float,
+    gpus_per_actor: float | None,
 ) -> None:
     """Label each digit image in INPUTS: files, folders (recursive), globs, or - for paths on stdin.
 
@@ -174,14 +181,29 @@ def main(
     result per image in them. Ctrl-C or SIGTERM stops the run cleanly: no
     partial -o file, no worker processes left, exit 130 or 143.
     """
+    path = _model_path(model, int8)
+    if engine == "ray":
+        from mnist_edge.runtime.scale.cli import RayRun, run_ray
+
+        ray_run = RayRun(
+            inputs, path, model_hint="--int8" if int8 and model is None else "--model",
+            output=output, fmt=fmt, provider=provider, batch_size=batch_size, invert=invert,
+            top_k=top_k or 0, address=ray_address, actors=actors, cpus_per_actor=cpus_per_actor,
+            gpus_per_actor=gpus_per_actor, progress=progress, quiet=quiet,
+        )  # fmt: skip
+        sys.exit(run_ray(ray_run, sys.stdin if "-" in inputs else None))
+    fmt = fmt or "table"
+    if fmt not in FORMATS:
+        raise click.BadParameter(f"{fmt} needs --engine ray", param_hint="--format")
+    if output is not None and os.path.isdir(output):
+        raise click.BadParameter(f"{output} is a folder; give a file", param_hint="-o")
+    out = Path(output) if output is not None else None
     config = PipelineConfig(batch_size=batch_size, workers=workers, top_k=top_k or 0, invert=invert)
     try:
         with _signals_interrupt():
-            run = _run(
-                inputs, _model_path(model, int8), config, provider, threads, fmt, output, progress
-            )
+            run = _run(inputs, path, config, provider, threads, fmt, out, progress)
     except Interrupted as exc:
-        kept = f"; {output} was not written" if output is not None else ""
+        kept = f"; {out} was not written" if out is not None else ""
         click.echo(f"mnist-infer: stopped by {exc}{kept}", err=True)
         sys.exit(SIGNAL_EXIT[signal.Signals(exc.signum)])
     if run.reader_left:  # `mnist-infer ... | head`: stop quietly

@@ -1,0 +1,99 @@
+"""Settings and errors of the Ray engine (:mod:`mnist_edge.runtime.scale`); imports without Ray."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mnist_edge.runtime.errors import MnistEdgeError
+from mnist_edge.runtime.images import ImageOptions
+from mnist_edge.runtime.session import GPU_PROVIDERS, PROVIDER_NAMES
+
+
+class RayEngineError(MnistEdgeError, RuntimeError):
+    """Ray is missing, the cluster cannot be reached, or the inputs are not what the engine takes."""
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """How the Ray Data job runs.
+
+    Attributes:
+        provider: ONNX Runtime provider in the actors: ``cpu``, or a GPU one (``cuda``, ...).
+            Never falls back: an actor that cannot get it fails.
+        batch_size: images per block handed to a decode task and to an actor.
+        model_batch: images per ONNX Runtime call inside an actor (one thread is
+            fastest around 64 on a 28x28 CNN).
+        actors: actor-pool size; ``None`` = autoscale from 1 to what the cluster's
+            CPUs (or GPUs) allow.
+        cpus_per_actor: CPUs each actor reserves. Keep it fractional on small
+            machines: actors holding every CPU starve the read tasks and the job
+            never ends (ray-project/ray#44687).
+        gpus_per_actor: GPUs each actor reserves; ``None`` = 1 for a GPU provider, 0 on CPU.
+        invert: as :attr:`ImageOptions.invert`.
+        max_pixels: as :attr:`ImageOptions.max_pixels`.
+        top_k: alternatives per image in the ``top_k`` column (0 = none).
+        rows_per_file: rows per Parquet file when writing (at least).
+    """
+
+    provider: str = "cpu"
+    batch_size: int = 256
+    model_batch: int = 64
+    actors: int | None = None
+    cpus_per_actor: float = 0.5
+    gpus_per_actor: float | None = None
+    invert: str = "auto"
+    max_pixels: int = 40_000_000
+    top_k: int = 0
+    rows_per_file: int = 100_000
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "model_batch", "rows_per_file"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.actors is not None and self.actors < 1:
+            raise ValueError(f"actors must be >= 1 (or None to autoscale), not {self.actors}")
+        if self.cpus_per_actor <= 0:
+            raise ValueError(f"cpus_per_actor must be > 0, not {self.cpus_per_actor}")
+        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
+            raise ValueError(f"gpus_per_actor must be >= 0, not {self.gpus_per_actor}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, not {self.top_k}")
+        gpu = self.provider_name in GPU_PROVIDERS
+        if gpu and self.gpus_per_actor == 0:
+            raise ValueError(
+                f"provider {self.provider!r} runs on a GPU: gpus_per_actor must be > 0"
+            )
+        if not gpu and self.gpus_per_actor:
+            raise ValueError(
+                f"gpus_per_actor={self.gpus_per_actor} needs a GPU provider (cuda), not {self.provider!r}"
+            )
+        ImageOptions(invert=self.invert, max_pixels=self.max_pixels)  # same checks as locally
+
+    @property
+    def provider_name(self) -> str:
+        """The ONNX Runtime name of :attr:`provider` (``auto`` is not allowed: actors must agree)."""
+        key = self.provider.strip()
+        if key.lower() == "auto":
+            raise ValueError("provider must be named for Ray actors (cpu, cuda, ...), not 'auto'")
+        return PROVIDER_NAMES.get(key.lower(), key)
+
+    @property
+    def gpus(self) -> float:
+        """GPUs each actor reserves."""
+        if self.gpus_per_actor is not None:
+            return self.gpus_per_actor
+        return 1.0 if self.provider_name in GPU_PROVIDERS else 0.0
+
+
+def import_ray() -> Any:
+    """``import ray.data`` (and return ``ray``), or a :class:`RayEngineError` saying how to get it."""
+    try:
+        import ray
+        import ray.data
+    except ImportError as exc:
+        raise RayEngineError(
+            f"Ray Data is not installed ({exc}); install the `scale` extra: "
+            "pip install 'mnist-edge[scale]'"
+        ) from None
+    return ray

@@ -1,0 +1,268 @@
+"""Scale-out on Ray Data (runtime/scale/), on a local Ray started here.
+
+The guarantees of the local CLI, checked against its own building blocks
+(expand_inputs + load_batch + Classifier): every input exactly once, in a
+result row or an error row; labels identical, confidences within 1e-6; an actor
+that dies mid-run is replaced and its batch retried.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from runtime_models import digit, linear_model
+
+from mnist_edge.runtime.classifier import Classifier
+from mnist_edge.runtime.images import load_batch
+from mnist_edge.runtime.inputs import expand_inputs
+from mnist_edge.runtime.output import FORMATS
+from mnist_edge.runtime.session import SessionConfig
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: `make venv` (the scale extra)")
+
+from mnist_edge.runtime.scale import stages  # noqa: E402  (after the skip: needs ray to run)
+from mnist_edge.runtime.scale.engine import RayConfig, classify_dataset  # noqa: E402
+
+# A hung Ray job (e.g. actors starving the read tasks, ray-project/ray#44687) fails, never blocks.
+pytestmark = pytest.mark.timeout(180)
+
+IMAGES = 5000
+CONFIG = RayConfig(actors=1, batch_size=512)  # small runs: one actor starts sooner
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    """A local Ray on the cores this machine has, no dashboard, a small object store."""
+    # Ray's socket paths must stay short: a temp dir of its own, not the deep pytest one
+    import tempfile
+
+    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=256 * 1024 * 1024,
+        _temp_dir=str(temp),
+        logging_level="WARNING",
+        log_to_driver=False,
+    )
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return linear_model(tmp_path_factory.mktemp("model") / "mnist.onnx")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """5,000 digit PNGs in two folders, plus files that must become error rows."""
+    root = tmp_path_factory.mktemp("inputs")
+    digits = np.stack([digit(seed) for seed in range(97)])  # (97, 28, 28)
+    noise = np.random.default_rng(7).integers(0, 40, (IMAGES, 28, 28), dtype=np.uint8)
+    for sub in ("a", "b"):
+        (root / sub).mkdir()
+    for i in range(IMAGES):  # every picture differs (noise), as do their predictions
+        pixels = np.maximum(digits[i % 97], noise[i])
+        Image.fromarray(pixels).save(root / ("a", "b")[i % 2] / f"{i:05d}.png")
+    (root / "a" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    (root / "a" / "notes.txt").write_text("not an image")
+    (root / "a" / "empty.png").write_bytes(b"")
+    (root / "a" / ".hidden.png").write_bytes(b"skipped like the local CLI")
+    np.save(root / "a" / "stack.npy", np.stack([digit(1), digit(2)]))
+    (root / "nothing").mkdir()
+    return root
+
+
+def _local(specs: list[str], model: Path, top_k: int = 0) -> dict[str, dict]:
+    """What the local engine gives: expand_inputs + load_batch + Classifier, as records by path."""
+    classifier = Classifier(model, config=SessionConfig(provider="cpu", threads=1))
+    records: dict[str, dict] = {}
+    files = []
+    for source in expand_inputs(specs):
+        if source.error is not None:
+            records[source.path] = {"error": source.error}
+        else:
+            files.append(source.path)
+    images, errors = load_batch(files)
+    ok = [i for i, e in enumerate(errors) if e is None]
+    predictions = classifier.predict(images[ok])
+    for i, error in enumerate(errors):
+        if error is not None:
+            records[files[i]] = {"error": error}
+    top = predictions.top_k(top_k)
+    for row, i in enumerate(ok):
+        records[files[i]] = {
+            "label": predictions.labels[row],
+            "confidence": float(predictions.confidences[row]),
+            "top_k": [predictions.classes[j] for j in top[row]],
+        }
+    return records
+
+
+def _check_same(rows: list[dict], expected: dict[str, dict]) -> None:
+    paths = [r["path"] for r in rows]
+    assert len(paths) == len(set(paths)), "an input came back more than once"
+    assert set(paths) == set(expected), "inputs lost or invented"
+    for row in rows:
+        want = expected[row["path"]]
+        if "error" in want:
+            assert row["error"] == want["error"], row["path"]
+            assert row.get("label") is None
+        else:
+            assert row["error"] is None, row
+            assert row["label"] == want["label"], row["path"]
+            assert abs(row["confidence"] - want["confidence"]) <= 1e-6
+            assert [t["label"] for t in row["top_k"] or []] == want["top_k"]
+
+
+def test_runtime_imports_without_ray():
+    """The runtime (and its Ray modules) import without loading Ray: only a run loads it."""
+    code = (
+        "import pkgutil, importlib, sys\n"
+        "import mnist_edge.runtime as rt\n"
+        "names = [m.name for m in pkgutil.walk_packages(rt.__path__, 'mnist_edge.runtime.')]\n"
+        "assert 'mnist_edge.runtime.scale.engine' in names, names\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "bad = sorted(n for n in sys.modules if n == 'ray' or n.startswith('ray.'))\n"
+        "print(names, bad)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_input_once_and_equal_to_local(local_ray, model, inputs):
+    specs = [str(inputs / "a"), str(inputs / "b" / "*.png"), str(inputs / "nothing"),
+             str(inputs / "missing.png"), str(inputs / "b" / "*.jpg")]  # fmt: skip
+    rows = classify_dataset(specs, model, RayConfig(actors=2, batch_size=512, top_k=3)).take_all()
+    expected = _local(specs, model, top_k=3)
+    expected[str(inputs / "a" / "stack.npy")] = {"error": stages.ARRAY_FILE_ERROR}
+    assert len(rows) == IMAGES + 4 + 3  # 4 bad files; empty folder, missing, glob without match
+    _check_same(rows, expected)
+    errors = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
+    assert errors["empty.png"] == "empty file (0 bytes)"
+    assert errors["nothing"] == "empty directory (no files in it)"
+    assert errors["*.jpg"] == "no file matches this pattern"
+
+
+def test_dataset_of_bytes_and_uris(local_ray, model, inputs):
+    """Ray users pass their own Dataset of bytes; URIs go through pyarrow's filesystems."""
+    files = sorted(str(p) for p in (inputs / "b").glob("000*.png"))
+    ds = ray.data.read_binary_files(files, include_paths=True)
+    rows = classify_dataset(ds, model, CONFIG).take_all()
+    _check_same(rows, _local(files, model))
+
+    uris = [f"file://{inputs}/b/000*.png", f"file://{inputs}/nothing", f"file://{inputs}/nope"]
+    rows = classify_dataset(uris, model, CONFIG).take_all()
+    expected = {f"file://{k}": v for k, v in _local(files, model).items()}
+    expected[uris[1]] = {"error": "empty directory (no files in it)"}
+    expected[uris[2]] = {"error": "no such file or directory"}
+    _check_same(rows, expected)
+
+    wrong = ray.data.from_items([{"data": b"x"}])
+    with pytest.raises(Exception, match="no bytes or path column"):
+        classify_dataset(wrong, model, CONFIG).take_all()
+
+
+def test_a_killed_actor_is_replaced_and_its_batch_retried(local_ray, model, inputs, monkeypatch):
+    marker = inputs.parent / f"killed-{os.getpid()}"
+
+    class DiesOnce(stages.ClassifyBatch):
+        """Exits hard (like an OOM kill) on its third batch, the first time in the run."""
+
+        calls = 0
+
+        def __call__(self, batch):
+            type(self).calls += 1
+            if type(self).calls == 3 and not marker.exists():
+                marker.write_text(str(os.getpid()))
+                os._exit(1)
+            return super().__call__(batch)
+
+    monkeypatch.setattr(stages, "ClassifyBatch", DiesOnce)
+    files = sorted(str(p) for p in (inputs / "a").glob("0*.png"))[:1500]
+    config = RayConfig(actors=2, batch_size=100)
+    rows = classify_dataset(files, model, config).take_all()
+    assert marker.exists(), "no actor died: the test did not test anything"
+    _check_same(rows, _local(files, model))
+
+
+def _invoke(*args: str):
+    from mnist_edge.runtime.cli import main
+
+    return CliRunner().invoke(
+        main, ["--engine", "ray", "--actors", "1", *args], catch_exceptions=False
+    )
+
+
+def test_cli_parquet_folder_and_exit_codes(local_ray, model, inputs, tmp_path):
+    import pyarrow.parquet as pq
+
+    good = sorted(str(p) for p in (inputs / "b").glob("001*.png"))
+    out = tmp_path / "results"
+    result = _invoke(*good, "--model", str(model), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert f"{len(good)} images, 0 failed" in result.stderr
+    table = pq.read_table(out)
+    assert table.column_names == list(stages.RESULT_COLUMNS)
+    _check_same(table.to_pylist(), _local(good, model))
+
+    bad = [*good[:5], str(inputs / "a" / "corrupt.png"), str(inputs / "missing.png")]
+    result = _invoke(*bad, "--model", str(model), "-o", str(out))  # replaces the earlier run
+    assert result.exit_code == 1, result.output
+    assert "7 images, 2 failed" in result.stderr
+    _check_same(pq.read_table(out).to_pylist(), _local(bad, model))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_cli_text_formats_match_the_local_cli(local_ray, model, inputs, tmp_path, fmt):
+    from mnist_edge.runtime.cli import main as local_main
+
+    assert fmt in FORMATS
+    specs = [
+        *sorted(str(p) for p in (inputs / "a").glob("002*.png")),
+        str(inputs / "a" / "notes.txt"),
+    ]
+    ours = tmp_path / f"ray.{fmt}"
+    result = _invoke(
+        *specs, "--model", str(model), "--format", fmt, "--top-k", "2", "-o", str(ours)
+    )
+    assert result.exit_code == 1, result.output
+    local = CliRunner().invoke(
+        local_main,
+        [*specs, "--model", str(model), "--format", fmt, "--top-k", "2", "--workers", "0"],
+    )
+    assert local.exit_code == 1
+    mine, theirs = ours.read_text().splitlines(), local.stdout.splitlines()
+    assert mine[0] == theirs[0]  # the csv header / a first record
+    assert sorted(mine) == sorted(theirs)  # same records, in Ray's order
+    if fmt == "jsonl":
+        assert {json.loads(line)["path"] for line in mine} == set(specs)
+
+
+def test_cli_usage_errors_exit_2(local_ray, model, inputs, tmp_path):
+    png = str(inputs / "a" / "00000.png")
+    result = _invoke(png, "--model", str(tmp_path / "none.onnx"), "-o", str(tmp_path / "o"))
+    assert result.exit_code == 2 and "not found" in result.output
+    assert _invoke(png, "--model", str(model)).exit_code == 2  # Parquet needs -o
+    (tmp_path / "file").write_text("x")
+    result = _invoke(png, "--model", str(model), "-o", str(tmp_path / "file"))
+    assert result.exit_code == 2 and "not a folder" in result.output
+    result = _invoke(png, "--model", str(model), "--top-k", "11", "--format", "jsonl")
+    assert result.exit_code == 2 and "--top-k" in result.output
+    result = _invoke(png, "--model", str(model), "--gpus-per-actor", "1", "--format", "jsonl")
+    assert result.exit_code == 2 and "--gpus-per-actor" in result.output
+    assert "no node of the cluster has that many" in result.output
