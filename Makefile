@@ -11,12 +11,13 @@ DEVICE  ?= auto
 ARGS    ?=
 TRAIN_BENCH_ARGS ?=
 INFER_BENCH_ARGS ?=
+WEB_PORT ?= 8000
 comma   := ,
 # One stamp per set of extras: switching EXTRAS (e.g. to train,export,gpu,dev) reinstalls.
 STAMP   := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data train export parity samples bench test lint format clean distclean
+.PHONY: help venv data train export parity samples bench test lint format clean distclean web web-deps
 
 help: ## Show this help
 	@echo "mnist-edge — make targets (a fresh clone needs nothing but python3):"
@@ -54,6 +55,14 @@ samples: $(STAMP) ## Write some test-set digits (and photo-like variants) into i
 bench: $(STAMP) ## Benchmarks: training s/epoch, model-only and end-to-end inference -> artifacts/bench.json
 	$(BIN)/python tests/bench_train.py $(TRAIN_BENCH_ARGS)
 	$(BIN)/python tests/bench_infer.py $(INFER_BENCH_ARGS)
+
+web-deps: web/vendor/ort-wasm-simd-threaded.wasm ## Install the page's onnxruntime-web (npm ci in web/; copies its 3 runtime files to web/vendor/)
+
+web/vendor/ort-wasm-simd-threaded.wasm: web/package.json web/package-lock.json web/copy-runtime.mjs
+	cd web && npm ci --no-audit --no-fund
+
+web: $(STAMP) web-deps ## Serve the web page and the models in artifacts/ on 127.0.0.1 (WEB_PORT=8000)
+	$(BIN)/python -m mnist_edge.runtime.webserve --web-dir web --models artifacts --port $(WEB_PORT) $(ARGS)
 
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest $(ARGS)
