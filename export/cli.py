@@ -81,6 +81,19 @@ def _progress(line: str) -> None:
     help="Also write .ort files and mnist.required_operators.config (minimal/mobile builds).",
 )
 @click.option(
+    "--pixels/--no-pixels",
+    default=_D.pixels,
+    help="Also write the pixels-in models (mnist.pixels[.int8].onnx: uint8 [height, width] "
+    "pictures, preprocessing inside) and mnist.meta.json.",
+)
+@click.option(
+    "--pixels-images",
+    type=click.IntRange(min=1),
+    default=_D.pixels_images,
+    help="Test digits per validation variant of the pixels-in models (16 variants; "
+    "--eval-limit caps it).",
+)
+@click.option(
     "--allow-mismatch",
     is_flag=True,
     help="Write files even if validation fails (failures are reported).",
@@ -108,6 +121,8 @@ def main(
     fixed_batch: int | None,
     uint8_input: bool,
     ort_format: bool,
+    pixels: bool,
+    pixels_images: int,
     allow_mismatch: bool,
     eval_limit: int | None,
     parity_only: bool,
@@ -143,6 +158,8 @@ def main(
             fixed_batch=fixed_batch,
             uint8_input=uint8_input,
             ort=ort_format,
+            pixels=pixels,
+            pixels_images=pixels_images,
             allow_mismatch=allow_mismatch,
             data_dir=data_dir,
             eval_limit=eval_limit,
@@ -184,6 +201,8 @@ def main(
         click.echo(f"wrote {f.path} ({f.size_bytes / 1024:.1f} KiB)")
     if report.required_operators:
         click.echo(f"wrote {report.required_operators}")
+    if report.meta_json:
+        click.echo(f"wrote {report.meta_json}")
     click.echo(f"wrote {out_dir / 'export.json'} and the Export section of {out_dir / 'report.md'}")
     if not report.ok:
         click.echo(

@@ -34,6 +34,8 @@ class ExportedFile:
     op_counts: dict[str, int] = field(default_factory=dict)
     parity: ParityReport | None = None
     written: bool = False
+    pixels: bool = False  # the pixels-in model (input ``pixels``, preprocessing inside)
+    mobile: dict[str, Any] | None = None  # ONNX Runtime's mobile usability checker (export.mobile)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +47,8 @@ class ExportedFile:
             "op_counts": self.op_counts,
             "written": self.written,
             "parity": self.parity.to_dict() if self.parity else None,
+            "pixels": self.pixels,
+            "mobile": self.mobile,
         }
 
 
@@ -62,6 +66,7 @@ class ExportReport:
     quantization: dict[str, Any]
     files: list[ExportedFile] = field(default_factory=list)
     required_operators: Path | None = None
+    meta_json: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -86,6 +91,7 @@ class ExportReport:
             "quantization": self.quantization,
             "files": [f.to_dict() for f in self.files],
             "required_operators": self.required_operators.name if self.required_operators else None,
+            "meta_json": self.meta_json.name if self.meta_json else None,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "versions": self.versions,
             "ok": self.ok,
