@@ -155,7 +155,7 @@ class PageSession:
                         const r = await mnistEdge.classify(picture.pixels, picture.height, picture.width);
                         let bin = "";
                         for (const v of picture.pixels) bin += String.fromCharCode(v);
-                        out.push({probabilities: r.probabilities, label: r.label, pixels: btoa(bin)});
+                        out.push({probabilities: r.probabilities, label: r.label, model: r.model, pixels: btoa(bin)});
                     }
                     return out;
                 }""",
@@ -240,7 +240,7 @@ def test_page_loads_with_model_facts_and_no_console_errors(main_page: PageSessio
     info = main_page.page.locator("#model-info")
     assert info.locator("[data-field='file']").text_content() == "mnist.pixels.onnx (fp32)"
     assert info.locator("[data-field='size']").text_content().endswith("KiB")
-    assert info.locator("[data-field='test accuracy']").text_content().endswith("%")
+    assert info.locator("[data-field='accuracy on test pictures']").text_content().endswith("%")
     assert main_page.page.locator("#bars li").count() == 10
     assert main_page.errors == []
 
@@ -258,7 +258,8 @@ def test_page_probabilities_equal_python_onnx_runtime(
     main_page.use_model(precision)
     results = main_page.classify_pngs([_png(pic) for pic in pictures])
 
-    # The page decodes each PNG to exactly the pixels Python has.
+    # The page ran that file, on exactly the pixels Python has (decoded from PNG in the page).
+    assert {r["model"] for r in results} == {meta["models"][precision]["file"]}
     for pic, result in zip(pictures, results, strict=True):
         assert base64.b64decode(result["pixels"]) == pic.tobytes()
     got = np.asarray([r["probabilities"] for r in results], dtype=np.float64)
@@ -289,6 +290,7 @@ def test_page_runs_the_ort_format_files(
     results = main_page.classify_pngs([_png(pic) for pic in pictures])
     main_page.use_model("fp32")
 
+    assert {r["model"] for r in results} == {ort_file}
     got = np.asarray([r["probabilities"] for r in results])
     np.testing.assert_array_equal([r["label"] for r in results], expected_labels)
     np.testing.assert_allclose(got, expected, atol=1e-4)
@@ -304,7 +306,7 @@ def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 28) -> list[tu
 STROKES: dict[str, list[list[tuple[float, float]]]] = {
     "1": [[(142, 45), (138, 235)]],
     "7": [[(75, 60), (205, 60), (120, 240)]],
-    "0": [_ellipse(140, 140, 62, 92)],
+    "0": [_ellipse(140, 140, 62, 92, n=20)],
 }
 
 
@@ -321,7 +323,7 @@ def _draw(session: PageSession, strokes: list[list[tuple[float, float]]]) -> str
         page.mouse.move(box["x"] + x0 * scale, box["y"] + y0 * scale)
         page.mouse.down()
         for x, y in stroke[1:]:
-            page.mouse.move(box["x"] + x * scale, box["y"] + y * scale, steps=6)
+            page.mouse.move(box["x"] + x * scale, box["y"] + y * scale, steps=3)
         page.mouse.up()
     page.wait_for_function(f"Number(document.body.dataset.seq ?? 0) >= {before + len(strokes)}")
     return str(page.locator("#label").text_content())
@@ -346,7 +348,7 @@ def test_screenshot_of_a_drawn_digit(main_page: PageSession) -> None:
     target = layout.Artifacts(REPO / layout.DEFAULT_DIR).web_screenshot
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
-        main_page.page.screenshot(path=str(tmp), type="png")
+        main_page.page.screenshot(path=str(tmp), type="png", full_page=True)
     with Image.open(target) as shot:
         assert shot.format == "PNG"
         assert shot.width >= 900

@@ -217,7 +217,7 @@ function renderResult(result) {
     items[i].classList.toggle("top", i === result.label);
   });
   $("label").textContent = names[result.label] ?? String(result.label);
-  $("confidence").textContent = `${(100 * result.probabilities[result.label]).toFixed(1)}% · ${result.model}`;
+  $("confidence").textContent = `${(100 * result.probabilities[result.label]).toFixed(2)}% · ${result.model}`;
   document.body.dataset.seq = String(Number(document.body.dataset.seq ?? 0) + 1);
 }
 
@@ -236,12 +236,14 @@ function renderInfo() {
   info.replaceChildren();
   const entry = current.entry;
   const pct = (x) => (typeof x === "number" ? `${(100 * x).toFixed(2)}%` : "–");
-  const recipe = Object.entries(meta.recipe ?? {}).map(([k, v]) => `${k} ${v}`).join(", ");
-  const versions = Object.entries(meta.versions ?? {}).map(([k, v]) => `${k} ${v}`).join(", ");
+  const pick = (object, keys) =>
+    keys.filter((k) => object?.[k] !== undefined && object[k] !== null).map((k) => `${k} ${object[k]}`).join(", ");
+  const recipe = pick(meta.recipe, ["epochs", "batch_size", "lr", "optimizer", "train_limit", "seed"]);
+  const versions = pick(meta.versions, ["mnist_edge", "torch", "onnx", "onnxruntime"]);
   const rows = [
     ["file", `${current.file} (${current.precision})`],
     ["size", typeof entry.bytes === "number" ? `${(entry.bytes / 1024).toFixed(1)} KiB` : "–"],
-    ["test accuracy", pct(entry.test_accuracy)],
+    ["accuracy on test pictures", pct(entry.test_accuracy)],
     ["agreement with mnist-infer", pct(entry.agreement)],
     ["dataset", meta.dataset ?? "–"],
     ["model version", meta.model_version || "–"],
@@ -257,6 +259,7 @@ function renderInfo() {
     dd.dataset.field = name;
     info.append(dt, dd);
   }
+  $("meta-json").textContent = JSON.stringify(meta, null, 2);
 }
 
 function syncSwitch() {
