@@ -41,7 +41,7 @@ function clearMessage() {
 
 function firstLine(err) {
   const text = String(err?.message ?? err ?? "unknown error").trim();
-  return text.split("\n")[0];
+  return text.split("\n")[0].replace(/[.\s]+$/, "");
 }
 
 function setState(state) {
