@@ -124,6 +124,8 @@ class PageSession:
     def __init__(self, page: Any) -> None:
         self.page = page
         self.errors: list[str] = []
+        self.requests: list[str] = []
+        page.on("request", lambda request: self.requests.append(request.url))
         page.on("console", lambda msg: msg.type == "error" and self.errors.append(msg.text))
         page.on("pageerror", lambda exc: self.errors.append(f"uncaught: {exc}"))
 
@@ -245,6 +247,13 @@ def test_page_loads_with_model_facts_and_no_console_errors(main_page: PageSessio
     assert main_page.errors == []
 
 
+def test_page_fetches_nothing_from_elsewhere(main_page: PageSession, page_url: str) -> None:
+    requests = main_page.requests
+    assert any(url.endswith("/vendor/ort-wasm-simd-threaded.wasm") for url in requests)
+    assert any(url.endswith("/models/mnist.meta.json") for url in requests)
+    assert [url for url in requests if not url.startswith(page_url)] == []
+
+
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_page_probabilities_equal_python_onnx_runtime(
     main_page: PageSession, models_dir: Path, mnist: Any, precision: str
@@ -352,6 +361,30 @@ def test_screenshot_of_a_drawn_digit(main_page: PageSession) -> None:
     with Image.open(target) as shot:
         assert shot.format == "PNG"
         assert shot.width >= 900
+
+
+@pytest.mark.parametrize("how", ["drop", "paste"])
+def test_a_dropped_or_pasted_picture_is_classified(
+    main_page: PageSession, mnist: Any, how: str
+) -> None:
+    digit = (mnist.test_images[0, 0].numpy() * 255.0 + 0.5).astype(np.uint8)  # a 7
+    picture = np.pad(255 - digit, 30, constant_values=255)  # dark on light, 88x88
+    before = main_page.seq()
+    main_page.page.evaluate(
+        """([how, b64]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const data = new DataTransfer();
+            data.items.add(new File([bytes], "seven.png", {type: "image/png"}));
+            const event = how === "drop"
+                ? new DragEvent("drop", {dataTransfer: data, bubbles: true, cancelable: true})
+                : new ClipboardEvent("paste", {clipboardData: data, bubbles: true, cancelable: true});
+            document.querySelector("#pad").dispatchEvent(event);
+        }""",
+        [how, base64.b64encode(_png(picture)).decode("ascii")],
+    )
+    main_page.page.wait_for_function(f"Number(document.body.dataset.seq ?? 0) > {before}")
+    assert main_page.page.locator("#label").text_content() == str(int(mnist.test_labels[0]))
+    assert main_page.errors == []
 
 
 def test_a_file_that_is_not_a_picture_shows_a_message(main_page: PageSession) -> None:
