@@ -245,10 +245,10 @@ def _inline_core(
         return image if name == CORE_INPUT else f"core/{name}"
 
     nodes = []
-    for node in core.graph.node:
+    for i, node in enumerate(core.graph.node):
         new = onnx.NodeProto()
         new.CopyFrom(node)
-        new.name = f"core/{node.name}"
+        new.name = f"core/{node.name or f'{i}_{node.op_type}'}"
         new.input[:] = [rename(n) for n in node.input]
         new.output[:] = [rename(n) for n in node.output]
         nodes.append(new)
