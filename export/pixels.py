@@ -97,11 +97,6 @@ class _Builder:
         half = self.op("Add", x, self.const(0.5, F))
         return self.op("Clip", self.op("Floor", half), self.const(0.0, F), self.const(255.0, F))
 
-    def pick(self, cond: str, a: str, b: str) -> str:
-        """``a if cond else b`` for int64 values (ONNX Runtime's Where has no int64 kernel)."""
-        flag = self.op("Cast", cond, to=I64)
-        return self.op("Add", b, self.op("Mul", flag, self.op("Sub", a, b)))
-
     def vec(self, *scalars: str) -> str:
         """1-D int64 from scalar int64s."""
         return self.op(
@@ -290,7 +285,7 @@ def _preprocess(b: _Builder, pixels: str, pre: Preprocessing, invert: str) -> st
         "Slice",
         b.op("Reshape", x, b.const([-1], I64)),
         b.vec(zero_i),
-        b.vec(b.pick(small, n_flat, zero_i)),
+        b.vec(b.op("Where", small, n_flat, zero_i)),
     )
 
     # ---- inversion: `if invert == "always" or (invert == "auto" and needs_inversion(gray))`
@@ -342,11 +337,11 @@ def _preprocess(b: _Builder, pixels: str, pre: Preprocessing, invert: str) -> st
     as_is = flipped(b.op("Pad", corner, b.op("Concat", b.const([0, 0], I64), fill, axis=0)))
 
     # ---- `border = (the edges) if h > 2 and w > 2 else work.ravel()`
-    n_values = b.pick(small, n_flat, n_edges)
+    n_values = b.op("Where", small, n_flat, n_edges)
     values = b.op(
         "Concat",
         small_flat,
-        b.op("Slice", edges, b.vec(zero_i), b.vec(b.pick(small, zero_i, n_edges))),
+        b.op("Slice", edges, b.vec(zero_i), b.vec(b.op("Where", small, zero_i, n_edges))),
         axis=0,
     )
     # `np.median(border)`: the mean of the two middle values of the sorted border
