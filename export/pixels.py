@@ -71,7 +71,7 @@ class _Builder:
         self.count += 1
         return f"{self.prefix}{self.count}_{hint}"
 
-    def const(self, value: float | int | bool | list[int], dtype: int) -> str:
+    def const(self, value: float | int | bool | list[int] | np.ndarray, dtype: int) -> str:
         np_type = helper.tensor_dtype_to_np_dtype(dtype)
         name = self._name("const")
         self.initializers.append(numpy_helper.from_array(np.array(value, dtype=np_type), name))
@@ -96,11 +96,6 @@ class _Builder:
         """``_round_to_uint8``: ``clip(x + 0.5, 0, 255)`` truncated, kept as float32."""
         half = self.op("Add", x, self.const(0.5, F))
         return self.op("Clip", self.op("Floor", half), self.const(0.0, F), self.const(255.0, F))
-
-    def pick(self, cond: str, a: str, b: str) -> str:
-        """``a if cond else b`` for int64 values (ONNX Runtime's Where has no int64 kernel)."""
-        flag = self.op("Cast", cond, to=I64)
-        return self.op("Add", b, self.op("Mul", flag, self.op("Sub", a, b)))
 
     def vec(self, *scalars: str) -> str:
         """1-D int64 from scalar int64s."""
@@ -245,10 +240,10 @@ def _inline_core(
         return image if name == CORE_INPUT else f"core/{name}"
 
     nodes = []
-    for node in core.graph.node:
+    for i, node in enumerate(core.graph.node):
         new = onnx.NodeProto()
         new.CopyFrom(node)
-        new.name = f"core/{node.name}"
+        new.name = f"core/{node.name or f'{i}_{node.op_type}'}"
         new.input[:] = [rename(n) for n in node.input]
         new.output[:] = [rename(n) for n in node.output]
         nodes.append(new)
@@ -262,36 +257,61 @@ def _inline_core(
 
 
 def _preprocess(b: _Builder, pixels: str, pre: Preprocessing, invert: str) -> str:
-    """Nodes for images.preprocess(gray, ImageOptions(pre, invert)); returns float32 (size, size)."""
+    """Nodes for images.preprocess(gray, ImageOptions(pre, invert)); returns float32 (size, size).
+
+    Only five operators touch every pixel (Cast, Sub, Mul and two ReduceMax); the rest
+    works on the border, the row/column profiles, the ink box or the 28x28 field.
+    """
     size, fit = pre.size, pre.fit
     zero_i, one_i, two_i = b.const(0, I64), b.const(1, I64), b.const(2, I64)
     x = b.op("Cast", pixels, to=F)  # (H, W) gray as float32, exact
     shape = b.op("Shape", pixels)
     h, w = b.dim(shape, 0), b.dim(shape, 1)
-    # needs_inversion: `if gray.shape[0] < 3 or gray.shape[1] < 3` (and preprocess:
-    # `if h > 2 and w > 2` for the border; the same test)
+    n_flat = b.op("Mul", h, w)
+    # needs_inversion: `if gray.shape[0] < 3 or gray.shape[1] < 3`; preprocess: `if h > 2 and w > 2`
     small = b.op("Or", b.op("Less", h, b.const(3, I64)), b.op("Less", w, b.const(3, I64)))
+    # the picture's edges: `concat([gray[0], gray[-1], gray[:, 0], gray[:, -1]])` (corners twice)
+    edges = b.op(
+        "Concat",
+        b.op("Gather", x, zero_i, axis=0),
+        b.op("Gather", x, b.const(-1, I64), axis=0),
+        b.op("Gather", x, zero_i, axis=1),
+        b.op("Gather", x, b.const(-1, I64), axis=1),
+        axis=0,
+    )  # (2W + 2H,)
+    n_edges = b.op("Mul", b.op("Add", h, w), two_i)
+    # every pixel when the picture is small, none otherwise (Slice to length 0)
+    small_flat = b.op(
+        "Slice",
+        b.op("Reshape", x, b.const([-1], I64)),
+        b.vec(zero_i),
+        b.vec(b.op("Where", small, n_flat, zero_i)),
+    )
 
     # ---- inversion: `if invert == "always" or (invert == "auto" and needs_inversion(gray))`
     if invert == "auto":
-        # small pictures: `return float(gray.mean()) > 127.5`
-        mean_bright = b.op("Greater", b.op("ReduceMean", x, keepdims=0), b.const(127.5, F))
-        # `border = concat([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])` as a mask:
-        # first/last row, or first/last column, each pixel once
-        rows = b.op("Range", zero_i, h, one_i)  # (H,)
-        cols = b.op("Range", zero_i, w, one_i)  # (W,)
-        h_last, w_last = b.op("Sub", h, one_i), b.op("Sub", w, one_i)
-        row_edge = b.op("Or", b.op("Equal", rows, zero_i), b.op("Equal", rows, h_last))
-        col_edge = b.op("Or", b.op("Equal", cols, zero_i), b.op("Equal", cols, w_last))
-        border = b.op(
-            "Or",
-            b.op("Unsqueeze", row_edge, b.const([1], I64)),  # (H, 1)
-            b.op("Unsqueeze", col_edge, b.const([0], I64)),  # (1, W)
-        )  # (H, W) bool
-        # `2 * count_nonzero(border > 127) > border.size`
-        bright = b.op("And", b.op("Greater", x, b.const(127.0, F)), border)
-        n_bright = b.op("ReduceSum", b.op("Cast", bright, to=I64), keepdims=0)
-        n_border = b.op("ReduceSum", b.op("Cast", border, to=I64), keepdims=0)
+        # small pictures: `return float(gray.mean()) > 127.5`, i.e. 2 * sum > 255 * count (exact)
+        total = b.op("ReduceSum", small_flat, keepdims=0)
+        mean_bright = b.op(
+            "Greater",
+            b.op("Mul", total, b.const(2.0, F)),
+            b.op("Mul", b.op("Cast", n_flat, to=F), b.const(255.0, F)),
+        )
+        # `border = concat([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])`: the edges
+        # without the second copy of each corner; `2 * count_nonzero(border > 127) > border.size`
+        corners = b.op(
+            "Gather",
+            b.op("Gather", x, b.const([0, -1], I64), axis=0),
+            b.const([0, -1], I64),
+            axis=1,
+        )  # (2, 2)
+
+        def n_above_127(values: str) -> str:
+            bright = b.op("Cast", b.op("Greater", values, b.const(127.0, F)), to=I64)
+            return b.op("ReduceSum", bright, keepdims=0)
+
+        n_bright = b.op("Sub", n_above_127(edges), n_above_127(corners))
+        n_border = b.op("Sub", n_edges, b.const(4, I64))
         border_bright = b.op("Greater", b.op("Mul", n_bright, two_i), n_border)
         flip = b.op(  # Where has no bool kernel in ONNX Runtime
             "Or",
@@ -300,73 +320,66 @@ def _preprocess(b: _Builder, pixels: str, pre: Preprocessing, invert: str) -> st
         )
     else:
         flip = b.const(invert == "always", B)
-    # `gray = 255 - gray`
-    gray = b.op("Where", flip, b.op("Sub", b.const(255.0, F), x), x)  # (H, W)
+    # `gray = 255 - gray`: applied below where each value is used (flip ? 255 - v : v)
+    sign = b.op("Where", flip, b.const(-1.0, F), b.const(1.0, F))
+
+    def flipped(values: str) -> str:
+        return b.op("Where", flip, b.op("Sub", b.const(255.0, F), values), values)
 
     # ---- `if gray.shape == (size, size): return gray` (pass-through, made (size, size) for any input)
     is_square = b.op(
         "And", b.op("Equal", h, b.const(size, I64)), b.op("Equal", w, b.const(size, I64))
     )
     corner = b.op(
-        "Slice", gray, b.const([0, 0], I64), b.const([size, size], I64), b.const([0, 1], I64)
+        "Slice", x, b.const([0, 0], I64), b.const([size, size], I64), b.const([0, 1], I64)
     )  # (min(H, 28), min(W, 28))
-    fill = b.op(
-        "Relu", b.op("Sub", b.const([size, size], I64), b.op("Shape", corner))
-    )  # rows/cols missing below/right
-    as_is = b.op("Pad", corner, b.op("Concat", b.const([0, 0], I64), fill, axis=0))  # (28, 28)
+    fill = b.op("Relu", b.op("Sub", b.const([size, size], I64), b.op("Shape", corner)))
+    as_is = flipped(b.op("Pad", corner, b.op("Concat", b.const([0, 0], I64), fill, axis=0)))
 
-    # ---- `border = concat([work[0], work[-1], work[:, 0], work[:, -1]]) if h > 2 and w > 2 else work.ravel()`
-    edges = b.op(
-        "Concat",
-        b.op("Gather", gray, zero_i, axis=0),
-        b.op("Gather", gray, b.const(-1, I64), axis=0),
-        b.op("Gather", gray, zero_i, axis=1),
-        b.op("Gather", gray, b.const(-1, I64), axis=1),
-        axis=0,
-    )  # (2W + 2H,)
-    flat = b.op("Reshape", gray, b.const([-1], I64))  # (H * W,)
-    n_edges = b.op("Mul", b.op("Add", h, w), two_i)
-    n_flat = b.op("Mul", h, w)
-    n_values = b.pick(small, n_flat, n_edges)
-    # the branch not taken is sliced to nothing: values = flat if small else edges
+    # ---- `border = (the edges) if h > 2 and w > 2 else work.ravel()`
+    n_values = b.op("Where", small, n_flat, n_edges)
     values = b.op(
         "Concat",
-        b.op("Slice", flat, b.vec(zero_i), b.vec(b.pick(small, n_flat, zero_i))),
-        b.op("Slice", edges, b.vec(zero_i), b.vec(b.pick(small, zero_i, n_edges))),
+        small_flat,
+        b.op("Slice", edges, b.vec(zero_i), b.vec(b.op("Where", small, zero_i, n_edges))),
         axis=0,
     )
     # `np.median(border)`: the mean of the two middle values of the sorted border
     ascending = b.ops("TopK", [values, b.vec(n_values)], 2, largest=0, sorted=1)[0]
     lo = b.op("Gather", ascending, b.op("Div", b.op("Sub", n_values, one_i), two_i))
     hi = b.op("Gather", ascending, b.op("Div", n_values, two_i))
-    median = b.op("Mul", b.op("Add", lo, hi), b.const(0.5, F))
-    # `work = np.clip(work - float(np.median(border)), 0, None)`
-    work = b.op("Relu", b.op("Sub", gray, median))
+    median = flipped(b.op("Mul", b.op("Add", lo, hi), b.const(0.5, F)))  # of the inverted gray
+    # `work = np.clip(gray - median, 0, None)`; with gray = 255 - x that is clip(median' - x)
+    # where median' = 255 - median: one Sub and one Mul by +-1 over the picture, all exact
+    diff = b.op("Mul", b.op("Sub", x, flipped(median)), sign)  # (H, W), clipped later
+    row_max = b.op("ReduceMax", diff, b.const([1], I64), keepdims=0)  # (H,)
+    col_max = b.op("ReduceMax", diff, b.const([0], I64), keepdims=0)  # (W,)
     # `peak = float(work.max())`; `if peak <= 0: return zeros` (picked at the end)
-    peak = b.op("ReduceMax", work, keepdims=0)
+    peak = b.op("Relu", b.op("ReduceMax", row_max, keepdims=0))
     blank = b.op("Not", b.op("Greater", peak, b.const(0.0, F)))
     safe_peak = b.op("Where", blank, b.const(1.0, F), peak)
-    # `work *= 255.0 / peak` (the factor in float64, applied in float32)
-    factor = b.op("Div", b.const(255.0, D), b.op("Cast", safe_peak, to=D))
-    work = b.op("Mul", work, b.op("Cast", factor, to=F))
+    # `work *= 255.0 / peak` (the factor in float64 as Python's, then float32)
+    factor = b.op("Cast", b.op("Div", b.const(255.0, D), b.op("Cast", safe_peak, to=D)), to=F)
 
-    # ---- `ink = work > 0.2 * 255.0`; rows/cols = flatnonzero(ink.any(axis))
-    ink = b.op("Cast", b.op("Greater", work, b.const(0.2 * 255.0, F)), to=F)
-    row_ink = b.op("ReduceMax", ink, b.const([1], I64), keepdims=0)  # (H,)
-    col_ink = b.op("ReduceMax", ink, b.const([0], I64), keepdims=0)  # (W,)
-    r0 = b.op("ArgMax", row_ink, axis=0, keepdims=1)  # rows[0]
-    r1 = b.op("ArgMax", row_ink, axis=0, keepdims=1, select_last_index=1)  # rows[-1]
-    c0 = b.op("ArgMax", col_ink, axis=0, keepdims=1)
-    c1 = b.op("ArgMax", col_ink, axis=0, keepdims=1, select_last_index=1)
-    # `work = work[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]`
+    # ---- `ink = work > 0.2 * 255.0`; `rows = np.flatnonzero(ink.any(axis=1))` (and cols):
+    # a row has ink when its largest value, scaled, is above 51 (scaling keeps the order)
+    def ink_span(profile: str) -> tuple[str, str]:
+        ink = b.op("Cast", b.op("Greater", b.op("Mul", profile, factor), b.const(51.0, F)), to=F)
+        first = b.op("ArgMax", ink, axis=0, keepdims=1)  # rows[0]
+        last = b.op("ArgMax", ink, axis=0, keepdims=1, select_last_index=1)  # rows[-1]
+        return first, last
+
+    (r0, r1), (c0, c1) = ink_span(row_max), ink_span(col_max)
+    # `work = work[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]`, then clip and scale it
     one_v = b.const([1], I64)
     crop = b.op(
         "Slice",
-        work,
+        diff,
         b.op("Concat", r0, c0, axis=0),
         b.op("Concat", b.op("Add", r1, one_v), b.op("Add", c1, one_v), axis=0),
         b.const([0, 1], I64),
     )  # (ch, cw)
+    crop = b.op("Mul", b.op("Relu", crop), factor)
     # `work[work < 0.1 * 255.0] = 0.0`
     crop = b.op("Where", b.op("Less", crop, b.const(0.1 * 255.0, F)), b.const(0.0, F), crop)
 
@@ -383,15 +396,14 @@ def _preprocess(b: _Builder, pixels: str, pre: Preprocessing, invert: str) -> st
     # `Image.fromarray(_round_to_uint8(work)).resize((nw, nh), LANCZOS)`: PIL resizes the
     # width, rounds to uint8, then the height, rounds to uint8
     u8 = b.op("Unsqueeze", b.to_uint8_range(crop), b.const([0, 1], I64))  # (1, 1, ch, cw)
-    resize = dict(
-        mode=RESIZE_MODE,
-        antialias=1,
-        cubic_coeff_a=CUBIC_COEFF_A,
-        exclude_outside=EXCLUDE_OUTSIDE,
-        coordinate_transformation_mode="half_pixel",
-    )
-    if RESIZE_MODE != "cubic":
-        del resize["cubic_coeff_a"]
+    resize: dict[str, object] = {
+        "mode": RESIZE_MODE,
+        "antialias": 1,
+        "exclude_outside": EXCLUDE_OUTSIDE,
+        "coordinate_transformation_mode": "half_pixel",
+    }
+    if RESIZE_MODE == "cubic":
+        resize["cubic_coeff_a"] = CUBIC_COEFF_A
     wide = b.op("Resize", u8, "", "", b.vec(one_i, one_i, ch, nw), **resize)
     wide = b.to_uint8_range(wide)  # (1, 1, ch, nw)
     tall = b.op("Resize", wide, "", "", b.vec(one_i, one_i, nh, nw), **resize)
@@ -431,7 +443,7 @@ def _preprocess(b: _Builder, pixels: str, pre: Preprocessing, invert: str) -> st
     )  # (28, 28)
 
     # ---- pick the branch Python took
-    zeros = b.const(np.zeros((size, size)).tolist(), F)
+    zeros = b.const(np.zeros((size, size), np.float32), F)
     digit = b.op("Where", b.op("Or", blank, empty), zeros, placed)
     digit = b.op("Where", is_square, as_is, digit)
     # `_foreground`: `255 - digit if pre.foreground == "black-on-white"`

@@ -190,14 +190,65 @@ def markdown_section(report: ExportReport) -> str:
         "",
         f"int8: static QDQ, activations uint8, weights int8 per-channel={q.get('per_channel')} "
         f"reduce-range={q.get('reduce_range')}, calibrated on {report.calibration_images:,} training images.",
+        *_pixels_lines(report),
         "",
         "Operators:",
         "",
         *ops,
+        *_mobile_lines(report.files),
         "",
         "Time: " + ", ".join(f"{k} {v:.1f} s" for k, v in report.timings.items()),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _pixels_lines(report: ExportReport) -> list[str]:
+    """What the pixels-in rows are compared with (not PyTorch), if there are any."""
+    pixels = [f for f in report.files if f.pixels and f.parity]
+    if not pixels:
+        return []
+    return [
+        "",
+        f"Pixels-in files (`{'`, `'.join(f.path.name for f in pixels)}`): compared with mnist-infer's "
+        f"Python path (preprocess + the core file of the same precision), not with PyTorch, on "
+        f"{pixels[0].parity.images if pixels[0].parity else 0:,} pictures made from the test digits "
+        "(several sizes, both polarities, the `make samples` variants, off-centre on large canvases); "
+        "'argmax agree' is the label agreement and 'vs PyTorch' the accuracy difference to that path.",
+    ]
+
+
+MOBILE_EPS = ("NNAPI", "CoreML NeuralNetwork", "CoreML MLProgram")
+
+
+def mobile_cell(coverage: dict[str, Any] | None) -> str:
+    """``"100% in 1 (YES)"``: share of nodes, partitions and the checker's verdict."""
+    if not coverage:
+        return "—"
+    return f"{coverage['percent']:.0f}% in {coverage['partitions']} ({coverage['verdict']})"
+
+
+def _mobile_lines(files: Sequence[ExportedFile]) -> list[str]:
+    """The mobile usability table: per file and provider, as exported / with fixed shapes."""
+    rows = [f for f in files if f.mobile and "as_is" in f.mobile]
+    if not rows:
+        return []
+    head = ["file", *(f"{ep} as is / shapes fixed" for ep in MOBILE_EPS)]
+    lines = [
+        "",
+        "Mobile usability (ONNX Runtime's `check_onnx_model_mobile_usability` analysis: share of "
+        "nodes the provider can take, in how many partitions, and its verdict):",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
+    for f in rows:
+        mobile = f.mobile or {}
+        cells = [
+            f"{mobile_cell(mobile['as_is'].get(ep))} / {mobile_cell(mobile['fixed_shapes'].get(ep))}"
+            for ep in MOBILE_EPS
+        ]
+        lines.append(f"| {f.path.name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _json_safe(value: object) -> object:

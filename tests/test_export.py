@@ -40,10 +40,12 @@ FIXED = 5
 # product default (0.2 points on the full test set) is what `make export` and
 # `make parity` enforce on the real 15-epoch model.
 INT8_MAX_DROP = 0.005
+PIXELS_IMAGES = 20  # digits per pixels-in validation variant here (tests/test_pixels.py covers them)
 
 
 def _config(**kw) -> ExportConfig:
     kw.setdefault("int8_max_accuracy_drop", INT8_MAX_DROP)
+    kw.setdefault("pixels_images", PIXELS_IMAGES)
     return ExportConfig(data_dir=DATA_DIR, eval_limit=EVAL, **kw)
 
 
@@ -305,6 +307,8 @@ def test_cli_parity_only_prints_the_table(exported, trained_checkpoint):
             str(DATA_DIR),
             "--eval-limit",
             str(EVAL),
+            "--pixels-images",
+            str(PIXELS_IMAGES),
             "--parity-only",
         ],
     )
@@ -345,6 +349,8 @@ def test_cli_failed_export_leaves_earlier_files_and_says_so(trained_checkpoint, 
         "--no-int8",
         "--tolerance",
         "1e-12",
+        "--pixels-images",
+        str(PIXELS_IMAGES),
     ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
