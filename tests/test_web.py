@@ -126,8 +126,12 @@ class PageSession:
         self.errors: list[str] = []
         self.requests: list[str] = []
         page.on("request", lambda request: self.requests.append(request.url))
-        page.on("console", lambda msg: msg.type == "error" and self.errors.append(msg.text))
+        page.on("console", self._console)
         page.on("pageerror", lambda exc: self.errors.append(f"uncaught: {exc}"))
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error":
+            self.errors.append(str(message.text))
 
     def open(self, url: str) -> PageSession:
         self.page.goto(url)
@@ -209,7 +213,7 @@ def _test_pictures(mnist: Any, count: int) -> list[np.ndarray]:
             pic = 255 - digit
         elif kind == 2:  # upscaled, non-square
             w, h = int(rng.integers(40, 120)), int(rng.integers(40, 120))
-            pic = np.asarray(Image.fromarray(digit).resize((w, h), Image.BILINEAR))
+            pic = np.asarray(Image.fromarray(digit).resize((w, h), Image.Resampling.BILINEAR))
         elif kind == 3:  # off-centre on a larger canvas
             side = int(rng.integers(48, 96))
             canvas = np.zeros((side, side + 17), np.uint8)
@@ -217,7 +221,7 @@ def _test_pictures(mnist: Any, count: int) -> list[np.ndarray]:
             canvas[y : y + 28, x : x + 28] = digit
             pic = canvas
         else:  # enlarged, inverted, on a light margin
-            big = np.asarray(Image.fromarray(digit).resize((70, 70), Image.BICUBIC))
+            big = np.asarray(Image.fromarray(digit).resize((70, 70), Image.Resampling.BICUBIC))
             pic = np.pad(255 - big, ((9, 21), (30, 4)), constant_values=255)
         pictures.append(np.ascontiguousarray(pic, dtype=np.uint8))
     return pictures
