@@ -43,7 +43,7 @@ data: $(STAMP) ## Download MNIST into data/ (offline mirror when there is no int
 train: $(STAMP) ## Train the reference convnet (15 epochs) -> artifacts/model.pt + report
 	$(BIN)/mnist-train --dataset $(DATASET) --device $(DEVICE) $(ARGS)
 
-export: $(STAMP) ## Export artifacts/model.pt -> artifacts/mnist.onnx + mnist.int8.onnx (validated)
+export: $(STAMP) ## Export artifacts/model.pt -> artifacts/mnist.onnx + mnist.int8.onnx + pixels-in models (validated)
 	$(BIN)/mnist-export $(ARGS)
 
 parity: $(STAMP) ## Compare PyTorch, ONNX fp32 and int8 on the full test set

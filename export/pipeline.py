@@ -83,6 +83,11 @@ def export_onnx(
 ) -> ExportReport:
     """Export, validate and write the fp32 and int8 ONNX files (and the edge variants asked for).
 
+    With ``config.pixels`` (the default) also the pixels-in files
+    (:mod:`mnist_edge.export.pixels`), validated against ``mnist-infer``'s Python
+    path, and ``mnist.meta.json`` beside them. Each ``.onnx`` file's entry in the
+    report carries ONNX Runtime's mobile usability analysis (:mod:`.mobile`).
+
     Args:
         checkpoint: an mnist-edge checkpoint (``artifacts/model.pt``).
         out_dir: where the files, ``export.json`` and the ``report.md`` section go.

@@ -40,7 +40,9 @@ FIXED = 5
 # product default (0.2 points on the full test set) is what `make export` and
 # `make parity` enforce on the real 15-epoch model.
 INT8_MAX_DROP = 0.005
-PIXELS_IMAGES = 20  # digits per pixels-in validation variant here (tests/test_pixels.py covers them)
+PIXELS_IMAGES = (
+    20  # digits per pixels-in validation variant here (tests/test_pixels.py covers them)
+)
 
 
 def _config(**kw) -> ExportConfig:
