@@ -355,6 +355,28 @@ def test_digits_drawn_with_the_mouse_are_classified_as_drawn(
     assert main_page.errors == []
 
 
+def test_a_digit_drawn_with_a_finger_is_classified(main_page: PageSession) -> None:
+    page = main_page.page
+    page.check("input[name=precision][value=fp32]")
+    page.click("#clear")
+    box = page.locator("#pad").bounding_box()
+    assert box is not None
+    scale = box["width"] / 280
+    cdp = page.context.new_cdp_session(page)
+    before = main_page.seq()
+    points = [(box["x"] + 140 * scale, box["y"] + y * scale) for y in range(45, 240, 10)]
+    for kind, point in [("touchStart", points[0])] + [("touchMove", p) for p in points[1:]]:
+        cdp.send(
+            "Input.dispatchTouchEvent",
+            {"type": kind, "touchPoints": [{"x": point[0], "y": point[1]}]},
+        )
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    cdp.detach()
+    page.wait_for_function(f"Number(document.body.dataset.seq ?? 0) > {before}")
+    assert page.locator("#label").text_content() == "1"
+    assert main_page.errors == []
+
+
 def test_screenshot_of_a_drawn_digit(main_page: PageSession) -> None:
     main_page.page.check("input[name=precision][value=fp32]")
     assert _draw(main_page, STROKES["7"]) == "7"
