@@ -40,7 +40,7 @@ CHROMIUM_FLAGS = [
 ]
 N_PICTURES = 200
 EXPORT_EVAL = 400  # test images the fixture's export checks its files on
-DATA_DIR = REPO / "data"
+DATA_DIR = REPO / layout.DEFAULT_DATA_DIR
 TIMEOUT_MS = 30_000
 
 
