@@ -183,10 +183,14 @@ def test_reports_are_written(exported):
     md = (out / "report.md").read_text()
     assert md.count(BEGIN) == 1 and md.count(END) == 1 and "mnist.int8.onnx" in md
     assert md.index(BEGIN) < md.index("## Export") < md.index(END)
-    table = [ln for ln in md.splitlines() if ln.startswith("| ")]
-    assert (
-        len({ln.replace("\\|", "").count("|") for ln in table}) == 1
-    )  # every row has the same columns
+    tables: list[list[str]] = [[]]  # runs of consecutive table lines
+    for ln in md.splitlines():
+        if ln.startswith("| "):
+            tables[-1].append(ln)
+        elif tables[-1]:
+            tables.append([])
+    for table in filter(None, tables):  # in each table, every row has the same columns
+        assert len({ln.replace("\\|", "").count("|") for ln in table}) == 1, table
 
 
 def _tiny_report(dataset: str) -> ExportReport:
