@@ -13,12 +13,13 @@ TRAIN_BENCH_ARGS ?=
 INFER_BENCH_ARGS ?=
 SERVE_BENCH_ARGS ?=
 RAY_BENCH_ARGS ?=
+WEB_PORT ?= 8000
 comma   := ,
 # One stamp per set of extras: switching EXTRAS (e.g. to train,export,gpu,dev) reinstalls.
 STAMP   := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data train export parity samples bench test lint format clean distclean
+.PHONY: help venv data train export parity samples bench test lint format clean distclean web web-deps
 
 help: ## Show this help
 	@echo "mnist-edge — make targets (a fresh clone needs nothing but python3):"
@@ -44,7 +45,7 @@ data: $(STAMP) ## Download MNIST into data/ (offline mirror when there is no int
 train: $(STAMP) ## Train the reference convnet (15 epochs) -> artifacts/model.pt + report
 	$(BIN)/mnist-train --dataset $(DATASET) --device $(DEVICE) $(ARGS)
 
-export: $(STAMP) ## Export artifacts/model.pt -> artifacts/mnist.onnx + mnist.int8.onnx (validated)
+export: $(STAMP) ## Export artifacts/model.pt -> artifacts/mnist.onnx + mnist.int8.onnx + pixels-in models (validated)
 	$(BIN)/mnist-export $(ARGS)
 
 parity: $(STAMP) ## Compare PyTorch, ONNX fp32 and int8 on the full test set
@@ -58,6 +59,14 @@ bench: $(STAMP) ## Benchmarks: training, model-only and end-to-end inference, se
 	$(BIN)/python tests/bench_infer.py $(INFER_BENCH_ARGS)
 	$(BIN)/python tests/bench_serve.py $(SERVE_BENCH_ARGS)
 	$(BIN)/python tests/bench_ray.py $(RAY_BENCH_ARGS)
+
+web-deps: web/vendor/ort-wasm-simd-threaded.wasm ## Install the page's onnxruntime-web (npm ci in web/; copies its 3 runtime files to web/vendor/)
+
+web/vendor/ort-wasm-simd-threaded.wasm: web/package.json web/package-lock.json web/copy-runtime.mjs
+	cd web && npm ci --no-audit --no-fund
+
+web: $(STAMP) web-deps ## Serve the web page and the models in artifacts/ on 127.0.0.1 (WEB_PORT=8000)
+	$(BIN)/python -m mnist_edge.runtime.webserve --web-dir web --models artifacts --port $(WEB_PORT) $(ARGS)
 
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest $(ARGS)

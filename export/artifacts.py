@@ -13,10 +13,12 @@ from typing import Any
 from mnist_edge.export.config import ExportConfig
 from mnist_edge.export.parity import ORT_ERRORS, ParityReport, open_session
 from mnist_edge.export.pipeline import Log, load_inputs, tolerance_for
+from mnist_edge.export.pixels import PIXELS_INPUT
+from mnist_edge.export.pixels_export import PixelsValidator
 from mnist_edge.export.spec import GraphSpec
 from mnist_edge.export.verify import validate
 from mnist_edge.runtime.errors import MnistEdgeError
-from mnist_edge.runtime.layout import Artifacts
+from mnist_edge.runtime.layout import Artifacts, model_name
 from mnist_edge.runtime.metadata import ModelMetadata
 
 
@@ -36,9 +38,10 @@ def check_artifacts(
 ) -> list[ParityReport]:
     """Compare every ``mnist*.onnx`` / ``mnist*.ort`` in ``out_dir`` with ``checkpoint`` (``make parity``).
 
-    Each file's precision comes from its metadata and its interface from its
-    input; a file exported from another checkpoint (SHA-256 in its metadata)
-    fails.
+    The pixels-in files (input ``pixels``) are compared with ``mnist-infer``'s
+    Python path on the core file of their precision beside them. Each file's
+    precision comes from its metadata and its interface from its input; a file
+    exported from another checkpoint (SHA-256 in its metadata) fails.
 
     Returns:
         One report per file; their ``failures`` say what is out of tolerance.
@@ -59,6 +62,7 @@ def check_artifacts(
         key=lambda p: (p.suffix != ".onnx", p.name.count("."), ".int8" in p.name, p.name),
     )
     reports = []
+    pixels: PixelsValidator | None = None  # made on the first pixels-in file
     for path in paths:
         log(f"checking {path.name}")
         try:
@@ -70,16 +74,30 @@ def check_artifacts(
             continue
         meta = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map)
         precision = meta.precision if meta.from_file else "fp32"
-        report = validate(
-            path,
-            reference,
-            _spec_of(session),
-            tolerance_for(config, precision),
-            name=path.name,
-            precision=precision,
-            batch_size=config.batch_size,
-            session=session,
-        )
+        report: ParityReport
+        if [i.name for i in session.get_inputs()] == [PIXELS_INPUT]:
+            # pixels-in: compared with mnist-infer's Python path on the core file beside it
+            core = out_dir / model_name(precision)
+            if not core.is_file():
+                reports.append(
+                    ParityReport(path.name, precision, 0, failures=[f"{core.name} is missing"])
+                )
+                continue
+            if pixels is None:
+                pixels = PixelsValidator.from_reference(reference, meta.preprocessing, config)
+            pixels.cores.setdefault(precision, core.read_bytes())
+            report = pixels.check(path, precision, path.name)
+        else:
+            report = validate(
+                path,
+                reference,
+                _spec_of(session),
+                tolerance_for(config, precision),
+                name=path.name,
+                precision=precision,
+                batch_size=config.batch_size,
+                session=session,
+            )
         if meta.source_sha256 != ckpt.sha256:
             report.failures.insert(
                 0,

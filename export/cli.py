@@ -85,6 +85,19 @@ def _progress(line: str) -> None:
     help="Also write .ort files and mnist.required_operators.config (minimal/mobile builds).",
 )
 @click.option(
+    "--pixels/--no-pixels",
+    default=_D.pixels,
+    help="Also write the pixels-in models (mnist.pixels[.int8].onnx: uint8 [height, width] "
+    "pictures, preprocessing inside) and mnist.meta.json.",
+)
+@click.option(
+    "--pixels-images",
+    type=click.IntRange(min=1),
+    default=_D.pixels_images,
+    help="Test digits per validation variant of the pixels-in models (16 variants; "
+    "--eval-limit caps it).",
+)
+@click.option(
     "--allow-mismatch",
     is_flag=True,
     help="Write files even if validation fails (failures are reported).",
@@ -112,6 +125,8 @@ def main(
     fixed_batch: int | None,
     uint8_input: bool,
     ort_format: bool,
+    pixels: bool,
+    pixels_images: int,
     allow_mismatch: bool,
     eval_limit: int | None,
     parity_only: bool,
@@ -145,6 +160,8 @@ def main(
             fixed_batch=fixed_batch,
             uint8_input=uint8_input,
             ort=ort_format,
+            pixels=pixels,
+            pixels_images=pixels_images,
             allow_mismatch=allow_mismatch,
             data_dir=data_dir,
             eval_limit=eval_limit,
@@ -191,6 +208,8 @@ def main(
         click.echo(f"wrote {report.required_operators}")
     art = Artifacts(out_dir)
     click.echo(f"wrote {art.export_report} and the Export section of {art.report}")
+    if report.meta_json:
+        click.echo(f"wrote {report.meta_json}")
     if not report.ok:
         click.echo(
             f"WARNING: {len(report.failures)} validation failures; files written because of --allow-mismatch",

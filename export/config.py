@@ -43,6 +43,13 @@ class ExportConfig:
         data_dir: where the dataset is (or is prepared).
         eval_limit: compare on the first N test images only (``None``: all 10,000).
         batch_size: ONNX Runtime evaluation batch size.
+        pixels: also write the pixels-in files (``mnist.pixels[.int8].onnx``) and ``mnist.meta.json``.
+        pixels_images: test digits per validation variant of the pixels-in files (16 variants;
+            ``eval_limit`` caps it too).
+        pixels_min_agreement: a pixels-in file's label must equal ``mnist-infer``'s Python
+            path on at least this fraction of the validation pictures.
+        pixels_max_accuracy_gap: its accuracy may differ from the Python path's by at most this
+            (0.002 = 0.2 points).
     """
 
     opset: int = DEFAULT_OPSET
@@ -58,6 +65,10 @@ class ExportConfig:
     data_dir: Path = DEFAULT_DATA_DIR
     eval_limit: int | None = None
     batch_size: int = 500
+    pixels: bool = True
+    pixels_images: int = 300
+    pixels_min_agreement: float = 0.995
+    pixels_max_accuracy_gap: float = 0.002
 
     def __post_init__(self) -> None:
         if self.opset not in SUPPORTED_OPSETS:
@@ -101,6 +112,20 @@ class ExportConfig:
             )
         if self.batch_size < 1:
             raise ExportConfigError(f"batch size {self.batch_size} must be >= 1", "batch_size")
+        if self.pixels_images < 1:
+            raise ExportConfigError(
+                f"pixels images {self.pixels_images} must be >= 1", "pixels_images"
+            )
+        if not 0 <= self.pixels_min_agreement <= 1:
+            raise ExportConfigError(
+                f"pixels min agreement {self.pixels_min_agreement} must be in [0, 1]",
+                "pixels_min_agreement",
+            )
+        if not 0 <= self.pixels_max_accuracy_gap < 1:
+            raise ExportConfigError(
+                f"pixels max accuracy gap {self.pixels_max_accuracy_gap} must be in [0, 1) (0.002 = 0.2 points)",
+                "pixels_max_accuracy_gap",
+            )
 
     def specs(self) -> list[GraphSpec]:
         """The interfaces to export: the main one, plus the edge variant if asked for."""

@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
 from mnist_edge.export.config import ExportConfig
+from mnist_edge.export.mobile import mobile_usability
 from mnist_edge.export.onnx import (
     MODEL_VERSION,
     file_name,
@@ -29,12 +30,14 @@ from mnist_edge.export.onnx import (
     torch_to_onnx,
 )
 from mnist_edge.export.ort_format import CONFIG_NAME, required_operators, to_ort_format
-from mnist_edge.export.parity import ParityReport, Reference, Tolerance
+from mnist_edge.export.parity import ORT_ERRORS, ParityReport, Reference, Tolerance
+from mnist_edge.export.pixels_export import PixelsValidator, build_pixels_files, meta_document
 from mnist_edge.export.provenance import export_versions, file_doc, file_props
 from mnist_edge.export.quantize import QuantizeConfig, quantize_int8
 from mnist_edge.export.report import ExportedFile, ExportReport, write_reports
 from mnist_edge.export.verify import ValidationError, raise_for_failures, validate
 from mnist_edge.runtime.atomic import atomic_write_bytes, atomic_write_text
+from mnist_edge.runtime.layout import META_JSON
 
 if TYPE_CHECKING:
     from mnist_edge.train.checkpoint import Checkpoint
@@ -83,6 +86,11 @@ def export_onnx(
 ) -> ExportReport:
     """Export, validate and write the fp32 and int8 ONNX files (and the edge variants asked for).
 
+    With ``config.pixels`` (the default) also the pixels-in files
+    (:mod:`mnist_edge.export.pixels`), validated against ``mnist-infer``'s Python
+    path, and ``mnist.meta.json`` beside them. Each ``.onnx`` file's entry in the
+    report carries ONNX Runtime's mobile usability analysis (:mod:`.mobile`).
+
     Args:
         checkpoint: an mnist-edge checkpoint (``artifacts/model.pt``).
         out_dir: where the files, ``export.json`` and the ``report.md`` section go.
@@ -104,7 +112,7 @@ def export_onnx(
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     start = time.perf_counter()
     timings: dict[str, float] = dict.fromkeys(
-        ("load", "export", "quantize", "validate", "ort", "write"), 0.0
+        ("load", "export", "quantize", "validate", "pixels", "mobile", "ort", "write"), 0.0
     )
     ckpt, reference, calibration = load_inputs(checkpoint, config, log, calibration=config.int8)
     timings["load"] = time.perf_counter() - start
@@ -149,16 +157,28 @@ def export_onnx(
             )
             built.append((entry, model))
 
+    pixels: PixelsValidator | None = None
+    if (
+        config.pixels
+    ):  # pixels-in twins of the main files, checked against mnist-infer's Python path
+        t = time.perf_counter()
+        pixels_built, pixels = build_pixels_files(built, reference, ckpt, config, versions, log)
+        built += pixels_built
+        timings["pixels"] = time.perf_counter() - t
+
     files: dict[Path, bytes] = {}
+    t = time.perf_counter()
     for entry, model in built:
         data = model.SerializeToString()
         entry.size_bytes = len(data)
         files[entry.path] = data
+        entry.mobile = _mobile(data)
+    timings["mobile"] = time.perf_counter() - t
     report_files = [entry for entry, _ in built]
     ops_text = None
     if config.ort:
         t = time.perf_counter()
-        ort_entries, ops_text = _ort_files(built, files, reference, config, log)
+        ort_entries, ops_text = _ort_files(built, files, reference, config, log, pixels)
         report_files += ort_entries
         timings["ort"] = time.perf_counter() - t
 
@@ -184,6 +204,9 @@ def export_onnx(
     if ops_text is not None:
         report.required_operators = out_dir / CONFIG_NAME
         atomic_write_text(report.required_operators, ops_text)
+    if pixels is not None:  # the pixels-in files' metadata for runtimes that cannot read it (web)
+        report.meta_json = out_dir / META_JSON
+        atomic_write_text(report.meta_json, meta_document(report_files, ckpt, versions).to_json())
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - start
     report.timings = timings
@@ -197,6 +220,7 @@ def _ort_files(
     reference: Reference,
     config: ExportConfig,
     log: Log,
+    pixels: PixelsValidator | None = None,
 ) -> tuple[list[ExportedFile], str]:
     """Convert each built model to ORT format in a temp folder and validate the result."""
     entries: list[ExportedFile] = []
@@ -206,7 +230,9 @@ def _ort_files(
             src = Path(tmp) / entry.path.name
             src.write_bytes(files[entry.path])
             dst = src.with_suffix(".ort")
-            ort_entry = ExportedFile(entry.path.with_suffix(".ort"), entry.precision, entry.spec)
+            ort_entry = ExportedFile(
+                entry.path.with_suffix(".ort"), entry.precision, entry.spec, pixels=entry.pixels
+            )
             log(f"converting {entry.path.name} to {dst.name}")
             try:
                 to_ort_format(src, dst)
@@ -216,21 +242,32 @@ def _ort_files(
                 )
                 entries.append(ort_entry)
                 continue
-            ort_entry.parity = validate(
-                dst,
-                reference,
-                entry.spec,
-                tolerance_for(config, entry.precision),
-                name=dst.name,
-                precision=entry.precision,
-                batch_size=config.batch_size,
-            )
+            if entry.pixels and pixels is not None:
+                ort_entry.parity = pixels.check(dst, entry.precision, dst.name)
+            else:
+                ort_entry.parity = validate(
+                    dst,
+                    reference,
+                    entry.spec,
+                    tolerance_for(config, entry.precision),
+                    name=dst.name,
+                    precision=entry.precision,
+                    batch_size=config.batch_size,
+                )
             files[ort_entry.path] = dst.read_bytes()
             ort_entry.size_bytes = len(files[ort_entry.path])
             ort_paths.append(dst)
             entries.append(ort_entry)
         ops_text = required_operators(ort_paths) if ort_paths else ""
     return entries, ops_text
+
+
+def _mobile(model: bytes) -> dict[str, Any]:
+    """ONNX Runtime's mobile usability checker on one file, as a report entry."""
+    try:
+        return mobile_usability(model).to_dict()
+    except ORT_ERRORS as exc:  # a file ORT cannot load fails its validation anyway
+        return {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
 
 
 __all__ = [

@@ -35,6 +35,8 @@ class ExportedFile:
     op_counts: dict[str, int] = field(default_factory=dict)
     parity: ParityReport | None = None
     written: bool = False
+    pixels: bool = False  # the pixels-in model (input ``pixels``, preprocessing inside)
+    mobile: dict[str, Any] | None = None  # ONNX Runtime's mobile usability checker (export.mobile)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +48,8 @@ class ExportedFile:
             "op_counts": self.op_counts,
             "written": self.written,
             "parity": self.parity.to_dict() if self.parity else None,
+            "pixels": self.pixels,
+            "mobile": self.mobile,
         }
 
 
@@ -63,6 +67,7 @@ class ExportReport:
     quantization: dict[str, Any]
     files: list[ExportedFile] = field(default_factory=list)
     required_operators: Path | None = None
+    meta_json: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -87,6 +92,7 @@ class ExportReport:
             "quantization": self.quantization,
             "files": [f.to_dict() for f in self.files],
             "required_operators": self.required_operators.name if self.required_operators else None,
+            "meta_json": self.meta_json.name if self.meta_json else None,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "versions": self.versions,
             "ok": self.ok,
@@ -185,14 +191,65 @@ def markdown_section(report: ExportReport) -> str:
         "",
         f"int8: static QDQ, activations uint8, weights int8 per-channel={q.get('per_channel')} "
         f"reduce-range={q.get('reduce_range')}, calibrated on {report.calibration_images:,} training images.",
+        *_pixels_lines(report),
         "",
         "Operators:",
         "",
         *ops,
+        *_mobile_lines(report.files),
         "",
         "Time: " + ", ".join(f"{k} {v:.1f} s" for k, v in report.timings.items()),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _pixels_lines(report: ExportReport) -> list[str]:
+    """What the pixels-in rows are compared with (not PyTorch), if there are any."""
+    pixels = [f for f in report.files if f.pixels and f.parity]
+    if not pixels:
+        return []
+    return [
+        "",
+        f"Pixels-in files (`{'`, `'.join(f.path.name for f in pixels)}`): compared with mnist-infer's "
+        f"Python path (preprocess + the core file of the same precision), not with PyTorch, on "
+        f"{pixels[0].parity.images if pixels[0].parity else 0:,} pictures made from the test digits "
+        "(several sizes, both polarities, the `make samples` variants, off-centre on large canvases); "
+        "'argmax agree' is the label agreement and 'vs PyTorch' the accuracy difference to that path.",
+    ]
+
+
+MOBILE_EPS = ("NNAPI", "CoreML NeuralNetwork", "CoreML MLProgram")
+
+
+def mobile_cell(coverage: dict[str, Any] | None) -> str:
+    """``"100% in 1 (YES)"``: share of nodes, partitions and the checker's verdict."""
+    if not coverage:
+        return "—"
+    return f"{coverage['percent']:.0f}% in {coverage['partitions']} ({coverage['verdict']})"
+
+
+def _mobile_lines(files: Sequence[ExportedFile]) -> list[str]:
+    """The mobile usability table: per file and provider, as exported / with fixed shapes."""
+    rows = [f for f in files if f.mobile and "as_is" in f.mobile]
+    if not rows:
+        return []
+    head = ["file", *(f"{ep} as is / shapes fixed" for ep in MOBILE_EPS)]
+    lines = [
+        "",
+        "Mobile usability (ONNX Runtime's `check_onnx_model_mobile_usability` analysis: share of "
+        "nodes the provider can take, in how many partitions, and its verdict):",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
+    for f in rows:
+        mobile = f.mobile or {}
+        cells = [
+            f"{mobile_cell(mobile['as_is'].get(ep))} / {mobile_cell(mobile['fixed_shapes'].get(ep))}"
+            for ep in MOBILE_EPS
+        ]
+        lines.append(f"| {f.path.name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _json_safe(value: object) -> object:

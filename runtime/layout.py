@@ -18,6 +18,8 @@ the torch-free runtime and the CLIs' option defaults import it.
       mnist.meta.json            the models' metadata for runtimes that cannot read it (web)
       export.json                the export report
       bench.json  gpu-check.json the benchmark and GPU-check figures
+      web.png                    the web page's screenshot (browser tests)
+    web/                         the static page (``make web`` serves it, models under /models/)
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ REQUIRED_OPERATORS = "mnist.required_operators.config"
 META_JSON = "mnist.meta.json"
 BENCH = "bench.json"
 GPU_CHECK = "gpu-check.json"
+WEB_SCREENSHOT = "web.png"
+WEB_DIR = Path("web")
 
 MODEL_STEM = "mnist"
 PRECISIONS = ("fp32", "int8")
@@ -127,6 +131,10 @@ class Artifacts:
     @property
     def gpu_check(self) -> Path:
         return self.root / GPU_CHECK
+
+    @property
+    def web_screenshot(self) -> Path:
+        return self.root / WEB_SCREENSHOT
 
     def model(
         self,

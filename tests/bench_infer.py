@@ -278,6 +278,128 @@ def markdown(section: dict) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- pixels-in model: single-picture latency
+
+PIXEL_SIZES = ((28, 28), (100, 80), (300, 300), (640, 480), (1920, 1080))  # (width, height)
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's SIMD flags that matter to ONNX Runtime (from ``/proc/cpuinfo``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in CPU_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def _p50_p99(run, count: int) -> dict[str, float]:
+    for _ in range(min(10, count)):
+        run()
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    ms = np.array(times) * 1e3
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+    }
+
+
+def pixels_latency(args, digits: np.ndarray) -> dict:
+    """One picture at a time: the pixels-in model in ONNX Runtime vs Python preprocessing + the core model.
+
+    Each picture is a test digit drawn dark on light at the given size. ONNX
+    Runtime sessions use one intra-op thread (a picture's operators are too
+    small for a pool); the Python path is ``preprocess`` then ``Classifier.predict``.
+    """
+    from mnist_edge.runtime.images import preprocess
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1
+    engines = {
+        f"pixels-in {label} (ORT)": ort.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+        for label, path in (("fp32", args.pixels_model), ("int8", args.pixels_int8_model))
+    }
+    core = {
+        label: Classifier(path, config=SessionConfig(provider="cpu", allow_spinning=True))
+        for label, path in (("fp32", args.model), ("int8", args.int8_model))
+    }
+    rows: dict[str, dict] = {}
+    for width, height in PIXEL_SIZES:
+        picture = 255 - np.asarray(
+            Image.fromarray(digits[0]).resize((width, height), Image.Resampling.BICUBIC)
+        )
+        count = args.pixels_runs if width * height <= 300 * 300 else max(20, args.pixels_runs // 10)
+        row = {}
+        for name, session in engines.items():
+            row[name] = _p50_p99(lambda s=session, p=picture: s.run(None, {"pixels": p}), count)
+        row["python preprocess only"] = _p50_p99(lambda p=picture: preprocess(p), count)
+        for label, clf in core.items():
+            row[f"python preprocess + {label} core"] = _p50_p99(
+                lambda c=clf, p=picture: c.predict(preprocess(p)), count
+            )
+        rows[f"{width}x{height}"] = row
+        print(
+            f"  pixels {width}x{height}: "
+            + ", ".join(f"{k} {v['p50_ms']:.2f} ms" for k, v in row.items()),
+            file=sys.stderr,
+        )
+    return {
+        "host": {"cpu": cpu_name(), "flags": cpu_flags(), "onnxruntime": ort.__version__},
+        "threads": "ORT intra_op_num_threads=1; Classifier default session",
+        "sizes": rows,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def pixels_markdown(section: dict) -> str:
+    sizes = section["sizes"]
+    engines = list(next(iter(sizes.values())))
+    lines = [
+        "| picture (w x h) | " + " | ".join(f"{e} p50 / p99 (ms)" for e in engines) + " |",
+        "|---|" + "---:|" * len(engines),
+    ]
+    for size, row in sizes.items():
+        cells = [f"{row[e]['p50_ms']:.2f} / {row[e]['p99_ms']:.2f}" for e in engines]
+        lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    host = section["host"]
+    lines += [
+        "",
+        f"Host: {host['cpu']}, CPU flags: {', '.join(host['flags']) or 'none of ' + ', '.join(CPU_FLAGS)}; "
+        f"onnxruntime {host['onnxruntime']}.",
+    ]
+    return "\n".join(lines)
+
+
+def run_pixels(args) -> int:
+    """The pixels-in table alone (``--pixels-only``) or after the others; merged as section ``pixels``."""
+    missing = [str(p) for p in (args.pixels_model, args.pixels_int8_model) if not p.is_file()]
+    if missing:
+        print(
+            f"bench_infer: missing {', '.join(missing)}; run `make export` first", file=sys.stderr
+        )
+        return 2
+    try:
+        digits, _ = load_test_set(args.data_dir)
+    except SamplesError as exc:
+        print(f"bench_infer: {exc}", file=sys.stderr)
+        return 2
+    print("pixels-in latency ...", file=sys.stderr)
+    section = pixels_latency(args, digits)
+    merge_section(args.out, "pixels", section)
+    print(pixels_markdown(section))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("artifacts/mnist.onnx"))
@@ -290,7 +412,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency-runs", type=int, default=1000)
     parser.add_argument("--naive-limit", type=int, default=10_000)
+    parser.add_argument("--pixels-model", type=Path, default=Path("artifacts/mnist.pixels.onnx"))
+    parser.add_argument(
+        "--pixels-int8-model", type=Path, default=Path("artifacts/mnist.pixels.int8.onnx")
+    )
+    parser.add_argument("--pixels-runs", type=int, default=300)
+    parser.add_argument(
+        "--pixels-only", action="store_true", help="only the pixels-in latency table"
+    )
     args = parser.parse_args(argv)
+    if args.pixels_only:
+        return run_pixels(args)
 
     missing = [str(p) for p in (args.model, args.int8_model) if not p.is_file()]
     if missing:
@@ -334,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     merge_section(args.out, "inference", section)
     print(markdown(section))
     print(f"\nsaved to {args.out} (section 'inference')", file=sys.stderr)
-    return 0
+    return run_pixels(args)
 
 
 if __name__ == "__main__":

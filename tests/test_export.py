@@ -40,10 +40,14 @@ FIXED = 5
 # product default (0.2 points on the full test set) is what `make export` and
 # `make parity` enforce on the real 15-epoch model.
 INT8_MAX_DROP = 0.005
+PIXELS_IMAGES = (
+    20  # digits per pixels-in validation variant here (tests/test_pixels.py covers them)
+)
 
 
 def _config(**kw) -> ExportConfig:
     kw.setdefault("int8_max_accuracy_drop", INT8_MAX_DROP)
+    kw.setdefault("pixels_images", PIXELS_IMAGES)
     return ExportConfig(data_dir=DATA_DIR, eval_limit=EVAL, **kw)
 
 
@@ -179,10 +183,14 @@ def test_reports_are_written(exported):
     md = (out / "report.md").read_text()
     assert md.count(BEGIN) == 1 and md.count(END) == 1 and "mnist.int8.onnx" in md
     assert md.index(BEGIN) < md.index("## Export") < md.index(END)
-    table = [ln for ln in md.splitlines() if ln.startswith("| ")]
-    assert (
-        len({ln.replace("\\|", "").count("|") for ln in table}) == 1
-    )  # every row has the same columns
+    tables: list[list[str]] = [[]]  # runs of consecutive table lines
+    for ln in md.splitlines():
+        if ln.startswith("| "):
+            tables[-1].append(ln)
+        elif tables[-1]:
+            tables.append([])
+    for table in filter(None, tables):  # in each table, every row has the same columns
+        assert len({ln.replace("\\|", "").count("|") for ln in table}) == 1, table
 
 
 def _tiny_report(dataset: str) -> ExportReport:
@@ -310,6 +318,8 @@ def test_cli_parity_only_prints_the_table(exported, trained_checkpoint):
             str(DATA_DIR),
             "--eval-limit",
             str(EVAL),
+            "--pixels-images",
+            str(PIXELS_IMAGES),
             "--parity-only",
         ],
     )
@@ -350,6 +360,8 @@ def test_cli_failed_export_leaves_earlier_files_and_says_so(trained_checkpoint, 
         "--no-int8",
         "--tolerance",
         "1e-12",
+        "--pixels-images",
+        str(PIXELS_IMAGES),
     ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
