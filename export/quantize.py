@@ -61,6 +61,10 @@ class QuantizeConfig:
         reduce_range: 7-bit weights (no int16 saturation on x86 CPUs without VNNI).
         op_types: the float ops replaced by int8 ones.
         float_outputs: op types whose output stays float (the logits, so Softmax sees float).
+        activations: ``"uint8"`` (asymmetric: a Relu folds into the range) or
+            ``"int8"`` (symmetric, the S8S8 format).
+        quant_format: ``"QDQ"`` (Q/DQ pairs, fused by each runtime) or
+            ``"QOperator"`` (QLinearConv/QGemm written into the file).
     """
 
     calibration_images: int = 1000
@@ -69,6 +73,14 @@ class QuantizeConfig:
     reduce_range: bool = True
     op_types: tuple[str, ...] = ("Conv", "Relu", "MaxPool", "Reshape", "Gemm")
     float_outputs: tuple[str, ...] = ("Gemm",)
+    activations: str = "uint8"
+    quant_format: str = "QDQ"
+
+    def __post_init__(self) -> None:
+        if self.activations not in ("uint8", "int8"):
+            raise ValueError(f"activations {self.activations!r} must be 'uint8' or 'int8'")
+        if self.quant_format not in ("QDQ", "QOperator"):
+            raise ValueError(f"quant_format {self.quant_format!r} must be 'QDQ' or 'QOperator'")
 
 
 class ImageCalibrationReader(CalibrationDataReader):
@@ -137,16 +149,16 @@ def quantize_int8(
             pre,
             out,
             reader,
-            quant_format=QuantFormat.QDQ,
+            quant_format=QuantFormat.QDQ if config.quant_format == "QDQ" else QuantFormat.QOperator,
             op_types_to_quantize=list(config.op_types),
             per_channel=config.per_channel,
             reduce_range=config.reduce_range,
-            activation_type=QuantType.QUInt8,
+            activation_type=QuantType.QUInt8 if config.activations == "uint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={
                 "WeightSymmetric": True,
-                "ActivationSymmetric": False,
+                "ActivationSymmetric": config.activations == "int8",
                 "OpTypesToExcludeOutputQuantization": list(config.float_outputs),
             },
         )
