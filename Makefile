@@ -55,6 +55,12 @@ bench: $(STAMP) ## Benchmarks: training s/epoch, model-only and end-to-end infer
 	$(BIN)/python tests/bench_train.py $(TRAIN_BENCH_ARGS)
 	$(BIN)/python tests/bench_infer.py $(INFER_BENCH_ARGS)
 
+# No venv stamp here: a GPU machine's own torch and onnxruntime-gpu are used as they are.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+.PHONY: gpu-check
+gpu-check: ## CUDA end to end: gpu tests, 15-epoch train, export, mnist-infer, IOBinding -> artifacts/gpu-check.json
+	$(GPU_PYTHON) tests/gpu_check.py $(ARGS)
+
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest $(ARGS)
 

@@ -18,6 +18,7 @@ the torch-free runtime and the CLIs' option defaults import it.
       mnist.meta.json            the models' metadata for runtimes that cannot read it (web)
       export.json                the export report
       bench.json  gpu-check.json the benchmark and GPU-check figures
+      gpu-check/                 the GPU check's own model.pt and .onnx files
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ REQUIRED_OPERATORS = "mnist.required_operators.config"
 META_JSON = "mnist.meta.json"
 BENCH = "bench.json"
 GPU_CHECK = "gpu-check.json"
+GPU_CHECK_DIR = "gpu-check"  # what `make gpu-check` trains and exports (beside, not over, the CPU run)
 
 MODEL_STEM = "mnist"
 PRECISIONS = ("fp32", "int8")
@@ -127,6 +129,10 @@ class Artifacts:
     @property
     def gpu_check(self) -> Path:
         return self.root / GPU_CHECK
+
+    @property
+    def gpu_check_dir(self) -> Path:
+        return self.root / GPU_CHECK_DIR
 
     def model(
         self,
