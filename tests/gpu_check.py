@@ -80,8 +80,11 @@ def ensure_importable() -> dict[str, str]:
     ``mnist_edge`` namespace of links to ``train/``, ``export/``, ``runtime/``.
     """
     env = dict(os.environ)
-    if importlib.util.find_spec("mnist_edge.runtime") is not None:
-        return env
+    try:
+        if importlib.util.find_spec("mnist_edge.runtime") is not None:
+            return env
+    except ModuleNotFoundError:  # no mnist_edge namespace at all
+        pass
     shim = Path(tempfile.mkdtemp(prefix="mnist-edge-shim-")) / "mnist_edge"
     shim.mkdir()
     for stage in ("train", "export", "runtime"):
