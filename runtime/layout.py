@@ -41,7 +41,8 @@ REQUIRED_OPERATORS = "mnist.required_operators.config"
 META_JSON = "mnist.meta.json"
 BENCH = "bench.json"
 GPU_CHECK = "gpu-check.json"
-GPU_CHECK_DIR = "gpu-check"  # what `make gpu-check` trains and exports (beside, not over, the CPU run)
+# What `make gpu-check` trains and exports (beside, not over, the CPU run).
+GPU_CHECK_DIR = "gpu-check"
 
 MODEL_STEM = "mnist"
 PRECISIONS = ("fp32", "int8")
