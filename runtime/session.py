@@ -58,6 +58,10 @@ class ProviderError(MnistEdgeError, RuntimeError):
     """The requested execution provider is unknown or not available here."""
 
 
+class SessionConfigError(MnistEdgeError, ValueError):
+    """A :class:`SessionConfig` value is out of range; the message names it and the allowed values."""
+
+
 class ModelError(MnistEdgeError, ValueError):
     """The model file is missing, not ONNX, or not an image classifier we can feed."""
 
@@ -166,12 +170,12 @@ class SessionConfig:
 
     def __post_init__(self) -> None:
         if self.cudnn_conv_algo_search not in CUDNN_CONV_ALGO_SEARCH:
-            raise ProviderError(
+            raise SessionConfigError(
                 f"cudnn_conv_algo_search {self.cudnn_conv_algo_search!r} is not one of "
                 f"{', '.join(CUDNN_CONV_ALGO_SEARCH)}"
             )
         if self.threads is not None and self.threads < 1:
-            raise ProviderError(
+            raise SessionConfigError(
                 f"threads {self.threads} must be >= 1 (or None for all usable cores)"
             )
 

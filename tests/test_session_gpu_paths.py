@@ -21,6 +21,7 @@ from mnist_edge.runtime.session import (
     OrtConflictWarning,
     ProviderError,
     SessionConfig,
+    SessionConfigError,
     create_session,
     ort_conflict,
     resolve_provider,
@@ -95,8 +96,10 @@ def test_cuda_gets_its_options_and_no_cpu_fallback(model: Path, gpu_host: list[i
 def test_cudnn_search_mode_is_passed_and_checked(model: Path, gpu_host: list[int]) -> None:
     create_session(model, SessionConfig(provider="cuda", cudnn_conv_algo_search="EXHAUSTIVE"))
     assert FakeSession.calls[0].provider_options[0]["cudnn_conv_algo_search"] == "EXHAUSTIVE"
-    with pytest.raises(ProviderError, match="'heuristic' is not one of EXHAUSTIVE, HEURISTIC"):
+    with pytest.raises(SessionConfigError, match="'heuristic' is not one of EXHAUSTIVE, HEURISTIC"):
         SessionConfig(cudnn_conv_algo_search="heuristic")
+    with pytest.raises(SessionConfigError, match="threads 0 must be >= 1"):
+        SessionConfig(threads=0)
 
 
 def test_tensorrt_runs_with_cuda_behind_it(model: Path, gpu_host: list[int]) -> None:
