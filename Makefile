@@ -68,6 +68,12 @@ web/vendor/ort-wasm-simd-threaded.wasm: web/package.json web/package-lock.json w
 web: $(STAMP) web-deps ## Serve the web page and the models in artifacts/ on 127.0.0.1 (WEB_PORT=8000)
 	$(BIN)/python -m mnist_edge.runtime.webserve --web-dir web --models artifacts --port $(WEB_PORT) $(ARGS)
 
+# No venv stamp here: a GPU machine's own torch and onnxruntime-gpu are used as they are.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+.PHONY: gpu-check
+gpu-check: ## CUDA end to end: gpu tests, 15-epoch train, export, mnist-infer, IOBinding -> artifacts/gpu-check.json
+	$(GPU_PYTHON) tests/gpu_check.py $(ARGS)
+
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest $(ARGS)
 

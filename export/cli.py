@@ -11,7 +11,11 @@ from pathlib import Path
 
 import click
 
-from mnist_edge.export.config import SUPPORTED_OPSETS, ExportConfig
+from mnist_edge.export.config import (
+    INT8_TARGETS,
+    SUPPORTED_OPSETS,
+    ExportConfig,
+)
 from mnist_edge.runtime.errors import ConfigError, MnistEdgeError
 from mnist_edge.runtime.extras import MissingExtraError, require_extras
 from mnist_edge.runtime.layout import DEFAULT, Artifacts
@@ -70,6 +74,13 @@ def _progress(line: str) -> None:
 )
 @click.option("--int8/--no-int8", default=_D.int8, help="Also write the int8 (QDQ) model.")
 @click.option(
+    "--int8-target",
+    type=click.Choice(INT8_TARGETS),
+    default=_D.int8_target,
+    help="CPU family the int8 file is tuned for; auto reads this machine's CPU flags "
+    "(x86-vnni: AVX-512 VNNI/AVX-VNNI, x86-avx2: AVX2 without VNNI, arm64, portable: any).",
+)
+@click.option(
     "--fixed-batch",
     type=click.IntRange(min=1),
     default=None,
@@ -122,6 +133,7 @@ def main(
     int8_max_drop: float,
     calibration_images: int,
     int8: bool,
+    int8_target: str,
     fixed_batch: int | None,
     uint8_input: bool,
     ort_format: bool,
@@ -155,6 +167,7 @@ def main(
             opset=opset,
             tolerance=tolerance,
             int8=int8,
+            int8_target=int8_target,
             int8_max_accuracy_drop=int8_max_drop,
             calibration_images=calibration_images,
             fixed_batch=fixed_batch,

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from mnist_edge.export.spec import GraphSpec
 
 DEFAULT_OPSET = 18
+# Which CPU family the int8 file is tuned for (see mnist_edge.export.presets);
+# "auto" picks one from the exporting host's CPU flags.
+INT8_TARGETS = ("auto", "x86-vnni", "x86-avx2", "arm64", "portable")
 # Opsets exported, checked and run in ONNX Runtime by the tests (see tests/test_export.py).
 SUPPORTED_OPSETS = range(18, 24)
 
@@ -36,6 +39,8 @@ class ExportConfig:
         int8_max_accuracy_drop: int8 may lose at most this accuracy vs PyTorch (0.002 = 0.2 points).
         int8_min_agreement: int8 argmax must equal PyTorch's on at least this fraction of images.
         calibration_images: first N training images used to calibrate int8.
+        int8_target: the int8 preset, one of :data:`INT8_TARGETS` (``auto``: from
+            the exporting host's CPU flags).
         fixed_batch: also write files with this static batch size.
         uint8_input: also write files taking uint8 pixels ``[batch, 28, 28]``.
         ort: also write ORT-format files and their ``required_operators`` config.
@@ -58,6 +63,7 @@ class ExportConfig:
     int8_max_accuracy_drop: float = 0.002
     int8_min_agreement: float = 0.99
     calibration_images: int = 1000
+    int8_target: str = "auto"
     fixed_batch: int | None = None
     uint8_input: bool = False
     ort: bool = False
@@ -89,6 +95,10 @@ class ExportConfig:
             raise ExportConfigError(
                 f"int8 min agreement {self.int8_min_agreement} must be in [0, 1]",
                 "int8_min_agreement",
+            )
+        if self.int8_target not in INT8_TARGETS:
+            raise ExportConfigError(
+                f"int8 target {self.int8_target!r} is not one of {', '.join(INT8_TARGETS)}"
             )
         if self.calibration_images < 1:
             raise ExportConfigError(

@@ -7,7 +7,8 @@ validate, quantize, write only when every file passed) is
 Exporter: ``torch.onnx.export(..., dynamo=True)``, torch's default and the
 maintained path (the TorchScript exporter is deprecated). Its ``optimize``
 pass leaves nine nodes: Conv, Relu, MaxPool, Conv, Relu, MaxPool, Reshape,
-Gemm, Softmax. Opset 18 by default: the lowest opset the dynamo exporter
+Gemm, Softmax (each block in the reference's Conv -> Relu -> MaxPool order,
+although training pools first: see :meth:`ConvNet.forward`). Opset 18 by default: the lowest opset the dynamo exporter
 emits natively (lower ones go through a version converter that fails on this
 graph below 15), and the one the most runtimes load (ONNX Runtime >= 1.14;
 TensorRT, OpenVINO and TFLite converters of recent years). Newer opsets change
@@ -61,7 +62,8 @@ def torch_to_onnx(net: ConvNet, spec: GraphSpec, opset: int = DEFAULT_OPSET) -> 
     lowered to the minimum for ``opset``.
     """
     net.eval()
-    module: torch.nn.Module = ProbabilityModel(net)
+    # Conv -> Relu -> MaxPool: ORT fuses Conv+Relu and int8 gets one QLinearConv per block.
+    module: torch.nn.Module = ProbabilityModel(net, relu_before_pool=True)
     batch = spec.fixed_batch or 2  # a dynamic axis needs an example size other than 0/1
     side = spec.image_size
     if spec.uint8_input:

@@ -32,11 +32,13 @@ from mnist_edge.export.onnx import (
 from mnist_edge.export.ort_format import CONFIG_NAME, required_operators, to_ort_format
 from mnist_edge.export.parity import ORT_ERRORS, ParityReport, Reference, Tolerance
 from mnist_edge.export.pixels_export import PixelsValidator, build_pixels_files, meta_document
-from mnist_edge.export.provenance import export_versions, file_doc, file_props
-from mnist_edge.export.quantize import QuantizeConfig, quantize_int8
+from mnist_edge.export.presets import int8_preset
+from mnist_edge.export.provenance import Int8Provenance, export_versions, file_doc, file_props
+from mnist_edge.export.quantize import quantize_int8
 from mnist_edge.export.report import ExportedFile, ExportReport, write_reports
 from mnist_edge.export.verify import ValidationError, raise_for_failures, validate
 from mnist_edge.runtime.atomic import atomic_write_bytes, atomic_write_text
+from mnist_edge.runtime.cpu import host_cpu_features
 from mnist_edge.runtime.layout import META_JSON
 
 if TYPE_CHECKING:
@@ -117,7 +119,12 @@ def export_onnx(
     ckpt, reference, calibration = load_inputs(checkpoint, config, log, calibration=config.int8)
     timings["load"] = time.perf_counter() - start
     versions = export_versions(ckpt.versions)
-    qconfig = QuantizeConfig(calibration_images=config.calibration_images)
+    host = host_cpu_features()
+    preset = int8_preset(config.int8_target, config.calibration_images, host)
+    qconfig = preset.quantize
+    int8_origin = Int8Provenance(preset.target, preset.tuned_for, host.summary())
+    if config.int8:
+        log(f"int8: preset {preset.target} (for {preset.tuned_for}; this CPU: {host.summary()})")
 
     built: list[tuple[ExportedFile, onnx.ModelProto]] = []
     for spec in config.specs():
@@ -145,7 +152,10 @@ def export_onnx(
             )
             doc = file_doc(ckpt.dataset.name, precision, spec, ckpt.sha256)
             set_metadata(
-                model, file_props(ckpt, precision, spec, parity, versions), doc, MODEL_VERSION
+                model,
+                file_props(ckpt, precision, spec, parity, versions, int8_origin),
+                doc,
+                MODEL_VERSION,
             )
             try:
                 onnx.checker.check_model(model)
@@ -190,7 +200,13 @@ def export_onnx(
         eval_images=len(reference.labels),
         pytorch_accuracy=reference.accuracy,
         calibration_images=len(calibration) if calibration is not None else 0,
-        quantization=asdict(qconfig) | {"format": "QDQ", "activations": "uint8", "weights": "int8"},
+        quantization=asdict(qconfig)
+        | {
+            "weights": "int8",
+            "target": preset.target,
+            "tuned_for": preset.tuned_for,
+            "export_cpu": host.summary(),
+        },
         files=report_files,
         versions=versions,
     )

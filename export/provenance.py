@@ -8,7 +8,7 @@ source checkpoint SHA-256, recipe, versions) plus the validation outcome;
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,6 +32,15 @@ def model_preprocessing(dataset: str, spec: GraphSpec) -> Preprocessing:
     return replace(base, input_dtype="uint8" if spec.uint8_input else "float32")
 
 
+@dataclass(frozen=True)
+class Int8Provenance:
+    """Which int8 preset made a file, what CPU it assumes, and the exporting host's CPU."""
+
+    target: str
+    tuned_for: str
+    export_cpu: str
+
+
 def export_versions(trained_with: dict[str, str]) -> dict[str, str]:
     """Tool and library versions recorded in each file (plus the training ones, prefixed)."""
     import onnxruntime
@@ -53,9 +62,11 @@ def file_props(
     spec: GraphSpec,
     parity: ParityReport,
     versions: dict[str, str],
+    int8: Int8Provenance | None = None,
 ) -> dict[str, str]:
     """The ``metadata_props`` of one file: its :class:`ModelMetadata` plus the number of
-    test images it was checked on and its validation outcome (``passed`` or ``FAILED: ...``)."""
+    test images it was checked on and its validation outcome (``passed`` or ``FAILED: ...``).
+    An int8 file also records ``int8`` (its preset and the CPUs involved)."""
     acc = parity.accuracy if np.isfinite(parity.accuracy) else None
     meta = ModelMetadata(
         labels=ckpt.classes,
@@ -68,6 +79,13 @@ def file_props(
         versions=versions,
         model_version=f"{MODEL_VERSION}+{ckpt.sha256[:12]}",
     )
+    if precision == "int8" and int8 is not None:
+        meta = replace(
+            meta,
+            int8_target=int8.target,
+            int8_tuned_for=int8.tuned_for,
+            export_cpu=int8.export_cpu,
+        )
     props = meta.to_props()
     props["mnist_edge.test_images"] = str(parity.images)
     props["mnist_edge.validation"] = (

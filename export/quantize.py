@@ -6,18 +6,20 @@ The settings, and why (ONNX Runtime's quantization guide, measured here):
   Runtime's CPU provider fuses them into integer kernels (QLinearConv, ...),
   and the same file is what the NNAPI, QNN, CoreML, XNNPACK and TensorRT
   providers and most NPU compilers expect.
-* **Activations uint8 (asymmetric), weights int8 (symmetric, per channel,
-  7-bit "reduce range")**: on x86 CPUs without VNNI (AVX2 and plain AVX-512)
-  the u8 x s8 kernel (``vpmaddubsw``) adds pairs of products in int16 and can
-  saturate; ONNX Runtime's guide prescribes ``reduce_range`` for exactly this
-  case. 7-bit weights cannot overflow there, cost no accuracy here thanks to
-  per-channel scales, and run unchanged on VNNI CPUs and on ARM (where
-  u8 x s8 uses the dot-product instructions). Per-channel scales keep each
-  conv filter's and each dense row's own range. Measured on a 3-epoch model:
+* **Activations uint8 (asymmetric), weights int8 (symmetric, per channel)**:
+  whether the weights are 7-bit ("reduce range") is the preset's choice
+  (:mod:`mnist_edge.export.presets`): on x86 CPUs without VNNI the u8 x s8
+  kernel (``vpmaddubsw``) adds pairs of products in int16 and can saturate,
+  and ONNX Runtime's guide prescribes ``reduce_range`` there; VNNI and ARM
+  accumulate in int32 and keep all 8 bits. Per-channel scales keep each conv
+  filter's and each dense row's own range. Measured on a 3-epoch model:
   u8s8 0.9873 with or without reduce-range, s8s8 0.9873, u8u8 0.9871 and
   ~1.7x slower; per-tensor 0.9869.
 * **Conv, Relu, MaxPool, Reshape and Gemm are quantized, but the Gemm output
-  (the logits) stays float**: Conv+Relu fuse into one QLinearConv, the dense
+  (the logits) stays float**: with the exported Conv -> Relu -> MaxPool order
+  the quantizer folds each Relu into the uint8 range of its Conv, so ONNX
+  Runtime runs QLinearConv -> NhwcMaxPool per block (with MaxPool -> Relu the
+  Relus stayed float between Q/DQ pairs: 0.37x fp32's speed), the dense
   layer becomes a QGemm with float output, and Softmax runs in float32, so
   the probabilities are not rounded to 1/255 steps (measured: max |diff| to
   PyTorch 0.024 instead of 0.051, agreement 99.99 %).
@@ -61,6 +63,10 @@ class QuantizeConfig:
         reduce_range: 7-bit weights (no int16 saturation on x86 CPUs without VNNI).
         op_types: the float ops replaced by int8 ones.
         float_outputs: op types whose output stays float (the logits, so Softmax sees float).
+        activations: ``"uint8"`` (asymmetric: a Relu folds into the range) or
+            ``"int8"`` (symmetric, the S8S8 format).
+        quant_format: ``"QDQ"`` (Q/DQ pairs, fused by each runtime) or
+            ``"QOperator"`` (QLinearConv/QGemm written into the file).
     """
 
     calibration_images: int = 1000
@@ -69,6 +75,14 @@ class QuantizeConfig:
     reduce_range: bool = True
     op_types: tuple[str, ...] = ("Conv", "Relu", "MaxPool", "Reshape", "Gemm")
     float_outputs: tuple[str, ...] = ("Gemm",)
+    activations: str = "uint8"
+    quant_format: str = "QDQ"
+
+    def __post_init__(self) -> None:
+        if self.activations not in ("uint8", "int8"):
+            raise ValueError(f"activations {self.activations!r} must be 'uint8' or 'int8'")
+        if self.quant_format not in ("QDQ", "QOperator"):
+            raise ValueError(f"quant_format {self.quant_format!r} must be 'QDQ' or 'QOperator'")
 
 
 class ImageCalibrationReader(CalibrationDataReader):
@@ -137,16 +151,16 @@ def quantize_int8(
             pre,
             out,
             reader,
-            quant_format=QuantFormat.QDQ,
+            quant_format=QuantFormat.QDQ if config.quant_format == "QDQ" else QuantFormat.QOperator,
             op_types_to_quantize=list(config.op_types),
             per_channel=config.per_channel,
             reduce_range=config.reduce_range,
-            activation_type=QuantType.QUInt8,
+            activation_type=QuantType.QUInt8 if config.activations == "uint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={
                 "WeightSymmetric": True,
-                "ActivationSymmetric": False,
+                "ActivationSymmetric": config.activations == "int8",
                 "OpTypesToExcludeOutputQuantization": list(config.float_outputs),
             },
         )

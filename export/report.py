@@ -189,8 +189,10 @@ def markdown_section(report: ExportReport) -> str:
         "",
         *table,
         "",
-        f"int8: static QDQ, activations uint8, weights int8 per-channel={q.get('per_channel')} "
-        f"reduce-range={q.get('reduce_range')}, calibrated on {report.calibration_images:,} training images.",
+        f"int8: preset {q.get('target', '?')} (for {q.get('tuned_for', '?')}; exported on {q.get('export_cpu', '?')}): "
+        f"static {q.get('quant_format', 'QDQ')}, activations {q.get('activations', 'uint8')}, weights int8 "
+        f"per-channel={q.get('per_channel')} reduce-range={q.get('reduce_range')}, "
+        f"calibrated on {report.calibration_images:,} training images.",
         *_pixels_lines(report),
         "",
         "Operators:",

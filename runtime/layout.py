@@ -20,6 +20,7 @@ the torch-free runtime and the CLIs' option defaults import it.
       bench.json  gpu-check.json the benchmark and GPU-check figures
       web.png                    the web page's screenshot (browser tests)
     web/                         the static page (``make web`` serves it, models under /models/)
+      gpu-check/                 the GPU check's own model.pt and .onnx files
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ BENCH = "bench.json"
 GPU_CHECK = "gpu-check.json"
 WEB_SCREENSHOT = "web.png"
 WEB_DIR = Path("web")
+# What `make gpu-check` trains and exports (beside, not over, the CPU run).
+GPU_CHECK_DIR = "gpu-check"
 
 MODEL_STEM = "mnist"
 PRECISIONS = ("fp32", "int8")
@@ -135,6 +138,10 @@ class Artifacts:
     @property
     def web_screenshot(self) -> Path:
         return self.root / WEB_SCREENSHOT
+
+    @property
+    def gpu_check_dir(self) -> Path:
+        return self.root / GPU_CHECK_DIR
 
     def model(
         self,

@@ -21,7 +21,15 @@ key                              value
 ``mnist_edge.recipe``            JSON training recipe (epochs, batch, lr, ...)
 ``mnist_edge.versions``          JSON tool and library versions
 ``model_version``                version string of the model (e.g. ``1.0+sha``)
+``mnist_edge.int8_target``       int8 files: the preset (``x86-vnni``,
+                                 ``x86-avx2``, ``arm64``, ``portable``)
+``mnist_edge.int8_tuned_for``    int8 files: the CPU features that preset
+                                 assumes (e.g. ``x86_64 avx2 (no vnni)``)
+``mnist_edge.export_cpu``        int8 files: the exporting host's CPU
+                                 (``x86_64: avx2``), for ``auto``
 ===============================  =============================================
+
+Files from before a key existed simply lack it; the parser gives ``""``.
 """
 
 from __future__ import annotations
@@ -33,6 +41,9 @@ from typing import Any
 
 FORMAT_KEY = "mnist_edge.format"
 FORMAT_VERSION = "1"
+INT8_TARGET_KEY = "mnist_edge.int8_target"
+INT8_TUNED_FOR_KEY = "mnist_edge.int8_tuned_for"
+EXPORT_CPU_KEY = "mnist_edge.export_cpu"
 
 MNIST_LABELS: tuple[str, ...] = tuple(str(i) for i in range(10))
 
@@ -82,6 +93,9 @@ class ModelMetadata:
     recipe: Mapping[str, Any] = field(default_factory=dict)
     versions: Mapping[str, str] = field(default_factory=dict)
     model_version: str = ""
+    int8_target: str = ""
+    int8_tuned_for: str = ""
+    export_cpu: str = ""
     # False when the file had no mnist-edge metadata and these are the MNIST defaults.
     from_file: bool = True
 
@@ -100,6 +114,13 @@ class ModelMetadata:
         }
         if self.test_accuracy is not None:
             props["test_accuracy"] = f"{self.test_accuracy:.4f}"
+        for key, value in (
+            (INT8_TARGET_KEY, self.int8_target),
+            (INT8_TUNED_FOR_KEY, self.int8_tuned_for),
+            (EXPORT_CPU_KEY, self.export_cpu),
+        ):
+            if value:
+                props[key] = value
         return props
 
     @classmethod
@@ -134,6 +155,9 @@ class ModelMetadata:
                 recipe=json.loads(props.get("mnist_edge.recipe", "{}") or "{}"),
                 versions=json.loads(props.get("mnist_edge.versions", "{}") or "{}"),
                 model_version=props.get("model_version", ""),
+                int8_target=props.get(INT8_TARGET_KEY, ""),
+                int8_tuned_for=props.get(INT8_TUNED_FOR_KEY, ""),
+                export_cpu=props.get(EXPORT_CPU_KEY, ""),
                 from_file=True,
             )
         except (ValueError, TypeError, KeyError) as exc:

@@ -8,7 +8,12 @@ is disabled and the session's providers are checked after it is made).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib.metadata
 import os
+import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +43,27 @@ PROVIDER_NAMES: dict[str, str] = {
 # far longer than this 35k-parameter model needs to run on CUDA.
 AUTO_ORDER = ("cuda", "rocm", "directml", "coreml", "cpu")
 GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider"}
+# ONNX Runtime's CUDA provider option values (its default is EXHAUSTIVE).
+CUDNN_CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+# PyPI distributions that all install the same `onnxruntime` module folder: with two
+# of them installed, whichever was installed last owns the files and the other's
+# providers silently disappear (microsoft/onnxruntime#26996).
+ORT_DISTRIBUTIONS = (
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-directml",
+    "onnxruntime-openvino",
+    "onnxruntime-qnn",
+    "onnxruntime-training",
+)
 
 
 class ProviderError(MnistEdgeError, RuntimeError):
     """The requested execution provider is unknown or not available here."""
+
+
+class SessionConfigError(MnistEdgeError, ValueError):
+    """A :class:`SessionConfig` value is out of range; the message names it and the allowed values."""
 
 
 class ModelError(MnistEdgeError, ValueError):
@@ -50,6 +72,35 @@ class ModelError(MnistEdgeError, ValueError):
 
 class MissingMetadataWarning(UserWarning):
     """The model has no mnist-edge metadata; MNIST defaults are used."""
+
+
+class OrtConflictWarning(UserWarning):
+    """More than one ONNX Runtime distribution is installed; their providers may be missing."""
+
+
+def installed_ort_distributions() -> list[str]:
+    """The ONNX Runtime distributions installed here (see :data:`ORT_DISTRIBUTIONS`)."""
+    found = []
+    for name in ORT_DISTRIBUTIONS:
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+def ort_conflict(distributions: Sequence[str] | None = None) -> str | None:
+    """A one-line explanation when several ONNX Runtime distributions are installed, else ``None``."""
+    found = list(installed_ort_distributions() if distributions is None else distributions)
+    if len(found) < 2:
+        return None
+    keep = "onnxruntime-gpu" if "onnxruntime-gpu" in found else found[-1]
+    return (
+        f"{' and '.join(found)} are all installed; they share one `onnxruntime` module folder, "
+        f"so the providers of all but one are missing. Keep one: "
+        f"`pip uninstall -y {' '.join(found)} && pip install {keep}`"
+    )
 
 
 def short_name(provider: str) -> str:
@@ -72,11 +123,14 @@ def resolve_provider(requested: str, available: Sequence[str] | None = None) -> 
 
         available = ort.get_available_providers()
     available = list(available)
+    conflict = ort_conflict()
     names = ", ".join(
         ["auto", *(short_name(p) for p in available if p != "AzureExecutionProvider")]
     )
     key = requested.strip()
     if key.lower() == "auto":
+        if conflict:
+            warnings.warn(conflict, OrtConflictWarning, stacklevel=2)
         for short in AUTO_ORDER:
             if PROVIDER_NAMES[short] in available:
                 return PROVIDER_NAMES[short]
@@ -87,6 +141,8 @@ def resolve_provider(requested: str, available: Sequence[str] | None = None) -> 
             f"unknown provider {requested!r}; choose one of: {names} "
             f"(known names: {', '.join(PROVIDER_NAMES)})"
         )
+    if full not in available and conflict:
+        raise ProviderError(f"provider {requested!r} is not available here: {conflict}")
     if full not in available:
         hint = (
             "install the GPU build instead of the CPU one: "
@@ -120,6 +176,56 @@ class SessionConfig:
     io_binding: bool | None = None
     cudnn_conv_algo_search: str = "HEURISTIC"
 
+    def __post_init__(self) -> None:
+        if self.cudnn_conv_algo_search not in CUDNN_CONV_ALGO_SEARCH:
+            raise SessionConfigError(
+                f"cudnn_conv_algo_search {self.cudnn_conv_algo_search!r} is not one of "
+                f"{', '.join(CUDNN_CONV_ALGO_SEARCH)}"
+            )
+        if self.threads is not None and self.threads < 1:
+            raise SessionConfigError(
+                f"threads {self.threads} must be >= 1 (or None for all usable cores)"
+            )
+
+
+@functools.cache
+def preload_cuda_libraries() -> bool:
+    """Load CUDA and cuDNN from the ``nvidia-*`` wheels (or torch) once per process.
+
+    ``onnxruntime.preload_dlls`` (onnxruntime-gpu >= 1.21) finds the libraries
+    that pip installed beside it; without it the CUDA provider only finds
+    system-wide ones. It reports missing libraries with ``print``: that goes to
+    stderr here, so results written to stdout (``mnist-infer -o -``) stay clean.
+    Returns whether it was called (older builds lack it).
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return False
+    with contextlib.redirect_stdout(sys.stderr):
+        preload()
+    return True
+
+
+def provider_list(provider: str, config: SessionConfig) -> list[tuple[str, dict[str, str]]]:
+    """The ``providers`` argument of ``InferenceSession`` for ``provider`` (a full name).
+
+    CUDA gets its cuDNN search mode and copies on the compute stream.
+    TensorRT is followed by CUDA, as ONNX Runtime's TensorRT guide advises, so
+    nodes TensorRT cannot build run on the GPU rather than fail.
+    """
+    cuda = (
+        "CUDAExecutionProvider",
+        {
+            "cudnn_conv_algo_search": config.cudnn_conv_algo_search,
+            "do_copy_in_default_stream": "1",
+        },
+    )
+    if provider == "CUDAExecutionProvider":
+        return [cuda]
+    if provider == "TensorrtExecutionProvider":
+        return [(provider, {}), cuda]
+    return [(provider, {})]
+
 
 def _load_error(path: Path, exc: BaseException) -> ModelError:
     return ModelError(f"{path} is not a valid ONNX model ({first_line(exc)[:200]})")
@@ -149,20 +255,18 @@ def create_session(
     options.add_session_config_entry(
         "session.intra_op.allow_spinning", "1" if config.allow_spinning else "0"
     )
-    provider_options: dict[str, str] = {}
     if provider != CPU:
+        # Session creation fails if any node would land on the CPU provider.
         options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
-        if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from the nvidia-* wheels, when installed
-            ort.preload_dlls()
-        if provider == "CUDAExecutionProvider":
-            provider_options = {
-                "cudnn_conv_algo_search": config.cudnn_conv_algo_search,
-                "do_copy_in_default_stream": "1",
-            }
+        preload_cuda_libraries()
+    providers = provider_list(provider, config)
     try:
         session = ort.InferenceSession(
-            str(path), sess_options=options, providers=[(provider, provider_options)]
+            str(path),
+            sess_options=options,
+            providers=[name for name, _ in providers],
+            provider_options=[opts for _, opts in providers],
         )
     except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/RuntimeException types
         text = str(exc)

@@ -31,7 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from benchutil import cpu_name, merge_section  # tests/ is sys.path[0] for scripts
+from benchutil import (  # tests/ is sys.path[0] for scripts
+    cpu_flags,
+    cpu_flags_line,
+    cpu_name,
+    merge_section,
+)
 from PIL import Image
 
 from mnist_edge.runtime.classifier import Classifier
@@ -243,6 +248,94 @@ def end_to_end(args, pixels: np.ndarray, labels: np.ndarray, png_dir: Path) -> d
     }
 
 
+def int8_vs_fp32(args, pixels: np.ndarray) -> dict:
+    """int8 against fp32 through :class:`Classifier` on the CPU, in paired repetitions.
+
+    For each batch size, ``--pair-repeats`` rounds each time fp32 then int8 (so
+    both see the same machine load); the figures are the medians of the rounds
+    and the ratio is the median of the per-round int8/fp32 ratios. Batch-1
+    latency (p50) is paired the same way.
+    """
+    config = SessionConfig(provider="cpu", allow_spinning=True)
+    models = {"fp32": Classifier(args.model, config=config)}
+    models["int8"] = Classifier(args.int8_model, config=config)
+    meta = models["int8"].metadata
+    reps = args.pair_repeats
+    rows: dict[str, dict] = {}
+    for batch in BATCHES:
+        limit = min(len(pixels), 2000 if batch == 1 else len(pixels))
+        rounds = [
+            {
+                name: _throughput(clf.predict, pixels, batch, 1, limit)
+                for name, clf in models.items()
+            }
+            for _ in range(reps)
+        ]
+        rows[f"batch_{batch}"] = _paired(rounds, higher_is_better=True)
+    count = max(200, args.latency_runs // 2)
+    rounds = [
+        {name: _latency(clf.predict, pixels, count)["p50_ms"] for name, clf in models.items()}
+        for _ in range(reps)
+    ]
+    latency = _paired(rounds, higher_is_better=False)
+    return {
+        "pair_repeats": reps,
+        "int8_file": str(args.int8_model),
+        "int8_target": meta.int8_target or "(not recorded: exported before presets)",
+        "int8_tuned_for": meta.int8_tuned_for,
+        "throughput": rows,
+        "latency_b1_p50_ms": latency,
+        "int8_slower_at": [k for k, r in rows.items() if not r["int8_faster"]]
+        + ([] if latency["int8_faster"] else ["latency_b1"]),
+    }
+
+
+def _paired(rounds: list[dict[str, float]], higher_is_better: bool) -> dict:
+    """Medians of paired rounds ``[{"fp32": x, "int8": y}, ...]`` and the median int8/fp32 ratio."""
+    ratios = [r["int8"] / r["fp32"] for r in rounds]
+    ratio = float(np.median(ratios))
+    return {
+        "fp32": round(float(np.median([r["fp32"] for r in rounds])), 4),
+        "int8": round(float(np.median([r["int8"] for r in rounds])), 4),
+        "ratio": round(ratio, 3),
+        "ratios": [round(x, 3) for x in ratios],
+        "int8_faster": ratio > 1 if higher_is_better else ratio < 1,
+    }
+
+
+def markdown_int8(section: dict) -> str:
+    """The int8/fp32 table, a plain verdict, and the CPU flags."""
+    cmp = section["int8_vs_fp32"]
+    n = cmp["pair_repeats"]
+    lines = [
+        f"int8 ({cmp['int8_target']}) vs fp32, `Classifier` on the CPU, median of {n} paired repetitions:",
+        "",
+        "| batch | fp32 (img/s) | int8 (img/s) | int8/fp32 |",
+        "|---|---:|---:|---:|",
+    ]
+    for b in BATCHES:
+        r = cmp["throughput"][f"batch_{b}"]
+        lines.append(f"| {b} | {r['fp32']:,.0f} | {r['int8']:,.0f} | {r['ratio']:.2f}x |")
+    lat = cmp["latency_b1_p50_ms"]
+    lines.append(
+        f"| latency b1 p50 (ms) | {lat['fp32']:.3f} | {lat['int8']:.3f} | {lat['ratio']:.2f}x (lower is better) |"
+    )
+    slower = cmp["int8_slower_at"]
+    lines += [
+        "",
+        (
+            "int8 is SLOWER than fp32 at: "
+            + ", ".join(s.replace("_", " ") for s in slower)
+            + ". On this CPU prefer the fp32 file there."
+            if slower
+            else "int8 is faster than fp32 at every batch size and at batch-1 latency."
+        ),
+        "",
+        cpu_flags_line(section["host"]["cpu_flags"]),
+    ]
+    return "\n".join(lines)
+
+
 def markdown(section: dict) -> str:
     engines = section["model_only"]["engines"]
     lines = [
@@ -274,6 +367,7 @@ def markdown(section: dict) -> str:
         "",
         f"Host: {section['host']['cpu']}, {section['host']['cores']} cores, onnxruntime {section['host']['onnxruntime']}; "
         f"our fp32 path reaches {section['model_only']['fp32_vs_plain_ort']:.0%} of plain ONNX Runtime's best.",
+        cpu_flags_line(section["host"]["cpu_flags"]),
     ]
     return "\n".join(lines)
 
@@ -281,19 +375,6 @@ def markdown(section: dict) -> str:
 # ---------------------------------------------------------------- pixels-in model: single-picture latency
 
 PIXEL_SIZES = ((28, 28), (100, 80), (300, 300), (640, 480), (1920, 1080))  # (width, height)
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
-
-
-def cpu_flags() -> list[str]:
-    """The CPU's SIMD flags that matter to ONNX Runtime (from ``/proc/cpuinfo``)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in CPU_FLAGS if f in have]
-    except OSError:
-        pass
-    return []
 
 
 def _p50_p99(run, count: int) -> dict[str, float]:
@@ -374,8 +455,7 @@ def pixels_markdown(section: dict) -> str:
     host = section["host"]
     lines += [
         "",
-        f"Host: {host['cpu']}, CPU flags: {', '.join(host['flags']) or 'none of ' + ', '.join(CPU_FLAGS)}; "
-        f"onnxruntime {host['onnxruntime']}.",
+        f"Host: {host['cpu']}, {cpu_flags_line(host['flags'])}; onnxruntime {host['onnxruntime']}.",
     ]
     return "\n".join(lines)
 
@@ -420,7 +500,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pixels-only", action="store_true", help="only the pixels-in latency table"
     )
+    parser.add_argument(
+        "--pair-repeats", type=int, default=5, help="paired fp32/int8 rounds (at least 3)"
+    )
     args = parser.parse_args(argv)
+    if args.pair_repeats < 3:
+        parser.error(f"--pair-repeats must be at least 3, got {args.pair_repeats}")
     if args.pixels_only:
         return run_pixels(args)
 
@@ -446,11 +531,14 @@ def main(argv: list[str] | None = None) -> int:
             "onnxruntime": ort.__version__,
             "providers": providers,
             "python": platform.python_version(),
+            "cpu_flags": cpu_flags(),
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     print("model only ...", file=sys.stderr)
     section["model_only"] = model_only(args, pixels, providers)
+    print("int8 vs fp32 (paired) ...", file=sys.stderr)
+    section["int8_vs_fp32"] = int8_vs_fp32(args, pixels)
     print("end to end ...", file=sys.stderr)
     try:
         if args.png_dir is not None:
@@ -465,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
 
     merge_section(args.out, "inference", section)
     print(markdown(section))
+    print()
+    print(markdown_int8(section))
     print(f"\nsaved to {args.out} (section 'inference')", file=sys.stderr)
     return run_pixels(args)
 

@@ -33,7 +33,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchutil import cpu_name, merge_section  # tests/ is sys.path[0] for scripts
+from benchutil import (  # tests/ is sys.path[0] for scripts
+    cpu_flags,
+    cpu_flags_line,
+    cpu_name,
+    merge_section,
+)
 
 from mnist_edge.runtime.layout import Artifacts
 from mnist_edge.runtime.processes import usable_cores
@@ -45,27 +50,6 @@ NODES = (1, 4, 16)
 
 class BenchError(RuntimeError):
     """A run failed or did not account for every input."""
-
-
-def cpu_flags() -> str:
-    """The SIMD flags that matter for ONNX Runtime (AVX2, AVX-512, VNNI, BF16)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                wanted = (
-                    "avx2",
-                    "fma",
-                    "avx512f",
-                    "avx512_vnni",
-                    "avx_vnni",
-                    "avx512_bf16",
-                    "amx_tile",
-                )
-                return " ".join(f for f in wanted if f in have) or "none of avx2/avx512"
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def local_engine(model: Path, png_dir: Path, repeats: int) -> dict:
@@ -196,7 +180,7 @@ def markdown(section: dict) -> str:
         )
         + " (CPU-bound; storage and network not included).",
         "",
-        f"Host: {section['host']['cpu']} ({section['host']['flags']}), {cores} cores, ray {section['host']['ray']}.",
+        f"Host: {section['host']['cpu']} ({cpu_flags_line(section['host']['flags'])}), {cores} cores, ray {section['host']['ray']}.",
     ]
     return "\n".join(lines)
 

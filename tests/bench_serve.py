@@ -32,7 +32,12 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from benchutil import cpu_flags, cpu_name, merge_section  # tests/ is sys.path[0] for scripts
+from benchutil import (  # tests/ is sys.path[0] for scripts
+    cpu_flags,
+    cpu_flags_line,
+    cpu_name,
+    merge_section,
+)
 from serve_process import ServerProcess, start_server
 
 from mnist_edge.runtime.layout import Artifacts
@@ -196,7 +201,7 @@ def markdown(section: dict) -> str:
         f"one-at-a-time rate (target >= {TARGET_SPEEDUP:g}x: {met}). Server: max batch "
         f"{server['max_batch']}, max wait {server['max_wait_ms']:g} ms, model {server['model']}.",
         f"Host: {host['cpu']}, {host['cores']} cores (client and server share them), "
-        f"flags: {host['cpu_flags']}; onnxruntime {host['onnxruntime']}; load average "
+        f"{cpu_flags_line(host['cpu_flags'])}; onnxruntime {host['onnxruntime']}; load average "
         f"{host['load_average']:.1f} at the start.",
     ]
     return "\n".join(rows)

@@ -23,7 +23,12 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchutil import cpu_name, merge_section  # tests/ is sys.path[0] for scripts
+from benchutil import (  # tests/ is sys.path[0] for scripts
+    cpu_flags,
+    cpu_flags_line,
+    cpu_name,
+    merge_section,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,6 +66,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         if result.device.startswith("cuda")
         else cpu_name(),
         "cpu_count": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
         "torch_threads": torch.get_num_threads(),
         "torch": str(torch.__version__),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
@@ -114,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     section = run_benchmark(args)
     merge_section(args.out, "training", section)
     print(json.dumps({"training": section}, indent=2))
+    print(cpu_flags_line(section["cpu_flags"]))
     print(f"merged into {args.out}", file=sys.stderr)
     return 0
 

@@ -35,14 +35,29 @@ def merge_section(path: Path, name: str, section: dict) -> dict:
     return data
 
 
-def cpu_flags() -> str:
-    """The vector-instruction flags that matter for inference speed (AVX2, AVX-512, VNNI, BF16, AMX)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                keep = [f for f in flags if f.startswith(("avx", "amx", "fma")) or f == "f16c"]
-                return " ".join(sorted(keep)) or "none of avx/fma/amx"
-    except OSError:
-        pass
-    return "unknown"
+def cpu_flags() -> dict:
+    """This CPU's int8-relevant flags (:mod:`mnist_edge.runtime.cpu`), for bench.json."""
+    from mnist_edge.runtime.cpu import REPORTED_FLAGS, host_cpu_features
+
+    features = host_cpu_features()
+    return {
+        "machine": features.machine,
+        "flags": list(features.reported),
+        "absent": [f for f in REPORTED_FLAGS if f not in features.flags],
+        "summary": features.summary(),
+    }
+
+
+# The flags named on every benchmark table, present or not (amx: amx_tile/amx_int8).
+TABLE_FLAGS = ("avx2", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx")
+
+
+def cpu_flags_line(flags: dict | None = None) -> str:
+    """``CPU flags (x86_64): avx2 yes, avx512_vnni no, ...`` for the line under a table."""
+    flags = flags or cpu_flags()
+    have = set(flags["flags"])
+    marks = [
+        f"{name} {'yes' if (name in have or (name == 'amx' and have & {'amx_tile', 'amx_int8'})) else 'no'}"
+        for name in TABLE_FLAGS
+    ]
+    return f"CPU flags ({flags['machine']}): " + ", ".join(marks)

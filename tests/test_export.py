@@ -23,9 +23,11 @@ from mnist_edge.export.cli import main
 from mnist_edge.export.config import SUPPORTED_OPSETS, ExportConfig, ExportConfigError
 from mnist_edge.export.onnx import torch_to_onnx
 from mnist_edge.export.pipeline import export_onnx
+from mnist_edge.export.presets import PRESETS, resolve_target
 from mnist_edge.export.report import ExportReport, write_reports
 from mnist_edge.export.spec import GraphSpec
 from mnist_edge.export.verify import ValidationError, check_graph
+from mnist_edge.runtime.cpu import host_cpu_features
 from mnist_edge.runtime.metadata import ModelMetadata
 from mnist_edge.train.checkpoint import sha256_file
 
@@ -121,6 +123,13 @@ def test_metadata_is_present_and_correct(exported, trained_checkpoint, name):
     assert {"torch", "onnx", "onnxruntime", "mnist_edge"} <= set(meta.versions)
     assert meta.model_version.endswith(sha256_file(trained_checkpoint)[:12])
     assert meta_raw.custom_metadata_map["mnist_edge.validation"] == "passed"
+    if meta.precision == "int8":  # the preset `auto` chose for this host, and the CPUs involved
+        host = host_cpu_features()
+        assert meta.int8_target == resolve_target("auto", host)
+        assert meta.int8_tuned_for == PRESETS[meta.int8_target].tuned_for
+        assert meta.export_cpu == host.summary()
+    else:
+        assert (meta.int8_target, meta.int8_tuned_for, meta.export_cpu) == ("", "", "")
 
 
 @pytest.mark.parametrize("batch", [1, 7, 1000], ids=lambda b: f"batch{b}")

@@ -151,3 +151,15 @@ def test_unreadable_file_is_reported_not_raised(tmp_path, reference):
     report = validate(junk, reference, GraphSpec(), Tolerance(), name="junk", precision="fp32")
     assert not report.ok
     assert "cannot read" in report.failures[0] or "cannot load" in report.failures[0]
+
+
+def test_export_order_is_conv_relu_pool_and_matches_the_training_order(net, fp32, reference):
+    # Training pools before relu; the file runs Conv -> Relu -> MaxPool (fusable, one
+    # QLinearConv per block in int8). The reference here is the training order.
+    ops = [n.op_type for n in fp32.graph.node]
+    assert ops[:6] == ["Conv", "Relu", "MaxPool", "Conv", "Relu", "MaxPool"]
+    report = validate(fp32, reference, GraphSpec(), Tolerance(), name="m", precision="fp32")
+    assert report.ok and report.max_abs_diff <= 1e-5
+    x = torch.from_numpy(reference.images)  # (64, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(net(x), net(x, relu_before_pool=True))  # they commute exactly
