@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -37,6 +37,9 @@ from mnist_edge.runtime.images import ImageOptions, preprocess
 from mnist_edge.runtime.layout import model_name
 from mnist_edge.runtime.meta_json import MetaJson, PixelsModelEntry
 from mnist_edge.runtime.metadata import Preprocessing
+
+if TYPE_CHECKING:
+    from mnist_edge.train.checkpoint import Checkpoint
 
 Log = Callable[[str], None]
 INTERFACE_KEY = "mnist_edge.input"
@@ -99,7 +102,7 @@ class PixelsValidator:
 def build_pixels_files(
     built: Sequence[tuple[ExportedFile, onnx.ModelProto]],
     reference: Reference,
-    ckpt: Any,
+    ckpt: Checkpoint,
     config: ExportConfig,
     versions: dict[str, str],
     log: Log,
@@ -110,7 +113,7 @@ def build_pixels_files(
         The new ``(entry, model)`` pairs (parity and metadata set) and the validator
         (reused for their ``.ort`` twins).
     """
-    dataset = str(ckpt.dataset.get("name", "mnist"))
+    dataset = ckpt.dataset.name
     main = GraphSpec()
     pre = model_preprocessing(dataset, main)
     validator = PixelsValidator.from_reference(reference, pre, config)
@@ -139,7 +142,9 @@ def build_pixels_files(
     return out, validator
 
 
-def meta_document(files: Sequence[ExportedFile], ckpt: Any, versions: dict[str, str]) -> MetaJson:
+def meta_document(
+    files: Sequence[ExportedFile], ckpt: Checkpoint, versions: dict[str, str]
+) -> MetaJson:
     """``mnist.meta.json`` for the pixels-in files among ``files`` (and their ``.ort`` twins)."""
     ort_names = {f.path.name for f in files if f.path.suffix == ".ort" and f.written}
     models = {}
@@ -157,8 +162,8 @@ def meta_document(files: Sequence[ExportedFile], ckpt: Any, versions: dict[str, 
             ort_file=ort_name if ort_name in ort_names else None,
         )
     return MetaJson(
-        dataset=str(ckpt.dataset.get("name", "mnist")),
-        labels=tuple(str(c) for c in ckpt.classes),
+        dataset=ckpt.dataset.name,
+        labels=ckpt.classes,
         model_version=f"{MODEL_VERSION}+{ckpt.sha256[:12]}",
         source_sha256=ckpt.sha256,
         recipe=dict(ckpt.recipe),

@@ -17,13 +17,11 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import onnxruntime as ort
 
 from mnist_edge.runtime.errors import MnistEdgeError, first_line
 from mnist_edge.runtime.processes import usable_cores
-
-if TYPE_CHECKING:  # onnxruntime loads when a session is made (the CLI starts its workers first)
-    import onnxruntime as ort
 
 CPU = "CPUExecutionProvider"
 
@@ -118,11 +116,7 @@ def resolve_provider(requested: str, available: Sequence[str] | None = None) -> 
         ProviderError: unknown name, or not available in this onnxruntime build
             (the message lists what is available and how to get GPU support).
     """
-    if available is None:
-        import onnxruntime as ort
-
-        available = ort.get_available_providers()
-    available = list(available)
+    available = list(ort.get_available_providers() if available is None else available)
     conflict = ort_conflict()
     names = ", ".join(
         ["auto", *(short_name(p) for p in available if p != "AzureExecutionProvider")]
@@ -240,8 +234,6 @@ def create_session(
         ModelError: the file is missing or not a loadable ONNX model.
         ProviderError: the provider is not available, or the session did not get it.
     """
-    import onnxruntime as ort
-
     path = Path(model)
     if not path.is_file():
         raise ModelError(f"model file {path} not found")
