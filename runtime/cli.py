@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
 
 import click
 
@@ -25,10 +24,9 @@ import click
 # worker processes first, and they load those while this process does too
 # (where workers are spawned, they also re-import this module).
 from mnist_edge.runtime import __version__
-from mnist_edge.runtime.atomic import atomic_path
 from mnist_edge.runtime.errors import MnistEdgeError
-from mnist_edge.runtime.layout import DEFAULT, int8_sibling
-from mnist_edge.runtime.output import FORMATS
+from mnist_edge.runtime.layout import DEFAULT, model_path
+from mnist_edge.runtime.output import FORMATS, open_text_output
 from mnist_edge.runtime.scale.cli import RAY_FORMATS, ray_options  # click only: Ray loads per run
 from mnist_edge.runtime.stream import INVERT_MODES, PipelineConfig
 
@@ -62,21 +60,6 @@ def _signals_interrupt() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _model_path(model: Path | None, int8: bool) -> Path:
-    if model is None:
-        return DEFAULT_INT8_MODEL if int8 else DEFAULT_MODEL
-    return int8_sibling(model) if int8 else model
-
-
-@contextlib.contextmanager
-def _open_output(output: Path | None) -> Iterator[TextIO]:
-    if output is None:
-        yield sys.stdout
-        return
-    with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8", newline="") as stream:
-        yield stream
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -181,7 +164,7 @@ def main(
     result per image in them. Ctrl-C or SIGTERM stops the run cleanly: no
     partial -o file, no worker processes left, exit 130 or 143.
     """
-    path = _model_path(model, int8)
+    path = model_path(model, int8)
     if engine == "ray":
         from mnist_edge.runtime.scale.cli import RayRun, run_ray
 
@@ -267,7 +250,7 @@ def _run(
         stats = RunStats()
         bar = Progress(err) if (progress if progress is not None else err.isatty()) else None
         try:
-            with _open_output(output) as stream:
+            with open_text_output(output) as stream:
                 writer = ResultWriter(stream, fmt, config.top_k)
                 for result in pipeline:
                     writer.write(result)

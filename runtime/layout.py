@@ -85,6 +85,13 @@ def int8_sibling(model: str | os.PathLike[str]) -> Path:
     return model.with_name(model.name.removesuffix(".onnx") + ".int8.onnx")
 
 
+def model_path(model: str | os.PathLike[str] | None, int8: bool = False) -> Path:
+    """The model a command runs: ``model`` (or the default ``artifacts/mnist.onnx``), or its int8 sibling."""
+    if model is None:
+        return DEFAULT_DIR / model_name("int8" if int8 else "fp32")
+    return int8_sibling(model) if int8 else Path(model)
+
+
 @dataclass(frozen=True)
 class Artifacts:
     """The files of one artifacts folder (``artifacts/`` unless told otherwise)."""

@@ -5,9 +5,13 @@ Writers stream: one line per :class:`~mnist_edge.runtime.messages.Result`, as it
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -15,6 +19,18 @@ if TYPE_CHECKING:  # keep this module light: the CLI imports it before anything 
     from mnist_edge.runtime.messages import Result
 
 FORMATS = ("table", "csv", "jsonl")
+
+
+@contextlib.contextmanager
+def open_text_output(output: str | os.PathLike[str] | None) -> Iterator[TextIO]:
+    """stdout for ``None``; else ``output``, written atomically (temp file + rename on success)."""
+    from mnist_edge.runtime.atomic import atomic_path
+
+    if output is None:
+        yield sys.stdout
+        return
+    with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8", newline="") as stream:
+        yield stream
 
 
 def json_record(result: Result, top_k: int = 0) -> dict[str, Any]:

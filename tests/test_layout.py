@@ -40,3 +40,12 @@ def test_artifacts_folder_paths(tmp_path: Path) -> None:
 
 def test_int8_sibling() -> None:
     assert int8_sibling("models/m.onnx") == Path("models/m.int8.onnx")
+
+
+def test_model_path_is_what_the_clis_run() -> None:
+    from mnist_edge.runtime.layout import model_path
+
+    assert model_path(None) == Path("artifacts/mnist.onnx")
+    assert model_path(None, int8=True) == Path("artifacts/mnist.int8.onnx")
+    assert model_path("m/x.onnx") == Path("m/x.onnx")
+    assert model_path("m/x.onnx", int8=True) == Path("m/x.int8.onnx")

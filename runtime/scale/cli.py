@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
 
 import click
 
-from mnist_edge.runtime.atomic import atomic_path
 from mnist_edge.runtime.errors import first_line
-from mnist_edge.runtime.output import FORMATS
+from mnist_edge.runtime.output import FORMATS, open_text_output
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -330,7 +329,7 @@ def _write_rows(
     from mnist_edge.runtime.messages import Result
     from mnist_edge.runtime.output import ResultWriter
 
-    with _open_text(output) as stream:
+    with open_text_output(output) as stream:
         writer = ResultWriter(stream, fmt, top_k)
         for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
             for row in cast("pa.Table", batch).to_pylist():
@@ -344,12 +343,3 @@ def _write_rows(
                 )
                 writer.write(result)
                 stats.add(result)
-
-
-@contextlib.contextmanager
-def _open_text(output: str | None) -> Iterator[TextIO]:
-    if output is None:
-        yield sys.stdout
-        return
-    with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8", newline="") as stream:
-        yield stream

@@ -19,7 +19,7 @@ import click
 
 from mnist_edge.runtime import __version__
 from mnist_edge.runtime.extras import MissingExtraError, require_extras
-from mnist_edge.runtime.layout import Artifacts, int8_sibling
+from mnist_edge.runtime.layout import Artifacts, model_path
 
 if TYPE_CHECKING:
     from mnist_edge.runtime.classifier import Classifier
@@ -146,10 +146,7 @@ def main(
     from mnist_edge.runtime.serve.batcher import BatchConfig
     from mnist_edge.runtime.serve.service import ServeConfig
 
-    if model is None:
-        path = DEFAULTS.model("int8" if int8 else "fp32")
-    else:
-        path = int8_sibling(model) if int8 else model
+    path = model_path(model, int8)
     classifier = _load(path, model, int8, provider, threads)
     config = ServeConfig(
         batch=BatchConfig(max_batch=max_batch, max_wait_ms=max_wait_ms),
