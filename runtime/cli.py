@@ -26,12 +26,12 @@ import click
 from mnist_edge.runtime import __version__
 from mnist_edge.runtime.errors import MnistEdgeError
 from mnist_edge.runtime.layout import DEFAULT, model_path
+from mnist_edge.runtime.metadata import INVERT_MODES
+from mnist_edge.runtime.options import model_options
 from mnist_edge.runtime.output import FORMATS, open_text_output
 from mnist_edge.runtime.scale.cli import RAY_FORMATS, ray_options  # click only: Ray loads per run
-from mnist_edge.runtime.stream import INVERT_MODES, PipelineConfig
+from mnist_edge.runtime.stream import PipelineConfig
 
-DEFAULT_MODEL = DEFAULT.model()
-DEFAULT_INT8_MODEL = DEFAULT.model("int8")
 MODEL_HINT = "`make train export` makes the default model; --model picks another file"
 # Exit codes of a run stopped by a signal: 128 + the signal's number, as shells report it.
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -64,23 +64,7 @@ def _signals_interrupt() -> Iterator[None]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True)
-@click.option(
-    "--model",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help=f"ONNX model file.  [default: {DEFAULT_MODEL}]",
-)
-@click.option(
-    "--int8",
-    is_flag=True,
-    help=f"Use the quantized model ({DEFAULT_INT8_MODEL}, or NAME.int8.onnx beside --model).",
-)
-@click.option(
-    "--provider",
-    default="auto",
-    show_default=True,
-    help="Execution provider: auto, cpu, cuda, tensorrt, ... (auto picks the best available).",
-)
+@model_options("Use")
 @click.option(
     "--batch-size",
     type=click.IntRange(1, 1 << 16),
@@ -232,7 +216,7 @@ def _run(
         except ProviderError as exc:
             raise click.BadParameter(str(exc), param_hint="--provider") from None
         except ModelError as exc:
-            hint = "--int8" if path == DEFAULT_INT8_MODEL else "--model"
+            hint = "--int8" if path == DEFAULT.model("int8") else "--model"
             raise click.BadParameter(f"{exc}; {MODEL_HINT}", param_hint=hint) from None
         except DecoderError as exc:
             raise click.ClickException(f"{exc}; rerun with --workers 0") from None

@@ -27,9 +27,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnist_edge.runtime.errors import MnistEdgeError
-from mnist_edge.runtime.metadata import Preprocessing
+from mnist_edge.runtime.metadata import INVERT_MODES, Preprocessing
 
-INVERT_MODES = ("auto", "always", "never")
 FOREGROUNDS = ("white-on-black", "black-on-white")
 CENTERINGS = ("center-of-mass", "bbox")
 _ORIENTATION = 0x0112  # EXIF tag

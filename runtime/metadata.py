@@ -46,6 +46,10 @@ INT8_TUNED_FOR_KEY = "mnist_edge.int8_tuned_for"
 EXPORT_CPU_KEY = "mnist_edge.export_cpu"
 
 MNIST_LABELS: tuple[str, ...] = tuple(str(i) for i in range(10))
+# How a picture's polarity is chosen before preprocessing: invert a dark-on-light
+# picture (auto), or force it. Here, in this import-light module, so CLIs can offer
+# the choice before numpy and pillow load.
+INVERT_MODES = ("auto", "always", "never")
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, TextIO
 from mnist_edge.runtime.errors import ConfigError
 from mnist_edge.runtime.inputs import Source, expand_inputs
 from mnist_edge.runtime.messages import ArrayFile, Classified, Decoded, Failed, Files, Result, Unit
+from mnist_edge.runtime.metadata import INVERT_MODES
 from mnist_edge.runtime.processes import usable_cores
 from mnist_edge.runtime.workers import DecoderError, WorkerModel, WorkerPool
 
@@ -46,8 +47,6 @@ if TYPE_CHECKING:
     from mnist_edge.runtime.session import SessionConfig
 
 __all__ = ["Pipeline", "PipelineConfig", "Result"]
-
-INVERT_MODES = ("auto", "always", "never")  # images.INVERT_MODES, without importing numpy
 
 
 @dataclass(frozen=True)

@@ -280,7 +280,7 @@ def test_cli_and_pipeline_import_no_heavy_module():
 def test_invert_choices_are_the_library_modes():
     from mnist_edge.runtime import cli, images
 
-    assert cli.INVERT_MODES == images.INVERT_MODES
+    assert cli.INVERT_MODES is images.INVERT_MODES
 
 
 def test_console_script_exit_codes(model, folder, tmp_path):

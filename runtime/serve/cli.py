@@ -19,13 +19,12 @@ import click
 
 from mnist_edge.runtime import __version__
 from mnist_edge.runtime.extras import MissingExtraError, require_extras
-from mnist_edge.runtime.layout import Artifacts, model_path
+from mnist_edge.runtime.layout import model_path
+from mnist_edge.runtime.metadata import INVERT_MODES
+from mnist_edge.runtime.options import model_options
 
 if TYPE_CHECKING:
     from mnist_edge.runtime.classifier import Classifier
-
-DEFAULTS = Artifacts()
-INVERT_MODES = ("auto", "always", "never")  # images.INVERT_MODES (numpy and pillow load later)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -47,23 +46,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--model",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help=f"ONNX model file.  [default: {DEFAULTS.model()}]",
-)
-@click.option(
-    "--int8",
-    is_flag=True,
-    help=f"Serve the quantized model ({DEFAULTS.model('int8')}, or NAME.int8.onnx beside --model).",
-)
-@click.option(
-    "--provider",
-    default="auto",
-    show_default=True,
-    help="Execution provider: auto, cpu, cuda, tensorrt, ...",
-)
+@model_options("Serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
