@@ -28,11 +28,11 @@ import onnx
 from PIL import Image
 
 from mnist_edge.export.parity import ORT_ERRORS, ParityReport, open_session
+from mnist_edge.export.pictures import variants
 from mnist_edge.export.pixels import OPSET, OUTPUTS, PIXELS_INPUT, PROBABILITIES
 from mnist_edge.runtime.errors import first_line
 from mnist_edge.runtime.images import ImageOptions, decode_image_bytes, preprocess
 from mnist_edge.runtime.metadata import Preprocessing
-from mnist_edge.runtime.samples import variants
 
 RESIZED = {"28": (28, 28), "56": (56, 56), "100x80": (100, 80), "300": (300, 300)}  # (w, h)
 CANVAS = (240, 180)  # (w, h) of the off-centre canvases

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers.models import digit, expected_probabilities, linear_model
 from PIL import Image
-from runtime_models import digit, expected_probabilities, linear_model
 
 from mnist_edge.runtime.cli import main
 from mnist_edge.runtime.idx import write_idx
