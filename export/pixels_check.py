@@ -130,7 +130,7 @@ def open_picture_session(model: bytes | Path) -> Any:
     """An ONNX Runtime CPU session for one picture at a time: one intra-op thread.
 
     A picture's operators are small; waking a thread pool for each costs more
-    than it saves (measured 2-4x slower per picture on 2 cores).
+    than it saves.
     """
     import onnxruntime as ort
 
