@@ -132,3 +132,22 @@ def test_conflict_of_the_openvino_build_keeps_it() -> None:
     assert message.endswith(
         "`pip uninstall -y onnxruntime onnxruntime-openvino && pip install onnxruntime-openvino`"
     )
+
+
+def test_auto_on_a_gpu_build_keeps_int8_files_on_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[str] = []
+    real_open = session_mod._open
+
+    def record(path, provider, config, quiet=False):
+        opened.append(provider)
+        return real_open(path, CPU, config, quiet)  # no GPU here: every session is a CPU one
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(session_mod, "_open", record)
+    Classifier(linear_model(tmp_path / "int8.onnx", metadata=ModelMetadata(precision="int8")))
+    assert opened == [CPU]
+    opened.clear()
+    Classifier(linear_model(tmp_path / "fp32.onnx"))
+    assert opened == [CPU, CUDA]  # read on CPU, run on CUDA
