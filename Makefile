@@ -22,11 +22,12 @@ STAMP   := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 ORT_cpu      := onnxruntime
 ORT_gpu      := onnxruntime-gpu
 ORT_openvino := onnxruntime-openvino
-ORT_EXTRA    := $(foreach e,cpu gpu openvino,$(if $(findstring $(comma)$(e)$(comma),$(comma)$(EXTRAS)$(comma)),$(e)))
+ORT_EXTRA    := $(strip $(foreach e,cpu gpu openvino,$(if $(findstring $(comma)$(e)$(comma),$(comma)$(EXTRAS)$(comma)),$(e))))
 # The OpenVINO tests run in a second venv: onnxruntime-openvino cannot share .venv with onnxruntime.
 OV_VENV   ?= .venv-openvino
 OV_BIN    := $(OV_VENV)/bin
-OV_STAMP  := $(OV_VENV)/.installed
+OV_EXTRAS := openvino,serve
+OV_STAMP  := $(OV_VENV)/.installed-$(subst $(comma),-,$(OV_EXTRAS))
 OV_MODELS := build/openvino-models
 OV_TEST_ARGS ?=
 OV_BENCH_ARGS ?=
@@ -91,12 +92,13 @@ test: $(STAMP) ## Run the test suite, then the OpenVINO tests in .venv-openvino 
 	$(BIN)/python -m pytest $(ARGS)
 	@$(MAKE) --no-print-directory test-openvino
 
-# .venv-openvino: the project with the `openvino` extra and pytest, no torch. Where the wheel
-# cannot be installed (no build for this platform or Python), the OpenVINO targets say so and pass.
+# .venv-openvino: the project with the `openvino` and `serve` extras and pytest, no torch. Where the
+# wheel cannot be installed (no build for this platform or Python), the OpenVINO targets say so and pass.
 $(OV_STAMP): pyproject.toml
 	@test -x $(OV_BIN)/python || $(PYTHON) -m venv $(OV_VENV)
-	$(OV_BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[openvino]' \
+	$(OV_BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(OV_EXTRAS)]' \
 	  'pytest>=8.0' 'pytest-timeout>=2.3'
+	@rm -f $(OV_VENV)/.installed*
 	@touch $@
 
 venv-openvino: ## Create .venv-openvino (the project on onnxruntime-openvino) for the OpenVINO tests and bench

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from helpers.serve_process import start_server
 from PIL import Image
 
 from mnist_edge.runtime.classifier import Classifier
@@ -143,3 +145,28 @@ def test_mnist_infer_on_openvino_end_to_end(models, test_set, tmp_path, provider
     assert f"provider {want}" in summary, summary
     assert np.mean(got == runs["cpu"][1]) >= 0.99  # the same pipeline on the CPU provider
     assert np.mean(got == labels[:count]) >= 0.9
+
+
+def test_mnist_serve_on_openvino(models, test_set, tmp_path) -> None:
+    images, _ = test_set
+    x = images[:8].astype(np.float32)[:, None] / np.float32(255)  # (8, 1, 28, 28)
+    server = start_server(models["int8"], tmp_path / "serve.log", "--provider", "openvino")
+    try:
+        body = {
+            "inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32",
+                        "data": x.ravel().tolist()}],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": False}}],
+        }  # fmt: skip
+        conn = server.connection()
+        conn.request("POST", "/v2/models/mnist/infer", json.dumps(body).encode(),
+                     {"Content-Type": "application/json"})  # fmt: skip
+        reply = conn.getresponse()
+        assert reply.status == 200, reply.read()
+        (output,) = json.loads(reply.read())["outputs"]
+        conn.close()
+    finally:
+        server.stop()
+    assert "(int8, openvino)" in server.log.read_text()
+    got = np.array(output["data"], np.float32).reshape(8, 10)
+    _, cpu = _probabilities(models["int8"], "cpu", images[:8])
+    assert list(got.argmax(1)) == list(cpu.argmax(1))
