@@ -100,10 +100,13 @@ def spans(text: str) -> list[str]:
 
 
 def click_options(command: click.Command) -> set[str]:
+    """The option names a user is meant to type (hidden ones and old aliases left out)."""
     names: set[str] = set()
     for param in command.params:
-        if isinstance(param, click.Option):
+        if isinstance(param, click.Option) and not param.hidden:
             names.update(param.opts, param.secondary_opts)
+            # old spellings kept as hidden aliases are not for the docs to show
+            names.difference_update(getattr(param, "aliases", ()))
     help_option = command.get_help_option(click.Context(command))
     if help_option is not None:
         names.update(help_option.opts)
@@ -347,6 +350,13 @@ def test_readme_is_a_front_door() -> None:
     linked = set(re.findall(r"\]\(docs/([\w.-]+\.md)", text))
     missing = {p.name for p in PAGES if p.parent.name == "docs"} - linked
     assert not missing, f"README.md links to no {sorted(missing)}"
+
+
+def test_docs_index_lists_every_page() -> None:
+    index = REPO / "docs" / "README.md"
+    linked = set(re.findall(r"\]\(([\w.-]+\.md)", index.read_text(encoding="utf-8")))
+    missing = {p.name for p in PAGES if p.parent.name == "docs"} - linked - {"README.md"}
+    assert not missing, f"docs/README.md lists no {sorted(missing)}"
 
 
 @pages
