@@ -342,6 +342,10 @@ def test_the_pages_exist() -> None:
     names = {p.name for p in PAGES if p.parent.name == "docs"}
     assert {"README.md", "training.md", "export.md", "inference.md", "model-card.md"} <= names
     assert (REPO / "LICENSE").read_text(encoding="utf-8").startswith("MIT License")
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    assert re.search(r'^license = .*"MIT"', pyproject, flags=re.M), (
+        "LICENSE and pyproject.toml differ"
+    )
 
 
 def test_readme_is_a_front_door() -> None:
@@ -438,6 +442,23 @@ def test_options_shown_exist(page: Path) -> None:
         if u.known is not None and u.option not in u.known
     ]
     assert not bad, "\n".join(bad)
+
+
+def test_every_option_is_documented() -> None:
+    """The reverse check: each option of our commands appears in some page."""
+    shown = set()
+    for page in PAGES:
+        for span in spans(prose(page)) + [b.text for b in blocks(page)]:
+            shown.update(re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", span))
+    missing = [
+        f"{command} {option}"
+        for command, options in sorted(console_commands().items())
+        for option in sorted(options - {"-h", "--help"})
+        if option not in shown
+    ]
+    assert not missing, (
+        f"options in no page (document them, e.g. in the command's option table): {missing}"
+    )
 
 
 @pages
