@@ -159,7 +159,7 @@ class OpenVINOConfig:
             combination such as ``AUTO:GPU,CPU``.
         precision: OpenVINO's inference precision hint. ``f32`` computes an fp32
             file as exported (OpenVINO itself would pick bf16 on CPUs that have it,
-            which moves probabilities by about 1e-2); ``bf16``/``f16`` trade that for
+            which changes the probabilities); ``bf16``/``f16`` trade exactness for
             speed on CPUs with BF16/AMX or on GPUs. int8 files keep their int8
             operations either way.
     """
