@@ -461,6 +461,24 @@ def test_every_option_is_documented() -> None:
     )
 
 
+def test_every_make_target_is_documented() -> None:
+    """The reverse check for make: each target ``make help`` lists appears as ``make TARGET``."""
+    shown = {
+        w
+        for page in PAGES
+        for _, words in commands_in(page)
+        if words[0] == "make"
+        for w in words[1:]
+    }
+    for page in PAGES:  # table cells such as `make lint` / `make format`
+        shown.update(re.findall(r"`make ([\w-]+)", prose(page)))
+    listed = re.findall(
+        r"^([a-z][\w-]*):.*## ", (REPO / "Makefile").read_text(encoding="utf-8"), re.M
+    )
+    missing = sorted(set(listed) - shown)
+    assert not missing, f"make targets in no page: {missing}"
+
+
 @pages
 def test_lone_options_exist(page: Path) -> None:
     known = all_known_options() | set(FOREIGN_OPTIONS)
