@@ -303,7 +303,9 @@ def tensor_from_values(
             )
     elif raw.size and raw.dtype.kind not in "iufb":
         raise ProtocolError(f"input {spec.name!r}: {what} must be numbers for {spec.datatype}")
-    return _check_finite(raw.astype(dtype).reshape(shape), spec)
+    with np.errstate(over="ignore"):  # a value beyond the dtype becomes inf, refused next
+        tensor = raw.astype(dtype).reshape(shape)
+    return _check_finite(tensor, spec)
 
 
 def tensor_from_bytes(raw: bytes, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
