@@ -224,11 +224,12 @@ class DynamicBatcher:
         item = _Item(rows, count, loop.create_future(), time.perf_counter_ns())
         self._waiting.append(item)
         self._waiting_rows += count
-        if self._busy is None and self._soon is None and self._waiting_rows < self.config.max_batch:
-            # idle model: go at the end of this loop turn, with the requests it brings
-            self._soon = loop.call_soon(self._on_soon)
-        else:
-            self._schedule()
+        if self._busy is None:  # while a batch runs, its end schedules the next
+            if self._waiting_rows >= self.config.max_batch:
+                self._dispatch()
+            elif self._soon is None:
+                # idle model: go at the end of this loop turn, with the requests it brings
+                self._soon = loop.call_soon(self._on_soon)
         return await item.future
 
     # ------------------------------------------------------------ on the event loop
