@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers.models import digit, linear_model
 from PIL import Image
-from runtime_models import digit, linear_model
 
 from mnist_edge.runtime.classifier import Classifier
 from mnist_edge.runtime.images import load_batch

@@ -1,6 +1,6 @@
 """``mnist-serve`` over gRPC and its Prometheus metrics: a real server, the real client (tritonclient.grpc).
 
-One server for the module (the tiny linear model from runtime_models.py); it
+One server for the module (the tiny linear model from helpers/models.py); it
 holds a lone request up to 300 ms (``--max-wait-ms 300``) so that requests sent
 together over both protocols surely meet in one batch.
 """
@@ -23,8 +23,8 @@ import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from click.testing import CliRunner
-from runtime_models import linear_model
-from serve_process import ServerProcess, start_server
+from helpers.models import linear_model
+from helpers.serve_process import ServerProcess, start_server
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException

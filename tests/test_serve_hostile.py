@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from runtime_models import linear_model
-from serve_process import ServerProcess, start_server
+from helpers.models import linear_model
+from helpers.serve_process import ServerProcess, start_server
 
 from mnist_edge.runtime.serve.headers import MAX_HEAD_BYTES
 

@@ -20,10 +20,10 @@ import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from click.testing import CliRunner
+from helpers.models import WEIGHTS, linear_model
+from helpers.serve_process import ServerProcess, start_server
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
-from runtime_models import WEIGHTS, linear_model
-from serve_process import ServerProcess, start_server
 
 from mnist_edge.export.pixels import build_pixels_model
 from mnist_edge.runtime.classifier import Classifier

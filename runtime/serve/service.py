@@ -24,7 +24,7 @@ from mnist_edge.runtime import __version__
 from mnist_edge.runtime.classifier import Classifier, Predictions
 from mnist_edge.runtime.errors import ConfigError
 from mnist_edge.runtime.images import ImageError, ImageOptions, decode_image_bytes, load_bytes_batch
-from mnist_edge.runtime.messages import Result
+from mnist_edge.runtime.messages import results
 from mnist_edge.runtime.output import json_record
 from mnist_edge.runtime.serve.batcher import BatchConfig, DynamicBatcher
 from mnist_edge.runtime.serve.protocol import (
@@ -304,24 +304,13 @@ class ModelService:
             else:
                 probabilities = np.zeros((0, len(classes)), np.float32)
         predictions = Predictions.from_probabilities(probabilities, classes)
-        confidences = predictions.confidences.tolist()
-        alternatives = predictions.top_k(top_k)  # (len(ok), top_k)
-        results: list[Result] = []
-        row = 0
-        for (name, _), error in zip(files, errors, strict=True):
-            if error is not None:
-                results.append(Result(name, error=error))
-                continue
-            alts = tuple((classes[j], float(probabilities[row, j])) for j in alternatives[row])
-            label = classes[int(predictions.indices[row])]
-            results.append(Result(name, label=label, confidence=confidences[row], top_k=alts))
-            row += 1
+        records = results([name for name, _ in files], errors, predictions.records(top_k))
         payload: dict[str, Any] = {
             "model_name": self.config.model_name,
             "model_version": self.config.model_version,
-            "results": [json_record(r, top_k) for r in results],
+            "results": [json_record(r, top_k) for r in records],
         }
-        failed = [r for r in results if not r.ok]
+        failed = [r for r in records if not r.ok]
         if not failed:
             return Classified(200, payload)
         first = failed[0]
