@@ -51,7 +51,6 @@ from helpers.serve_process import ServerProcess, start_server
 from mnist_edge.runtime.layout import Artifacts
 from mnist_edge.runtime.processes import usable_cores
 
-TARGET_SPEEDUP = 5.0
 GOAL_P50_MS = 0.6  # one client, no wait, on an idle machine
 INPUTS = 32  # distinct requests, cycled
 
@@ -382,7 +381,6 @@ def main(argv: list[str] | None = None) -> int:
         },
         "runs": runs,
         "goals": goals(runs, args.goal_p50_ms),
-        "target_speedup": TARGET_SPEEDUP,
     }
     if wrong or any(codes):
         print(f"bench_serve: {wrong} wrong answers, server exits {codes}", file=sys.stderr)

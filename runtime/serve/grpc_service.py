@@ -16,6 +16,7 @@ client errors -> ``INVALID_ARGUMENT``, a failed model call -> ``INTERNAL``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -51,6 +52,7 @@ CONTENTS_FIELD = {
     "FP64": "fp64_contents",
 }
 METADATA_BYTES = 16 * 1024  # gRPC request metadata (headers) bound
+logger = logging.getLogger("mnist_edge.serve.grpc")
 
 
 class GrpcBindError(MnistEdgeError, OSError):
@@ -87,6 +89,13 @@ def _rpc(endpoint: str) -> Callable[[Handler[Reply]], Handler[Reply]]:
                 code = status_code(exc)
                 await context.abort(code, str(exc))
                 raise  # abort() raises; this line only satisfies the type checker
+            except grpc.aio.AbortError:
+                raise
+            except Exception:  # a bug here: logged, and the client hears no details
+                code = grpc.StatusCode.INTERNAL
+                logger.exception("mnist-serve: %s failed", endpoint)
+                await context.abort(code, "internal error")
+                raise
             finally:
                 metrics = self.service.metrics
                 if metrics is not None:
