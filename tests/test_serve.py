@@ -238,6 +238,14 @@ BAD = {
     "top_k too big": (
         "/v1/classify?top_k=11", *reversed(multipart([("a.png", png(digit(0)))])), 400, "top_k must be in [0, 10]",
     ),
+    "deeply nested JSON": (
+        "/v2/models/mnist/infer", {}, b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "nests deeper than 32 levels",
+    ),
+    "NaN in FP32 data": (
+        "/v2/models/mnist/infer", {},
+        json.dumps({"inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [float("nan")] * 784}]}).encode(),
+        400, "NaN is not a number a request may carry",
+    ),
 }  # fmt: skip
 
 
