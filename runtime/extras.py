@@ -16,7 +16,14 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("torch", "torchvision", "matplotlib"),
     "export": ("torch", "torchvision", "onnx", "onnxscript"),
     "cpu": ("onnxruntime",),
-    "serve": ("fastapi", "uvicorn", "python_multipart", "grpc", "tritonclient", "prometheus_client"),
+    "serve": (
+        "fastapi",
+        "uvicorn",
+        "python_multipart",
+        "grpc",
+        "tritonclient",
+        "prometheus_client",
+    ),
 }
 
 
