@@ -4,7 +4,8 @@ Request handlers ``await batcher.submit(rows)``; the requests wait on the event
 loop. When the model is idle, a request goes to it at once, together with
 whatever else is already waiting (the requests the event loop has in hand in
 the same turn); requests gather only while a batch runs, so under load the next
-batch forms without any timer. ``max_wait_ms`` (default 0) optionally holds the
+batch forms without any timer (it goes one loop turn after the last one ends,
+once its answers are out and the requests already received have joined). ``max_wait_ms`` (default 0) optionally holds the
 oldest request that long for company, for users who want bigger batches at
 some latency; a batch of ``max_batch`` rows goes at once either way. The model
 runs in one worker thread (one batch at a time), each request gets its own rows
@@ -274,8 +275,9 @@ class DynamicBatcher:
             await self._execute_batch(batch)
         finally:
             self._busy = None
-            if self._accepting:
-                self._schedule()
+            if self._accepting and self._waiting and self._soon is None:
+                # after one loop turn: the answers go out and the requests already read join
+                self._soon = asyncio.get_running_loop().call_soon(self._on_soon)
 
     async def _execute_batch(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
