@@ -46,7 +46,7 @@ from mnist_edge.runtime.messages import (
 )
 from mnist_edge.runtime.metadata import INVERT_MODES
 from mnist_edge.runtime.processes import usable_cores
-from mnist_edge.runtime.workers import DecoderError, WorkerModel, WorkerPool
+from mnist_edge.runtime.workers import DecoderError, WorkerModel, WorkerPool, classify_pictures
 
 if TYPE_CHECKING:
     import numpy as np
@@ -198,6 +198,8 @@ class Pipeline:
             return None
         if pool.runs_model:
             return pool.classify(unit.paths, self.options, self.config.batch_size)
+        if self.classifier.pixels_in:  # the graph needs the pictures, not decoded digits
+            return None
         return pool.decode(unit.paths, self.options)
 
     def _resolve(
@@ -210,11 +212,15 @@ class Pipeline:
                 yield task.result()
             except BrokenProcessPool:
                 raise DecoderError("a worker process died (out of memory?)") from None
+        elif isinstance(unit, Files) and self.classifier.pixels_in:
+            yield classify_pictures(unit.paths, self.classifier, self.options)
         elif isinstance(unit, Files):
             images, errors = load_batch(unit.paths, self.options)
             yield Decoded(unit.paths, images, errors)
         elif isinstance(unit, ArrayFile):
-            yield from _array_chunks(unit.path, self.options, self.config.chunk_size)
+            yield from _array_chunks(
+                unit.path, self.options, self.config.chunk_size, self.classifier
+            )
         else:
             yield _failed(unit.source, self.options.preprocessing.size)
 
@@ -238,10 +244,12 @@ def _load(
     from mnist_edge.runtime.session import ModelError
 
     classifier = Classifier(model, config=session)
-    if classifier.pixels_in:
-        raise ModelError(
-            f"{model} is a pixels-in model (one picture per call); mnist-infer takes the "
-            "model without .pixels in its name"
+    if classifier.pixels_in and invert != "auto":
+        raise ConfigError(
+            f"{model} is a pixels-in model: its graph decides the inversion itself (as invert "
+            f"'auto' does), so invert {invert!r} cannot apply; use the model without .pixels "
+            "in its name to force it",
+            "invert",
         )
     try:
         options = ImageOptions(preprocessing=classifier.metadata.preprocessing, invert=invert)
@@ -283,8 +291,14 @@ def _failed(source: Source, size: int) -> Decoded:
     return Decoded([source.path], np.zeros((1, size, size), np.uint8), [source.error])
 
 
-def _array_chunks(path: str, options: ImageOptions, chunk_size: int) -> Iterator[Decoded]:
-    """The images of a ``.npy``/IDX file as ``path[i]`` inputs, chunk by chunk."""
+def _array_chunks(
+    path: str, options: ImageOptions, chunk_size: int, classifier: Classifier
+) -> Iterator[Decoded | Classified]:
+    """The images of a ``.npy``/IDX file as ``path[i]`` inputs, chunk by chunk.
+
+    A pixels-in ``classifier`` gets each image's pixels as they are (classified
+    here, one by one); otherwise they are preprocessed for the batched model.
+    """
     import numpy as np
 
     from mnist_edge.runtime.arrays import array_to_uint8, open_array_file
@@ -300,10 +314,13 @@ def _array_chunks(path: str, options: ImageOptions, chunk_size: int) -> Iterator
         yield _failed(Source(path, "array file holds no images"), size)
     for start in range(0, len(array), chunk_size):
         part = array_to_uint8(np.asarray(array[start : start + chunk_size]))  # (k, H, W)
+        names = [f"{path}[{start + i}]" for i in range(len(part))]
+        if classifier.pixels_in:
+            probs = np.stack([classifier.classify_picture(img).probabilities[0] for img in part])
+            yield Classified(names, probs, [None] * len(part))  # probs (k, classes)
+            continue
         images = np.stack([preprocess(img, options) for img in part])  # (k, size, size)
-        yield Decoded(
-            [f"{path}[{start + i}]" for i in range(len(part))], images, [None] * len(part)
-        )
+        yield Decoded(names, images, [None] * len(part))
 
 
 def _classify(
