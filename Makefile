@@ -19,7 +19,7 @@ comma   := ,
 STAMP   := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data train export parity samples bench test lint format clean distclean web web-deps
+.PHONY: help venv data train export bundle parity samples bench test lint format clean distclean web web-deps
 
 help: ## Show this help
 	@echo "mnist-edge — make targets (a fresh clone needs nothing but python3):"
@@ -47,6 +47,9 @@ train: $(STAMP) ## Train the reference convnet (15 epochs) -> artifacts/model.pt
 
 export: $(STAMP) ## Export artifacts/model.pt -> artifacts/mnist.onnx + mnist.int8.onnx + pixels-in models (validated)
 	$(BIN)/mnist-export $(ARGS)
+
+bundle: $(STAMP) ## Copy the validated reference model from artifacts/ into the package (runtime/models/)
+	$(BIN)/python -m mnist_edge.export.bundle $(ARGS)
 
 parity: $(STAMP) ## Compare PyTorch, ONNX fp32 and int8 on the full test set
 	$(BIN)/mnist-export --parity-only $(ARGS)

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from mnist_edge.runtime.images import ImageOptions
     from mnist_edge.runtime.session import SessionConfig
 
-__all__ = ["Pipeline", "PipelineConfig", "Result"]
+__all__ = ["Pipeline", "PipelineConfig", "Result", "classify_chunks", "decode_here"]
 
 
 @dataclass(frozen=True)
@@ -161,13 +161,13 @@ class Pipeline:
                     worker_model if config.infer_in_workers else None,
                 )
         try:
-            self.classifier, self.options = _load(model, session, config.invert)
+            self.classifier, self.options = open_model(model, session, config.invert)
         except BaseException:
             self.close()
             raise
 
     def __iter__(self) -> Iterator[Result]:
-        return _classify(self._decode(), self.classifier, self.config)
+        return classify_chunks(self._decode(), self.classifier, self.config)
 
     def _decode(self) -> Iterator[Decoded | Classified]:
         """Step 2: units of work -> decoded (or classified) chunks, in input order."""
@@ -203,20 +203,13 @@ class Pipeline:
     def _resolve(
         self, unit: Unit, task: Future[Decoded] | Future[Classified] | None
     ) -> Iterator[Decoded | Classified]:
-        from mnist_edge.runtime.images import load_batch
-
-        if task is not None:
-            try:
-                yield task.result()
-            except BrokenProcessPool:
-                raise DecoderError("a worker process died (out of memory?)") from None
-        elif isinstance(unit, Files):
-            images, errors = load_batch(unit.paths, self.options)
-            yield Decoded(unit.paths, images, errors)
-        elif isinstance(unit, ArrayFile):
-            yield from _array_chunks(unit.path, self.options, self.config.chunk_size)
-        else:
-            yield _failed(unit.source, self.options.preprocessing.size)
+        if task is None:
+            yield from _decode_unit(unit, self.options, self.config.chunk_size)
+            return
+        try:
+            yield task.result()
+        except BrokenProcessPool:
+            raise DecoderError("a worker process died (out of memory?)") from None
 
     def close(self) -> None:
         """Stop the worker processes (tasks not yet started are cancelled)."""
@@ -230,19 +223,24 @@ class Pipeline:
         self.close()
 
 
-def _load(
-    model: str | os.PathLike[str], session: SessionConfig, invert: str
+def open_model(
+    model: str | os.PathLike[str] | Classifier, session: SessionConfig, invert: str
 ) -> tuple[Classifier, ImageOptions]:
+    """The classifier (``model`` itself when it is one) and how pictures are made ready for it.
+
+    Raises:
+        ModelError, ProviderError: see :class:`Pipeline`.
+    """
     from mnist_edge.runtime.classifier import Classifier
     from mnist_edge.runtime.images import ImageOptions
     from mnist_edge.runtime.session import ModelError
 
-    classifier = Classifier(model, config=session)
+    classifier = model if isinstance(model, Classifier) else Classifier(model, config=session)
     try:
         options = ImageOptions(preprocessing=classifier.metadata.preprocessing, invert=invert)
     except ValueError as exc:
         raise ModelError(
-            f"{model}: {exc}; it was made by a newer mnist-edge than this runtime"
+            f"{classifier.path}: {exc}; it was made by a newer mnist-edge than this runtime"
         ) from None
     return classifier, options
 
@@ -272,6 +270,31 @@ def _units(sources: Iterable[Source], task_size: int) -> Iterator[Unit]:
         yield Files(files)
 
 
+def decode_here(
+    inputs: Iterable[str], options: ImageOptions, chunk_size: int = 512
+) -> Iterator[Decoded]:
+    """Step 1 and 2 in this process (no workers): inputs -> decoded chunks, in input order.
+
+    Files, folders, globs, ``.npy`` and IDX files as for :class:`Pipeline`
+    (``-`` is not read here); what :func:`mnist_edge.runtime.classify` decodes with.
+    """
+    for unit in _units(expand_inputs(inputs), chunk_size):
+        yield from _decode_unit(unit, options, chunk_size)
+
+
+def _decode_unit(unit: Unit, options: ImageOptions, chunk_size: int) -> Iterator[Decoded]:
+    """Decode one unit of work in this process."""
+    from mnist_edge.runtime.images import load_batch
+
+    if isinstance(unit, Files):
+        images, errors = load_batch(unit.paths, options)
+        yield Decoded(unit.paths, images, errors)
+    elif isinstance(unit, ArrayFile):
+        yield from _array_chunks(unit.path, options, chunk_size)
+    else:
+        yield _failed(unit.source, options.preprocessing.size)
+
+
 def _failed(source: Source, size: int) -> Decoded:
     import numpy as np
 
@@ -282,17 +305,28 @@ def _array_chunks(path: str, options: ImageOptions, chunk_size: int) -> Iterator
     """The images of a ``.npy``/IDX file as ``path[i]`` inputs, chunk by chunk."""
     import numpy as np
 
-    from mnist_edge.runtime.arrays import array_to_uint8, open_array_file
-    from mnist_edge.runtime.images import ImageError, preprocess
+    from mnist_edge.runtime.arrays import open_array_file
+    from mnist_edge.runtime.images import ImageError
 
-    size = options.preprocessing.size
     try:
         array = open_array_file(path)  # (N, H, W), memory-mapped for .npy
     except ImageError as exc:
-        yield _failed(Source(path, str(exc)), size)
+        yield _failed(Source(path, str(exc)), options.preprocessing.size)
         return
+    yield from array_chunks(path, array, options, chunk_size)
+
+
+def array_chunks(
+    path: str, array: np.ndarray, options: ImageOptions, chunk_size: int = 512
+) -> Iterator[Decoded]:
+    """The images of an (N, H, W) array as ``path[i]`` inputs, preprocessed chunk by chunk."""
+    import numpy as np
+
+    from mnist_edge.runtime.arrays import array_to_uint8
+    from mnist_edge.runtime.images import preprocess
+
     if len(array) == 0:
-        yield _failed(Source(path, "array file holds no images"), size)
+        yield _failed(Source(path, "array holds no images"), options.preprocessing.size)
     for start in range(0, len(array), chunk_size):
         part = array_to_uint8(np.asarray(array[start : start + chunk_size]))  # (k, H, W)
         images = np.stack([preprocess(img, options) for img in part])  # (k, size, size)
@@ -301,7 +335,7 @@ def _array_chunks(path: str, options: ImageOptions, chunk_size: int) -> Iterator
         )
 
 
-def _classify(
+def classify_chunks(
     chunks: Iterable[Decoded | Classified], classifier: Classifier, config: PipelineConfig
 ) -> Iterator[Result]:
     """Step 3: batch decoded digits through ``classifier``; one :class:`Result` per input, in order."""
