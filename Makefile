@@ -55,7 +55,7 @@ parity: $(STAMP) ## Compare PyTorch, ONNX fp32 and int8 on the full test set
 	$(BIN)/mnist-export --parity-only $(ARGS)
 
 samples: $(STAMP) ## Write some test-set digits (and photo-like variants) into images/
-	$(BIN)/python -m mnist_edge.tools.samples images $(ARGS)
+	$(BIN)/mnist-samples images $(ARGS)
 
 bench: $(STAMP) ## Benchmarks: training, model-only and end-to-end inference, serving, Ray -> artifacts/bench.json
 	$(BIN)/python bench/bench_train.py $(TRAIN_BENCH_ARGS)
@@ -68,8 +68,8 @@ web-deps: web/vendor/ort-wasm-simd-threaded.wasm ## Install the page's onnxrunti
 web/vendor/ort-wasm-simd-threaded.wasm: web/package.json web/package-lock.json web/copy-runtime.mjs
 	cd web && npm ci --no-audit --no-fund
 
-web: $(STAMP) web-deps ## Serve the web page and the models in artifacts/ on 127.0.0.1 (WEB_PORT=8000)
-	$(BIN)/python -m mnist_edge.tools.webserve --web-dir web --models artifacts --port $(WEB_PORT) $(ARGS)
+web: $(STAMP) web-deps ## Serve the web page and the models (artifacts/, else the bundled ones) on 127.0.0.1 (WEB_PORT=8000)
+	$(BIN)/python -m mnist_edge.tools.webserve --web-dir web --port $(WEB_PORT) $(ARGS)
 
 # No venv stamp here: a GPU machine's own torch and onnxruntime-gpu are used as they are.
 GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
@@ -86,6 +86,7 @@ lint: $(STAMP) ## ruff check + format check + mypy type check of the package
 	@# mypy sees the installed names (mnist_edge.train, ...) through a link tree
 	@rm -rf build/typecheck && mkdir -p build/typecheck/mnist_edge
 	@for p in train export runtime; do ln -s ../../../$$p build/typecheck/mnist_edge/$$p; done
+	@ln -s ../../../mnist_edge/__init__.py build/typecheck/mnist_edge/__init__.py
 	cd build/typecheck && $(abspath $(BIN))/mypy --config-file ../../pyproject.toml mnist_edge
 
 format: $(STAMP) ## Apply ruff fixes and formatting

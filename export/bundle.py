@@ -115,9 +115,13 @@ def check_bundle(source: Path) -> tuple[str, dict[str, float]]:
             failures.append(f"{name}: changed since the export validated it (size differs)")
         props = _props(path)
         if props.get("mnist_edge.validation") != "passed":
-            failures.append(f"{name}: its metadata says validation {props.get('mnist_edge.validation')!r}")
+            failures.append(
+                f"{name}: its metadata says validation {props.get('mnist_edge.validation')!r}"
+            )
         if props.get("mnist_edge.source_sha256") != sha:
-            failures.append(f"{name}: exported from another checkpoint than {art.export_report} names")
+            failures.append(
+                f"{name}: exported from another checkpoint than {art.export_report} names"
+            )
         recipe = json.loads(props.get("mnist_edge.recipe") or "{}")
         changed = sorted(k for k in reference if recipe.get(k) != reference[k])
         if changed:

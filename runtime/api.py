@@ -101,7 +101,9 @@ def _chunks(items: list[Input], options: ImageOptions, chunk_size: int) -> Itera
             yield from _array(f"<array {i}>", np.asarray(item), options, chunk_size)
 
 
-def _array(name: str, array: np.ndarray, options: ImageOptions, chunk_size: int) -> Iterator[Decoded]:
+def _array(
+    name: str, array: np.ndarray, options: ImageOptions, chunk_size: int
+) -> Iterator[Decoded]:
     """An in-memory picture (H, W) as ``name``, or a stack as ``name[j]``."""
     import numpy as np
 
@@ -113,7 +115,9 @@ def _array(name: str, array: np.ndarray, options: ImageOptions, chunk_size: int)
     size = options.preprocessing.size
     try:
         if array.ndim == 3 and array.shape[-1] in (3, 4) and array.shape[1] > 4:
-            raise ImageError(f"array of shape {array.shape} looks like a colour picture; pass grayscale (H, W)")
+            raise ImageError(
+                f"array of shape {array.shape} looks like a colour picture; pass grayscale (H, W)"
+            )
         stack = image_stack(array)  # (N, H, W)
     except ImageError as exc:
         yield Decoded([name], np.zeros((1, size, size), np.uint8), [str(exc)])

@@ -23,6 +23,7 @@ import click
 # worker processes first, and they load those while this process does too
 # (where workers are spawned, they also re-import this module).
 from mnist_edge.runtime import __version__
+from mnist_edge.runtime.errors import ConfigError
 from mnist_edge.runtime.frontend import (
     ModelChoice,
     check_top_k,
@@ -31,7 +32,6 @@ from mnist_edge.runtime.frontend import (
     model_options,
     threads_option,
 )
-from mnist_edge.runtime.errors import ConfigError
 from mnist_edge.runtime.output import FORMATS, open_text_output, output_format
 from mnist_edge.runtime.scale.cli import RAY_FORMATS, ray_options  # click only: Ray loads per run
 from mnist_edge.runtime.stream import PipelineConfig
@@ -156,7 +156,8 @@ def main(
     try:
         fmt = output_format(fmt, output)
     except ConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint="-o" if exc.field == "output" else "--format")
+        hint = "-o" if exc.field == "output" else "--format"
+        raise click.BadParameter(str(exc), param_hint=hint) from None
     if fmt not in FORMATS:
         raise click.BadParameter(f"{fmt} needs --engine ray", param_hint="--format")
     if output is not None and os.path.isdir(output):

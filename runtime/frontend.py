@@ -72,7 +72,7 @@ class AliasedOption(click.Option):
         finally:
             self.opts = opts
 
-    def get_error_hint(self, ctx: click.Context) -> str:
+    def get_error_hint(self, ctx: click.Context | None) -> str:
         return " / ".join(f"'{o}'" for o in self._shown())
 
 

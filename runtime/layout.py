@@ -156,11 +156,15 @@ BUNDLED = Artifacts(BUNDLED_DIR)
 """The reference model files that ship inside the package (``make bundle`` copies them in)."""
 
 
-def default_models() -> Artifacts:
-    """Where the default models come from: ``artifacts/`` when it holds ``mnist.onnx``, else :data:`BUNDLED`.
+def default_models(needs: str = model_name()) -> Artifacts:
+    """Where the default models come from: ``artifacts/`` when it holds ``needs``, else :data:`BUNDLED`.
 
     One folder for all of them, so ``--int8`` or the pixels-in files never mix
     a freshly exported model with the bundled one. ``artifacts/`` is relative to
     the working folder.
+
+    Args:
+        needs: the file that marks an export: ``mnist.onnx`` for the commands,
+            ``mnist.meta.json`` for the web page (it reads the pixels-in files).
     """
-    return DEFAULT if DEFAULT.model().is_file() else BUNDLED
+    return DEFAULT if (DEFAULT.root / needs).is_file() else BUNDLED

@@ -34,7 +34,9 @@ SUFFIX_FORMATS = {
 """The format an output file's name implies (``-o results.csv``); other names imply none."""
 
 
-def output_format(fmt: str | None, output: str | os.PathLike[str] | None, default: str = "table") -> str:
+def output_format(
+    fmt: str | None, output: str | os.PathLike[str] | None, default: str = "table"
+) -> str:
     """The format to write: ``fmt``, else the one ``output``'s suffix implies, else ``default``.
 
     Raises:
@@ -53,8 +55,7 @@ def output_format(fmt: str | None, output: str | os.PathLike[str] | None, defaul
     implied = SUFFIX_FORMATS.get(suffix)
     if fmt is not None and implied is not None and fmt != implied:
         raise ConfigError(
-            f"format {fmt} does not match {output} ({implied}); "
-            "drop the format or rename the file",
+            f"format {fmt} does not match {output} ({implied}); drop the format or rename the file",
             "fmt",
         )
     return fmt or implied or default

@@ -113,7 +113,9 @@ def test_output_file(model, folder, tmp_path):
 
 def test_output_file_takes_its_format_from_the_extension(model, folder, tmp_path):
     for name in ("r.csv", "r.jsonl", "r.txt", "r.out"):
-        result = _invoke(str(folder / "0.png"), "--model", str(model), "-q", "-o", str(tmp_path / name))
+        result = _invoke(
+            str(folder / "0.png"), "--model", str(model), "-q", "-o", str(tmp_path / name)
+        )
         assert result.exit_code == 0, result.output
     assert (tmp_path / "r.csv").read_text().startswith("path,label,confidence,error\n")
     assert _jsonl((tmp_path / "r.jsonl").read_text())[0]["path"].endswith("0.png")

@@ -103,7 +103,11 @@ def test_bad_option_exits_2_with_one_error_line(runner, tmp_path, no_data_loadin
     assert len(lines) == 1 and message in lines[0], result.output
     if case in OPTION_AT_FAULT:  # a bad option value: exit 2, as every mnist-edge command
         assert result.exit_code == 2, result.output
-        assert lines[0].replace("'", "").startswith(f"Error: Invalid value for {OPTION_AT_FAULT[case]}:")
+        assert (
+            lines[0]
+            .replace("'", "")
+            .startswith(f"Error: Invalid value for {OPTION_AT_FAULT[case]}:")
+        )
     else:  # a file that cannot be read is no usage error
         assert result.exit_code == 1, result.output
 
