@@ -86,7 +86,7 @@ lint: $(STAMP) ## ruff check + format check + mypy type check of the package
 	@# mypy sees the installed names (mnist_edge.train, ...) through a link tree
 	@rm -rf build/typecheck && mkdir -p build/typecheck/mnist_edge
 	@for p in train export runtime; do ln -s ../../../$$p build/typecheck/mnist_edge/$$p; done
-	@ln -s ../../../mnist_edge/__init__.py build/typecheck/mnist_edge/__init__.py
+	@ln -s ../../../package/__init__.py build/typecheck/mnist_edge/__init__.py
 	cd build/typecheck && $(abspath $(BIN))/mypy --config-file ../../pyproject.toml mnist_edge
 
 format: $(STAMP) ## Apply ruff fixes and formatting

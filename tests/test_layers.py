@@ -4,7 +4,7 @@ Layers (docs/architecture.md): ``runtime`` is the torch-free base and never
 imports ``train``, ``export``, ``tools`` or torch; ``train`` builds on ``runtime`` and
 never imports ``export``; ``export`` may import both; ``tools`` (the demo commands)
 sits on top and stays torch-free, so it runs on a runtime-only install. The top
-package ``mnist_edge`` (``mnist_edge/__init__.py``) holds only the version, from
+package ``mnist_edge`` (``package/__init__.py``) holds only the version, from
 ``runtime``, so ``import mnist_edge`` costs no stage. Every import counts, at module
 level, inside functions and under ``TYPE_CHECKING`` alike: a reader who opens
 a file can trust what it may touch.
@@ -27,7 +27,7 @@ FORBIDDEN = {
     "export": ("mnist_edge.tools",),
     "tools": ("mnist_edge.train", *TORCH),
 }
-TOP = REPO / "mnist_edge" / "__init__.py"  # the package itself: mnist_edge
+TOP = REPO / "package" / "__init__.py"  # the package itself: mnist_edge
 TOP_MAY_IMPORT = ("mnist_edge.runtime",)
 
 
