@@ -110,7 +110,7 @@ venv-openvino: ## Create .venv-openvino (the project on onnxruntime-openvino) fo
 
 # Small models for the OpenVINO tests, trained and exported by the main venv (2 epochs, 12k images).
 $(OV_MODELS)/mnist.int8.onnx: | $(STAMP)
-	$(BIN)/mnist-train --out $(OV_MODELS) --epochs 2 --train-limit 12000 --test-limit 2000 --quiet
+	$(BIN)/mnist-train --out-dir $(OV_MODELS) --epochs 2 --train-limit 12000 --test-limit 2000 --quiet
 	$(BIN)/mnist-export --checkpoint $(OV_MODELS)/model.pt --out-dir $(OV_MODELS) --no-pixels
 
 test-openvino: $(STAMP) ## OpenVINO tests (tests/test_openvino.py) in .venv-openvino, on models made by .venv
