@@ -303,7 +303,6 @@ def _failed(source: Source, size: int) -> Decoded:
 
 def _array_chunks(path: str, options: ImageOptions, chunk_size: int) -> Iterator[Decoded]:
     """The images of a ``.npy``/IDX file as ``path[i]`` inputs, chunk by chunk."""
-
     from mnist_edge.runtime.arrays import open_array_file
     from mnist_edge.runtime.images import ImageError
 
