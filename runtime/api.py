@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Union
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
     from mnist_edge.runtime.classifier import Classifier
     from mnist_edge.runtime.images import ImageOptions
-    from mnist_edge.runtime.messages import Decoded
+    from mnist_edge.runtime.messages import Classified, Decoded
 
 Input = Union[str, "os.PathLike[str]", "np.ndarray"]
 
@@ -48,7 +49,7 @@ def classify(
             file of many digits) or an array: one grayscale picture (H, W), or
             a stack (N, H, W) / (N, 1, H, W); uint8, or float in [0, 1].
             Pictures are made MNIST-style as ``mnist-infer`` makes them.
-        model: an ONNX file, an open :class:`~mnist_edge.runtime.classifier.Classifier`
+        model: an ONNX file (the pixels-in files too), an open :class:`~mnist_edge.runtime.classifier.Classifier`
             (reused across calls), or ``None`` for the default: ``artifacts/mnist.onnx``
             when it exists in the working folder, else the bundled reference model.
         top_k: also list the K most probable labels per picture (0: none).
@@ -68,7 +69,8 @@ def classify(
     Raises:
         ModelError: the model is missing or not an mnist-edge classifier.
         ProviderError: the provider is not available.
-        ConfigError: ``top_k`` < 0 or an unknown ``invert``.
+        ConfigError: ``top_k`` < 0, an unknown ``invert``, or a forced one for a
+            pixels-in model (``mnist.pixels.onnx``: its graph preprocesses and decides).
     """
     import numpy as np
 
@@ -84,31 +86,33 @@ def classify(
     if model is None or isinstance(model, (str, os.PathLike)):
         model = model_path(model, int8)
     classifier, options = open_model(model, SessionConfig(provider=provider), invert)
-    chunks = _chunks(items, options, config.chunk_size)
+    chunks = _chunks(items, classifier, options, config.chunk_size)
     return [json_record(r, top_k) for r in classify_chunks(chunks, classifier, config)]
 
 
-def _chunks(items: list[Input], options: ImageOptions, chunk_size: int) -> Iterator[Decoded]:
-    """Each input decoded as ``mnist-infer`` decodes it, in order."""
+def _chunks(
+    items: list[Input], classifier: Classifier, options: ImageOptions, chunk_size: int
+) -> Iterator[Decoded | Classified]:
+    """Each input decoded (or, for a pixels-in model, classified) as ``mnist-infer`` does it, in order."""
     import numpy as np
 
     from mnist_edge.runtime.stream import decode_here
 
     for i, item in enumerate(items):
         if isinstance(item, (str, os.PathLike)):
-            yield from decode_here([os.fspath(item)], options, chunk_size)
+            yield from decode_here([os.fspath(item)], classifier, options, chunk_size)
         else:
-            yield from _array(f"<array {i}>", np.asarray(item), options, chunk_size)
+            yield from _array(f"<array {i}>", np.asarray(item), classifier, options, chunk_size)
 
 
 def _array(
-    name: str, array: np.ndarray, options: ImageOptions, chunk_size: int
-) -> Iterator[Decoded]:
+    name: str, array: np.ndarray, classifier: Classifier, options: ImageOptions, chunk_size: int
+) -> Iterator[Decoded | Classified]:
     """An in-memory picture (H, W) as ``name``, or a stack as ``name[j]``."""
     import numpy as np
 
-    from mnist_edge.runtime.arrays import array_to_uint8, image_stack
-    from mnist_edge.runtime.images import ImageError, preprocess
+    from mnist_edge.runtime.arrays import image_stack
+    from mnist_edge.runtime.images import ImageError
     from mnist_edge.runtime.messages import Decoded
     from mnist_edge.runtime.stream import array_chunks
 
@@ -122,7 +126,8 @@ def _array(
     except ImageError as exc:
         yield Decoded([name], np.zeros((1, size, size), np.uint8), [str(exc)])
         return
-    if array.ndim == 2:
-        yield Decoded([name], preprocess(array_to_uint8(array), options)[None], [None])
+    chunks = array_chunks(name, stack, classifier, options, chunk_size)
+    if array.ndim == 2:  # one picture: named as given, not as the first of a stack
+        yield from (replace(chunk, paths=[name]) for chunk in chunks)
     else:
-        yield from array_chunks(name, stack, options, chunk_size)
+        yield from chunks

@@ -46,7 +46,7 @@ from mnist_edge.runtime.messages import (
 )
 from mnist_edge.runtime.metadata import INVERT_MODES
 from mnist_edge.runtime.processes import usable_cores
-from mnist_edge.runtime.workers import DecoderError, WorkerModel, WorkerPool
+from mnist_edge.runtime.workers import DecoderError, WorkerModel, WorkerPool, classify_pictures
 
 if TYPE_CHECKING:
     import numpy as np
@@ -198,13 +198,15 @@ class Pipeline:
             return None
         if pool.runs_model:
             return pool.classify(unit.paths, self.options, self.config.batch_size)
+        if self.classifier.pixels_in:  # the graph needs the pictures, not decoded digits
+            return None
         return pool.decode(unit.paths, self.options)
 
     def _resolve(
         self, unit: Unit, task: Future[Decoded] | Future[Classified] | None
     ) -> Iterator[Decoded | Classified]:
         if task is None:
-            yield from _decode_unit(unit, self.options, self.config.chunk_size)
+            yield from _decode_unit(unit, self.classifier, self.options, self.config.chunk_size)
             return
         try:
             yield task.result()
@@ -230,12 +232,20 @@ def open_model(
 
     Raises:
         ModelError, ProviderError: see :class:`Pipeline`.
+        ConfigError: a forced ``invert`` for a pixels-in model (its graph decides).
     """
     from mnist_edge.runtime.classifier import Classifier
     from mnist_edge.runtime.images import ImageOptions
     from mnist_edge.runtime.session import ModelError
 
     classifier = model if isinstance(model, Classifier) else Classifier(model, config=session)
+    if classifier.pixels_in and invert != "auto":
+        raise ConfigError(
+            f"{classifier.path} is a pixels-in model: its graph decides the inversion itself (as invert "
+            f"'auto' does), so invert {invert!r} cannot apply; use the model without .pixels "
+            "in its name to force it",
+            "invert",
+        )
     try:
         options = ImageOptions(preprocessing=classifier.metadata.preprocessing, invert=invert)
     except ValueError as exc:
@@ -271,26 +281,31 @@ def _units(sources: Iterable[Source], task_size: int) -> Iterator[Unit]:
 
 
 def decode_here(
-    inputs: Iterable[str], options: ImageOptions, chunk_size: int = 512
-) -> Iterator[Decoded]:
+    inputs: Iterable[str], classifier: Classifier, options: ImageOptions, chunk_size: int = 512
+) -> Iterator[Decoded | Classified]:
     """Step 1 and 2 in this process (no workers): inputs -> decoded chunks, in input order.
 
     Files, folders, globs, ``.npy`` and IDX files as for :class:`Pipeline`
     (``-`` is not read here); what :func:`mnist_edge.runtime.classify` decodes with.
+    A pixels-in ``classifier`` classifies each picture as it is (``Classified``).
     """
     for unit in _units(expand_inputs(inputs), chunk_size):
-        yield from _decode_unit(unit, options, chunk_size)
+        yield from _decode_unit(unit, classifier, options, chunk_size)
 
 
-def _decode_unit(unit: Unit, options: ImageOptions, chunk_size: int) -> Iterator[Decoded]:
-    """Decode one unit of work in this process."""
+def _decode_unit(
+    unit: Unit, classifier: Classifier, options: ImageOptions, chunk_size: int
+) -> Iterator[Decoded | Classified]:
+    """Decode one unit of work in this process (pixels-in models: classify its pictures)."""
     from mnist_edge.runtime.images import load_batch
 
-    if isinstance(unit, Files):
+    if isinstance(unit, Files) and classifier.pixels_in:
+        yield classify_pictures(unit.paths, classifier, options)
+    elif isinstance(unit, Files):
         images, errors = load_batch(unit.paths, options)
         yield Decoded(unit.paths, images, errors)
     elif isinstance(unit, ArrayFile):
-        yield from _array_chunks(unit.path, options, chunk_size)
+        yield from _array_chunks(unit.path, classifier, options, chunk_size)
     else:
         yield _failed(unit.source, options.preprocessing.size)
 
@@ -301,7 +316,9 @@ def _failed(source: Source, size: int) -> Decoded:
     return Decoded([source.path], np.zeros((1, size, size), np.uint8), [source.error])
 
 
-def _array_chunks(path: str, options: ImageOptions, chunk_size: int) -> Iterator[Decoded]:
+def _array_chunks(
+    path: str, classifier: Classifier, options: ImageOptions, chunk_size: int
+) -> Iterator[Decoded | Classified]:
     """The images of a ``.npy``/IDX file as ``path[i]`` inputs, chunk by chunk."""
     from mnist_edge.runtime.arrays import open_array_file
     from mnist_edge.runtime.images import ImageError
@@ -311,13 +328,21 @@ def _array_chunks(path: str, options: ImageOptions, chunk_size: int) -> Iterator
     except ImageError as exc:
         yield _failed(Source(path, str(exc)), options.preprocessing.size)
         return
-    yield from array_chunks(path, array, options, chunk_size)
+    yield from array_chunks(path, array, classifier, options, chunk_size)
 
 
 def array_chunks(
-    path: str, array: np.ndarray, options: ImageOptions, chunk_size: int = 512
-) -> Iterator[Decoded]:
-    """The images of an (N, H, W) array as ``path[i]`` inputs, preprocessed chunk by chunk."""
+    path: str,
+    array: np.ndarray,
+    classifier: Classifier,
+    options: ImageOptions,
+    chunk_size: int = 512,
+) -> Iterator[Decoded | Classified]:
+    """The images of an (N, H, W) array as ``path[i]`` inputs, chunk by chunk.
+
+    A pixels-in ``classifier`` gets each image's pixels as they are (classified
+    here, one by one); otherwise they are preprocessed for the batched model.
+    """
     import numpy as np
 
     from mnist_edge.runtime.arrays import array_to_uint8
@@ -327,10 +352,13 @@ def array_chunks(
         yield _failed(Source(path, "array holds no images"), options.preprocessing.size)
     for start in range(0, len(array), chunk_size):
         part = array_to_uint8(np.asarray(array[start : start + chunk_size]))  # (k, H, W)
+        names = [f"{path}[{start + i}]" for i in range(len(part))]
+        if classifier.pixels_in:
+            probs = np.stack([classifier.classify_picture(img).probabilities[0] for img in part])
+            yield Classified(names, probs, [None] * len(part))  # probs (k, classes)
+            continue
         images = np.stack([preprocess(img, options) for img in part])  # (k, size, size)
-        yield Decoded(
-            [f"{path}[{start + i}]" for i in range(len(part))], images, [None] * len(part)
-        )
+        yield Decoded(names, images, [None] * len(part))
 
 
 def classify_chunks(

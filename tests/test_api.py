@@ -15,6 +15,7 @@ import mnist_edge.runtime
 from mnist_edge.runtime import classify
 from mnist_edge.runtime.classifier import Classifier
 from mnist_edge.runtime.cli import main
+from mnist_edge.runtime.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +95,6 @@ def test_an_open_classifier_is_reused(model) -> None:
 
 
 def test_invert_and_top_k_are_checked(model) -> None:
-    from mnist_edge.runtime.errors import ConfigError
-
     with pytest.raises(ConfigError, match="invert"):
         classify([digit(0)], model=model, invert="sometimes")
     with pytest.raises(ConfigError, match="top_k"):
@@ -109,3 +108,22 @@ def test_a_missing_model_raises(tmp_path) -> None:
 
     with pytest.raises(ModelError):
         classify([digit(0)], model=tmp_path / "none.onnx")
+
+
+def test_a_pixels_in_model_gets_the_pictures_as_they_are(inputs) -> None:
+    """The bundled mnist.pixels.onnx: same labels as the batched file on the same inputs."""
+    from mnist_edge.runtime.layout import BUNDLED
+    from mnist_edge.tools.samples import drawn_digits
+
+    images, labels = drawn_digits(4)
+    pictures = [
+        255 - images[0],
+        np.asarray(Image.fromarray(images[1]).resize((80, 80))),
+        images[2:],
+    ]
+    fp32 = classify(pictures, model=BUNDLED.model())
+    pixels = classify(pictures, model=BUNDLED.model("fp32", pixels=True))
+    assert [r["path"] for r in pixels] == [r["path"] for r in fp32]
+    assert [r["label"] for r in pixels] == [r["label"] for r in fp32] == [str(x) for x in labels]
+    with pytest.raises(ConfigError, match="pixels-in"):
+        classify(pictures, model=BUNDLED.model("fp32", pixels=True), invert="never")
