@@ -23,6 +23,7 @@ import click
 # worker processes first, and they load those while this process does too
 # (where workers are spawned, they also re-import this module).
 from mnist_edge.runtime import __version__
+from mnist_edge.runtime.errors import ConfigError
 from mnist_edge.runtime.frontend import (
     ModelChoice,
     check_top_k,
@@ -31,7 +32,7 @@ from mnist_edge.runtime.frontend import (
     model_options,
     threads_option,
 )
-from mnist_edge.runtime.output import FORMATS, open_text_output
+from mnist_edge.runtime.output import FORMATS, open_text_output, output_format
 from mnist_edge.runtime.scale.cli import RAY_FORMATS, ray_options  # click only: Ray loads per run
 from mnist_edge.runtime.stream import PipelineConfig
 
@@ -88,7 +89,8 @@ def _signals_interrupt() -> Iterator[None]:
     "fmt",
     type=click.Choice(RAY_FORMATS),
     default=None,
-    help="Output format (parquet: --engine ray only).  [default: table; parquet with --engine ray]",
+    help="Output format (parquet: --engine ray only).  [default: from -o's extension "
+    "(.csv, .jsonl, .txt), else table; parquet with --engine ray]",
 )
 @click.option(
     "--top-k",
@@ -151,7 +153,11 @@ def main(
             gpus_per_actor=gpus_per_actor, progress=progress, quiet=quiet,
         )  # fmt: skip
         sys.exit(run_ray(ray_run, sys.stdin if "-" in inputs else None))
-    fmt = fmt or "table"
+    try:
+        fmt = output_format(fmt, output)
+    except ConfigError as exc:
+        hint = "-o" if exc.field == "output" else "--format"
+        raise click.BadParameter(str(exc), param_hint=hint) from None
     if fmt not in FORMATS:
         raise click.BadParameter(f"{fmt} needs --engine ray", param_hint="--format")
     if output is not None and os.path.isdir(output):
