@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 
@@ -29,7 +30,6 @@ from mnist_edge.runtime.layout import DEFAULT, model_path
 from mnist_edge.runtime.metadata import INVERT_MODES
 from mnist_edge.runtime.options import model_options
 from mnist_edge.runtime.output import FORMATS, open_text_output
-from mnist_edge.runtime.scale.cli import RAY_FORMATS, ray_options  # click only: Ray loads per run
 from mnist_edge.runtime.stream import PipelineConfig
 
 MODEL_HINT = "`make train export` makes the default model; --model picks another file"
@@ -62,7 +62,42 @@ def _signals_interrupt() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+ENGINES = ("local", "ray")
+
+
+def ray_command_line(args: list[str]) -> list[str] | None:
+    """``args`` without ``--engine ray`` when they ask for the Ray engine, else ``None``.
+
+    Options after ``--`` are inputs, not options; ``--engine local`` stays for this command.
+    """
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return None
+        if arg == "--engine=ray":
+            return args[:i] + args[i + 1 :]
+        if arg == "--engine" and i + 1 < len(args) and args[i + 1] == "ray":
+            return args[:i] + args[i + 2 :]
+    return None
+
+
+class InferCommand(click.Command):
+    """``mnist-infer``; with ``--engine ray`` the Ray front end takes the whole command line.
+
+    The Ray engine's options are declared and checked there
+    (:mod:`mnist_edge.runtime.scale.cli`), which loads only for such a run.
+    """
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        ray_args = ray_command_line(argv)
+        if ray_args is None:
+            return super().main(argv, prog_name, **extra)
+        from mnist_edge.runtime.scale.cli import PROG, command
+
+        return command.main(ray_args, PROG, **extra)
+
+
+@click.command(cls=InferCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True)
 @model_options("Use")
 @click.option(
@@ -95,9 +130,10 @@ def _signals_interrupt() -> Iterator[None]:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(RAY_FORMATS),
-    default=None,
-    help="Output format (parquet: --engine ray only).  [default: table; parquet with --engine ray]",
+    type=click.Choice((*FORMATS, "parquet")),
+    default="table",
+    show_default=True,
+    help="Output format (parquet: --engine ray, where it is the default).",
 )
 @click.option(
     "--top-k",
@@ -110,8 +146,7 @@ def _signals_interrupt() -> Iterator[None]:
     "--output",
     type=click.Path(writable=True, path_type=str),
     default=None,
-    help="Write results to FILE (atomically) instead of stdout; with --engine ray, "
-    "a folder or URI for Parquet.",
+    help="Write results to FILE (atomically) instead of stdout.",
 )
 @click.option(
     "--progress/--no-progress",
@@ -119,7 +154,15 @@ def _signals_interrupt() -> Iterator[None]:
     help="Progress line on stderr.  [default: when stderr is a terminal]",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
-@ray_options
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="local",
+    show_default=True,
+    expose_value=False,
+    help="local: processes on this machine; ray: a Ray cluster (Ray Data, needs the `scale` "
+    "extra; `mnist-infer --engine ray --help` lists its options).",
+)
 @click.version_option(__version__, prog_name="mnist-infer")
 def main(
     inputs: tuple[str, ...],
@@ -130,16 +173,11 @@ def main(
     workers: int | None,
     threads: int | None,
     invert: str,
-    fmt: str | None,
+    fmt: str,
     top_k: int | None,
     output: str | None,
     progress: bool | None,
     quiet: bool,
-    engine: str,
-    ray_address: str | None,
-    actors: int | None,
-    cpus_per_actor: float,
-    gpus_per_actor: float | None,
 ) -> None:
     """Label each digit image in INPUTS: files, folders (recursive), globs, or - for paths on stdin.
 
@@ -149,17 +187,6 @@ def main(
     partial -o file, no worker processes left, exit 130 or 143.
     """
     path = model_path(model, int8)
-    if engine == "ray":
-        from mnist_edge.runtime.scale.cli import RayRun, run_ray
-
-        ray_run = RayRun(
-            inputs, path, model_hint="--int8" if int8 and model is None else "--model",
-            output=output, fmt=fmt, provider=provider, batch_size=batch_size, invert=invert,
-            top_k=top_k or 0, address=ray_address, actors=actors, cpus_per_actor=cpus_per_actor,
-            gpus_per_actor=gpus_per_actor, progress=progress, quiet=quiet,
-        )  # fmt: skip
-        sys.exit(run_ray(ray_run, sys.stdin if "-" in inputs else None))
-    fmt = fmt or "table"
     if fmt not in FORMATS:
         raise click.BadParameter(f"{fmt} needs --engine ray", param_hint="--format")
     if output is not None and os.path.isdir(output):
