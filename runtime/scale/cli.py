@@ -363,14 +363,13 @@ def _write_rows(
     with open_text_output(output) as stream:
         writer = ResultWriter(stream, fmt, top_k)
         for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
-            for row in cast("pa.Table", batch).to_pylist():
-                alts = tuple((a["label"], a["confidence"]) for a in row["top_k"] or ())
-                result = Result(
-                    row["path"],
-                    error=row["error"],
-                    label=row["label"],
-                    confidence=row["confidence"],
-                    top_k=alts,
-                )
-                writer.write(result)
-                stats.add(result)
+            table = cast("pa.Table", batch)
+            columns = [
+                table.column(c).to_pylist() for c in ("path", "error", "label", "confidence")
+            ]
+            alternatives = table.column("top_k").to_pylist() if top_k else [None] * len(table)
+            for path, error, label, confidence, alts in zip(*columns, alternatives, strict=True):
+                top = tuple((a["label"], a["confidence"]) for a in alts or ())
+                writer.write(Result(path, error, label, confidence, top))
+            stats.images += len(table)
+            stats.failures += len(table) - table.column("error").null_count
