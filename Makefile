@@ -52,13 +52,13 @@ parity: $(STAMP) ## Compare PyTorch, ONNX fp32 and int8 on the full test set
 	$(BIN)/mnist-export --parity-only $(ARGS)
 
 samples: $(STAMP) ## Write some test-set digits (and photo-like variants) into images/
-	$(BIN)/python -m mnist_edge.runtime.samples images $(ARGS)
+	$(BIN)/python -m mnist_edge.tools.samples images $(ARGS)
 
 bench: $(STAMP) ## Benchmarks: training, model-only and end-to-end inference, serving, Ray -> artifacts/bench.json
-	$(BIN)/python tests/bench_train.py $(TRAIN_BENCH_ARGS)
-	$(BIN)/python tests/bench_infer.py $(INFER_BENCH_ARGS)
-	$(BIN)/python tests/bench_serve.py $(SERVE_BENCH_ARGS)
-	$(BIN)/python tests/bench_ray.py $(RAY_BENCH_ARGS)
+	$(BIN)/python bench/bench_train.py $(TRAIN_BENCH_ARGS)
+	$(BIN)/python bench/bench_infer.py $(INFER_BENCH_ARGS)
+	$(BIN)/python bench/bench_serve.py $(SERVE_BENCH_ARGS)
+	$(BIN)/python bench/bench_ray.py $(RAY_BENCH_ARGS)
 
 web-deps: web/vendor/ort-wasm-simd-threaded.wasm ## Install the page's onnxruntime-web (npm ci in web/; copies its 3 runtime files to web/vendor/)
 
@@ -66,13 +66,13 @@ web/vendor/ort-wasm-simd-threaded.wasm: web/package.json web/package-lock.json w
 	cd web && npm ci --no-audit --no-fund
 
 web: $(STAMP) web-deps ## Serve the web page and the models in artifacts/ on 127.0.0.1 (WEB_PORT=8000)
-	$(BIN)/python -m mnist_edge.runtime.webserve --web-dir web --models artifacts --port $(WEB_PORT) $(ARGS)
+	$(BIN)/python -m mnist_edge.tools.webserve --web-dir web --models artifacts --port $(WEB_PORT) $(ARGS)
 
 # No venv stamp here: a GPU machine's own torch and onnxruntime-gpu are used as they are.
 GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 .PHONY: gpu-check
 gpu-check: ## CUDA end to end: gpu tests, 15-epoch train, export, mnist-infer, IOBinding -> artifacts/gpu-check.json
-	$(GPU_PYTHON) tests/gpu_check.py $(ARGS)
+	$(GPU_PYTHON) bench/gpu_check.py $(ARGS)
 
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest $(ARGS)

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from mnist_edge.export.config import ExportConfig
+from mnist_edge.export.cpu import host_cpu_features
 from mnist_edge.export.mobile import mobile_usability
 from mnist_edge.export.onnx import (
     MODEL_VERSION,
@@ -38,7 +39,6 @@ from mnist_edge.export.quantize import quantize_int8
 from mnist_edge.export.report import ExportedFile, ExportReport, write_reports
 from mnist_edge.export.verify import ValidationError, raise_for_failures, validate
 from mnist_edge.runtime.atomic import atomic_write_bytes, atomic_write_text
-from mnist_edge.runtime.cpu import host_cpu_features
 from mnist_edge.runtime.layout import META_JSON
 
 if TYPE_CHECKING:

@@ -38,14 +38,13 @@ from onnx import TensorProto, helper, numpy_helper
 from mnist_edge.export.spec import INPUT_NAME as CORE_INPUT
 from mnist_edge.export.spec import OUTPUT_NAME as CORE_OUTPUT
 from mnist_edge.runtime.errors import MnistEdgeError
-from mnist_edge.runtime.metadata import Preprocessing
+from mnist_edge.runtime.metadata import INVERT_MODES, Preprocessing
 
 PIXELS_INPUT = "pixels"
 PROBABILITIES = "probabilities"
 LABEL = "label"
 OUTPUTS = (PROBABILITIES, LABEL)
 OPSET = 18  # Resize's antialias needs 18
-INVERT_MODES = ("auto", "always", "never")
 
 # Resize stands in for PIL's LANCZOS (see the module doc and tests/test_pixels.py).
 RESIZE_MODE = "cubic"

@@ -28,11 +28,11 @@ import onnx
 from PIL import Image
 
 from mnist_edge.export.parity import ORT_ERRORS, ParityReport, open_session
+from mnist_edge.export.pictures import variants
 from mnist_edge.export.pixels import OPSET, OUTPUTS, PIXELS_INPUT, PROBABILITIES
 from mnist_edge.runtime.errors import first_line
 from mnist_edge.runtime.images import ImageOptions, decode_image_bytes, preprocess
 from mnist_edge.runtime.metadata import Preprocessing
-from mnist_edge.runtime.samples import variants
 
 RESIZED = {"28": (28, 28), "56": (56, 56), "100x80": (100, 80), "300": (300, 300)}  # (w, h)
 CANVAS = (240, 180)  # (w, h) of the off-centre canvases
@@ -130,7 +130,7 @@ def open_picture_session(model: bytes | Path) -> Any:
     """An ONNX Runtime CPU session for one picture at a time: one intra-op thread.
 
     A picture's operators are small; waking a thread pool for each costs more
-    than it saves (measured 2-4x slower per picture on 2 cores).
+    than it saves.
     """
     import onnxruntime as ort
 

@@ -29,8 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from mnist_edge.export.config import INT8_TARGETS, ExportConfigError
+from mnist_edge.export.cpu import CpuFeatures, host_cpu_features
 from mnist_edge.export.quantize import QuantizeConfig
-from mnist_edge.runtime.cpu import CpuFeatures, host_cpu_features
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Static int8 quantization with ``onnxruntime.quantization`` (QDQ format).
 
-The settings, and why (ONNX Runtime's quantization guide, measured here):
+The settings, and why (ONNX Runtime's quantization guide; the measured effect of
+each choice is in docs/export.md):
 
 * **QDQ format**: QuantizeLinear/DequantizeLinear pairs around float ops. ONNX
   Runtime's CPU provider fuses them into integer kernels (QLinearConv, ...),
@@ -12,20 +13,18 @@ The settings, and why (ONNX Runtime's quantization guide, measured here):
   kernel (``vpmaddubsw``) adds pairs of products in int16 and can saturate,
   and ONNX Runtime's guide prescribes ``reduce_range`` there; VNNI and ARM
   accumulate in int32 and keep all 8 bits. Per-channel scales keep each conv
-  filter's and each dense row's own range. Measured on a 3-epoch model:
-  u8s8 0.9873 with or without reduce-range, s8s8 0.9873, u8u8 0.9871 and
-  ~1.7x slower; per-tensor 0.9869.
+  filter's and each dense row's own range; s8s8 gains no accuracy and u8u8
+  is slower.
 * **Conv, Relu, MaxPool, Reshape and Gemm are quantized, but the Gemm output
   (the logits) stays float**: with the exported Conv -> Relu -> MaxPool order
   the quantizer folds each Relu into the uint8 range of its Conv, so ONNX
   Runtime runs QLinearConv -> NhwcMaxPool per block (with MaxPool -> Relu the
-  Relus stayed float between Q/DQ pairs: 0.37x fp32's speed), the dense
-  layer becomes a QGemm with float output, and Softmax runs in float32, so
-  the probabilities are not rounded to 1/255 steps (measured: max |diff| to
-  PyTorch 0.024 instead of 0.051, agreement 99.99 %).
+  Relus stay float between Q/DQ pairs, which is slow), the dense layer
+  becomes a QGemm with float output, and Softmax runs in float32, so the
+  probabilities are not rounded to 1/255 steps (closer to PyTorch).
 * **quant_pre_process first**: ORT's recommended step; it changes nothing in
-  the exporter's already-optimized graph (same accuracy measured) but is
-  what ``quantize_static`` expects.
+  the exporter's already-optimized graph but is what ``quantize_static``
+  expects.
 * **MinMax calibration over the first N training images** (default 1000):
   enough to fix the activation ranges of this small net; the calibration
   images are never test images.
@@ -50,6 +49,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from mnist_edge.export.spec import INPUT_NAME, GraphSpec
+from mnist_edge.runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -80,9 +80,13 @@ class QuantizeConfig:
 
     def __post_init__(self) -> None:
         if self.activations not in ("uint8", "int8"):
-            raise ValueError(f"activations {self.activations!r} must be 'uint8' or 'int8'")
+            raise ConfigError(
+                f"activations {self.activations!r} must be 'uint8' or 'int8'", "activations"
+            )
         if self.quant_format not in ("QDQ", "QOperator"):
-            raise ValueError(f"quant_format {self.quant_format!r} must be 'QDQ' or 'QOperator'")
+            raise ConfigError(
+                f"quant_format {self.quant_format!r} must be 'QDQ' or 'QOperator'", "quant_format"
+            )
 
 
 class ImageCalibrationReader(CalibrationDataReader):

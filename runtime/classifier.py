@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_edge.runtime.arrays import array_to_uint8, batches
+from mnist_edge.runtime.messages import Prediction
 from mnist_edge.runtime.metadata import ModelMetadata
 from mnist_edge.runtime.session import (
     GPU_PROVIDERS,
@@ -46,7 +47,7 @@ class Predictions:
 
     @property
     def labels(self) -> list[str]:
-        return [self.classes[i] for i in self.indices]
+        return [self.classes[i] for i in self.indices.tolist()]
 
     @property
     def confidences(self) -> np.ndarray:
@@ -56,6 +57,29 @@ class Predictions:
     def top_k(self, k: int) -> np.ndarray:
         """int64 (N, k) class indices, most probable first (ties: lower index first)."""
         return np.argsort(-self.probabilities, axis=1, kind="stable")[:, :k]
+
+    def records(self, top_k: int = 0) -> list[Prediction]:
+        """One :class:`~mnist_edge.runtime.messages.Prediction` per image, in order.
+
+        Args:
+            top_k: also list the K most probable labels (at most the number of classes); 0: none.
+        """
+        labels = self.labels
+        confidences = self.confidences.tolist()
+        if top_k <= 0:
+            return [
+                Prediction(label, conf) for label, conf in zip(labels, confidences, strict=True)
+            ]
+        best = self.top_k(min(top_k, len(self.classes))).tolist()  # (N, k)
+        probs = self.probabilities
+        return [
+            Prediction(
+                labels[i],
+                confidences[i],
+                tuple((self.classes[j], float(probs[i, j])) for j in best[i]),
+            )
+            for i in range(len(labels))
+        ]
 
 
 class Classifier:

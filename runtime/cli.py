@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 import sys
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +24,17 @@ import click
 # worker processes first, and they load those while this process does too
 # (where workers are spawned, they also re-import this module).
 from mnist_edge.runtime import __version__
-from mnist_edge.runtime.errors import MnistEdgeError
-from mnist_edge.runtime.layout import DEFAULT, model_path
-from mnist_edge.runtime.metadata import INVERT_MODES
-from mnist_edge.runtime.options import model_options
+from mnist_edge.runtime.frontend import (
+    ModelChoice,
+    check_top_k,
+    invert_option,
+    model_errors,
+    model_options,
+    threads_option,
+)
 from mnist_edge.runtime.output import FORMATS, open_text_output
 from mnist_edge.runtime.stream import PipelineConfig
 
-MODEL_HINT = "`make train export` makes the default model; --model picks another file"
 # Exit codes of a run stopped by a signal: 128 + the signal's number, as shells report it.
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -114,19 +116,8 @@ class InferCommand(click.Command):
     help="Worker processes that decode images (and on CPU run the model, one thread each); 0: all in this process.  [default: usable cores, started past "
     f"{PipelineConfig.inline_limit} files]",
 )
-@click.option(
-    "--threads",
-    type=click.IntRange(1, 1024),
-    default=None,
-    help="ONNX Runtime CPU threads in the main process.  [default: usable cores]",
-)
-@click.option(
-    "--invert",
-    type=click.Choice(INVERT_MODES),
-    default="auto",
-    show_default=True,
-    help="Invert pictures to white-on-black: auto (when the background is light), always, never.",
-)
+@threads_option(" in the main process")
+@invert_option()
 @click.option(
     "--format",
     "fmt",
@@ -186,7 +177,7 @@ def main(
     result per image in them. Ctrl-C or SIGTERM stops the run cleanly: no
     partial -o file, no worker processes left, exit 130 or 143.
     """
-    path = model_path(model, int8)
+    choice = ModelChoice(model, int8)
     if fmt not in FORMATS:
         raise click.BadParameter(f"{fmt} needs --engine ray", param_hint="--format")
     if output is not None and os.path.isdir(output):
@@ -195,7 +186,7 @@ def main(
     config = PipelineConfig(batch_size=batch_size, workers=workers, top_k=top_k or 0, invert=invert)
     try:
         with _signals_interrupt():
-            run = _run(inputs, path, config, provider, threads, fmt, out, progress)
+            run = _run(inputs, choice, config, provider, threads, fmt, out, progress)
     except Interrupted as exc:
         kept = f"; {out} was not written" if out is not None else ""
         click.echo(f"mnist-infer: stopped by {exc}{kept}", err=True)
@@ -219,7 +210,7 @@ class _Run:
 
 def _run(
     inputs: tuple[str, ...],
-    path: Path,
+    choice: ModelChoice,
     config: PipelineConfig,
     provider: str,
     threads: int | None,
@@ -229,35 +220,21 @@ def _run(
 ) -> _Run:
     """Open the pipeline and stream the results out; library errors become click errors."""
     from mnist_edge.runtime.output import Progress, ResultWriter, RunStats
-    from mnist_edge.runtime.session import ModelError, ProviderError, SessionConfig, short_name
+    from mnist_edge.runtime.session import SessionConfig, short_name
     from mnist_edge.runtime.stream import Pipeline
     from mnist_edge.runtime.workers import DecoderError
 
     err = sys.stderr
     stdin = sys.stdin if "-" in inputs else None
+    path = choice.path
     session = SessionConfig(provider=provider, threads=threads)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with model_errors(choice):
         try:
             pipeline = Pipeline(path, inputs, config, session, stdin)
-        except ProviderError as exc:
-            raise click.BadParameter(str(exc), param_hint="--provider") from None
-        except ModelError as exc:
-            hint = "--int8" if path == DEFAULT.model("int8") else "--model"
-            raise click.BadParameter(f"{exc}; {MODEL_HINT}", param_hint=hint) from None
         except DecoderError as exc:
             raise click.ClickException(f"{exc}; rerun with --workers 0") from None
-        except MnistEdgeError as exc:
-            raise click.ClickException(str(exc)) from None
-    for warning in caught:
-        click.echo(f"warning: {warning.message}", err=True)
     with pipeline:
-        classes = pipeline.classifier.classes
-        if config.top_k > len(classes):
-            raise click.BadParameter(
-                f"{config.top_k} is more than the model's {len(classes)} classes",
-                param_hint="--top-k",
-            )
+        check_top_k(config.top_k, pipeline.classifier.classes)
         stats = RunStats()
         bar = Progress(err) if (progress if progress is not None else err.isatty()) else None
         try:

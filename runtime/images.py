@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnist_edge.runtime.errors import MnistEdgeError
+from mnist_edge.runtime.errors import ConfigError, MnistEdgeError
 from mnist_edge.runtime.metadata import INVERT_MODES, Preprocessing
 
 FOREGROUNDS = ("white-on-black", "black-on-white")
@@ -54,17 +54,18 @@ class ImageOptions:
 
     def __post_init__(self) -> None:
         if self.invert not in INVERT_MODES:
-            raise ValueError(
-                f"invert must be one of {', '.join(INVERT_MODES)}, not {self.invert!r}"
+            raise ConfigError(
+                f"invert must be one of {', '.join(INVERT_MODES)}, not {self.invert!r}", "invert"
             )
         pre = self.preprocessing
         if pre.foreground not in FOREGROUNDS or pre.centering not in CENTERINGS:
-            raise ValueError(
+            raise ConfigError(
                 f"unsupported preprocessing foreground={pre.foreground!r} centering={pre.centering!r} "
-                f"(this runtime knows {', '.join(FOREGROUNDS)}; {', '.join(CENTERINGS)})"
+                f"(this runtime knows {', '.join(FOREGROUNDS)}; {', '.join(CENTERINGS)})",
+                "preprocessing",
             )
         if self.max_pixels < 1:
-            raise ValueError(f"max_pixels must be >= 1, not {self.max_pixels}")
+            raise ConfigError(f"max_pixels must be >= 1, not {self.max_pixels}", "max_pixels")
 
 
 # ---------------------------------------------------------------- decoding

@@ -1,7 +1,7 @@
 """The artifact layout: every file name and default path the stages write or read.
 
 One owner for the names, so ``mnist-train``, ``mnist-export``, ``mnist-infer``,
-the benchmarks and the tests agree on where things are. Standard library only:
+the bundled files and the tests agree on where things are. Standard library only:
 the torch-free runtime and the CLIs' option defaults import it.
 
 ::
@@ -17,10 +17,6 @@ the torch-free runtime and the CLIs' option defaults import it.
       *.ort  mnist.required_operators.config    --ort
       mnist.meta.json            the models' metadata for runtimes that cannot read it (web)
       export.json                the export report
-      bench.json  gpu-check.json the benchmark and GPU-check figures
-      web.png                    the web page's screenshot (browser tests)
-    web/                         the static page (``make web`` serves it, models under /models/)
-      gpu-check/                 the GPU check's own model.pt and .onnx files
 """
 
 from __future__ import annotations
@@ -41,12 +37,6 @@ CONFUSION_PLOT = "confusion.png"
 EXPORT_REPORT = "export.json"
 REQUIRED_OPERATORS = "mnist.required_operators.config"
 META_JSON = "mnist.meta.json"
-BENCH = "bench.json"
-GPU_CHECK = "gpu-check.json"
-WEB_SCREENSHOT = "web.png"
-WEB_DIR = Path("web")
-# What `make gpu-check` trains and exports (beside, not over, the CPU run).
-GPU_CHECK_DIR = "gpu-check"
 
 MODEL_STEM = "mnist"
 PRECISIONS = ("fp32", "int8")
@@ -133,22 +123,6 @@ class Artifacts:
     @property
     def meta_json(self) -> Path:
         return self.root / META_JSON
-
-    @property
-    def bench(self) -> Path:
-        return self.root / BENCH
-
-    @property
-    def gpu_check(self) -> Path:
-        return self.root / GPU_CHECK
-
-    @property
-    def web_screenshot(self) -> Path:
-        return self.root / WEB_SCREENSHOT
-
-    @property
-    def gpu_check_dir(self) -> Path:
-        return self.root / GPU_CHECK_DIR
 
     def model(
         self,

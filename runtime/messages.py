@@ -12,6 +12,7 @@ before it starts its worker processes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -76,6 +77,21 @@ class Classified:
 
 
 @dataclass(frozen=True)
+class Prediction:
+    """What the model says of one image (made by ``Predictions.records``).
+
+    Attributes:
+        label: the winning class's label.
+        confidence: its probability.
+        top_k: the K most probable ``(label, probability)``, most probable first; empty if not asked.
+    """
+
+    label: str
+    confidence: float
+    top_k: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Result:
     """The outcome for one input: a prediction, or an error."""
 
@@ -85,6 +101,42 @@ class Result:
     confidence: float | None = None
     top_k: tuple[tuple[str, float], ...] = ()
 
+    @classmethod
+    def of(cls, path: str, prediction: Prediction) -> Result:
+        """The result of an input that the model classified."""
+        return cls(
+            path, label=prediction.label, confidence=prediction.confidence, top_k=prediction.top_k
+        )
+
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+def results(
+    paths: Sequence[str], errors: Sequence[str | None], predictions: Iterable[Prediction]
+) -> list[Result]:
+    """One :class:`Result` per input, in order: an error where ``errors[i]`` is set, else the next prediction.
+
+    ``predictions`` holds one entry per input without an error, in input order
+    (what classifying the decodable inputs gives). The local engine, the server
+    and the Ray engine all turn predictions into records here.
+
+    Raises:
+        ValueError: fewer or more predictions than inputs without an error.
+    """
+    if len(paths) != len(errors):
+        raise ValueError(f"{len(paths)} paths but {len(errors)} error slots")
+    remaining = iter(predictions)
+    out: list[Result] = []
+    for path, error in zip(paths, errors, strict=True):
+        if error is not None:
+            out.append(Result(path, error=error))
+            continue
+        prediction = next(remaining, None)
+        if prediction is None:
+            raise ValueError(f"no prediction for {path}: fewer predictions than decoded inputs")
+        out.append(Result.of(path, prediction))
+    if next(remaining, None) is not None:
+        raise ValueError("more predictions than decoded inputs")
+    return out

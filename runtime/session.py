@@ -20,7 +20,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from mnist_edge.runtime.errors import MnistEdgeError, first_line
+from mnist_edge.runtime.errors import ConfigError, MnistEdgeError, first_line
 from mnist_edge.runtime.processes import usable_cores
 
 CPU = "CPUExecutionProvider"
@@ -60,7 +60,7 @@ class ProviderError(MnistEdgeError, RuntimeError):
     """The requested execution provider is unknown or not available here."""
 
 
-class SessionConfigError(MnistEdgeError, ValueError):
+class SessionConfigError(ConfigError):
     """A :class:`SessionConfig` value is out of range; the message names it and the allowed values."""
 
 
@@ -174,11 +174,12 @@ class SessionConfig:
         if self.cudnn_conv_algo_search not in CUDNN_CONV_ALGO_SEARCH:
             raise SessionConfigError(
                 f"cudnn_conv_algo_search {self.cudnn_conv_algo_search!r} is not one of "
-                f"{', '.join(CUDNN_CONV_ALGO_SEARCH)}"
+                f"{', '.join(CUDNN_CONV_ALGO_SEARCH)}",
+                "cudnn_conv_algo_search",
             )
         if self.threads is not None and self.threads < 1:
             raise SessionConfigError(
-                f"threads {self.threads} must be >= 1 (or None for all usable cores)"
+                f"threads {self.threads} must be >= 1 (or None for all usable cores)", "threads"
             )
 
 

@@ -34,7 +34,16 @@ from typing import TYPE_CHECKING, TextIO
 
 from mnist_edge.runtime.errors import ConfigError
 from mnist_edge.runtime.inputs import Source, expand_inputs
-from mnist_edge.runtime.messages import ArrayFile, Classified, Decoded, Failed, Files, Result, Unit
+from mnist_edge.runtime.messages import (
+    ArrayFile,
+    Classified,
+    Decoded,
+    Failed,
+    Files,
+    Prediction,
+    Result,
+    Unit,
+)
 from mnist_edge.runtime.metadata import INVERT_MODES
 from mnist_edge.runtime.processes import usable_cores
 from mnist_edge.runtime.workers import DecoderError, WorkerModel, WorkerPool
@@ -86,18 +95,18 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         for name in ("batch_size", "chunk_size", "inline_limit"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, not {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, not {getattr(self, name)}", name)
         for name in ("workers", "max_in_flight"):
             value = getattr(self, name)
             if value is not None and value < (0 if name == "workers" else 1):
                 raise ConfigError(
-                    f"{name} must be >= {0 if name == 'workers' else 1} or None, not {value}"
+                    f"{name} must be >= {0 if name == 'workers' else 1} or None, not {value}", name
                 )
         if self.top_k < 0:
-            raise ConfigError(f"top_k must be >= 0, not {self.top_k}")
+            raise ConfigError(f"top_k must be >= 0, not {self.top_k}", "top_k")
         if self.invert not in INVERT_MODES:
             raise ConfigError(
-                f"invert must be one of {', '.join(INVERT_MODES)}, not {self.invert!r}"
+                f"invert must be one of {', '.join(INVERT_MODES)}, not {self.invert!r}", "invert"
             )
 
 
@@ -303,19 +312,11 @@ def _classify(
     pending: deque[tuple[str, str | None]] = deque()  # every input not yet emitted, in order
     buffer: list[np.ndarray] = []  # decoded images waiting for a batch, each (k, H, W)
     buffered = 0
-    done: deque[tuple[str, float, tuple[tuple[str, float], ...]]] = deque()
+    done: deque[Prediction] = deque()  # predictions not yet matched with their input
     classes = classifier.classes
-    top_k = min(config.top_k, len(classes))
 
-    def record(predictions: Predictions) -> None:  # N predictions -> results waiting in `done`
-        confs = predictions.confidences.tolist()
-        alts = predictions.top_k(top_k) if top_k else None  # (N, top_k)
-        probs = predictions.probabilities
-        for i, (index, conf) in enumerate(zip(predictions.indices.tolist(), confs, strict=True)):
-            alt = (
-                tuple((classes[j], float(probs[i, j])) for j in alts[i]) if alts is not None else ()
-            )
-            done.append((classes[index], conf, alt))
+    def record(predictions: Predictions) -> None:
+        done.extend(predictions.records(config.top_k))
 
     def infer(count: int) -> None:
         nonlocal buffer, buffered
@@ -334,8 +335,7 @@ def _classify(
                 yield Result(path, error=error)
             elif done:
                 pending.popleft()
-                label, conf, alt = done.popleft()
-                yield Result(path, label=label, confidence=conf, top_k=alt)
+                yield Result.of(path, done.popleft())
             else:
                 return
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from mnist_edge.runtime.images import ImageOptions
 
 # One-thread ONNX Runtime on a 28x28 CNN is fastest at a few dozen images per
-# call (the activations stay in cache); see README "Benchmarks".
+# call: the activations stay in cache (bench/bench_infer.py measures batch sizes).
 WORKER_BATCH = 64
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# Spin-waiting OpenMP threads make torch 8x slower when another process shares
-# the two cores (measured 430 vs 53 ms/step); mnist-train sets the same.
+# Spin-waiting OpenMP threads make torch many times slower when another process
+# shares the cores; mnist-train sets the same.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest

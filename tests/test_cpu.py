@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_edge.runtime.cpu import CpuFeatures, host_cpu_features, parse_cpuinfo
+from mnist_edge.export.cpu import CpuFeatures, host_cpu_features, parse_cpuinfo
 
 EPYC_AVX2 = """\
 processor\t: 0

@@ -31,9 +31,9 @@ def test_every_library_error_derives_from_one_base() -> None:
     from mnist_edge.runtime.extras import MissingExtraError
     from mnist_edge.runtime.idx import IdxFormatError
     from mnist_edge.runtime.images import ImageError
-    from mnist_edge.runtime.samples import SamplesError
     from mnist_edge.runtime.session import ModelError, ProviderError
     from mnist_edge.runtime.workers import DecoderError
+    from mnist_edge.tools.samples import SamplesError
     from mnist_edge.train.checkpoint import CheckpointError
     from mnist_edge.train.config import TrainError
     from mnist_edge.train.mirror import DataError

@@ -21,13 +21,13 @@ from mnist_edge.export import pipeline, provenance
 from mnist_edge.export.artifacts import check_artifacts
 from mnist_edge.export.cli import main
 from mnist_edge.export.config import SUPPORTED_OPSETS, ExportConfig, ExportConfigError
+from mnist_edge.export.cpu import host_cpu_features
 from mnist_edge.export.onnx import torch_to_onnx
 from mnist_edge.export.pipeline import export_onnx
 from mnist_edge.export.presets import PRESETS, resolve_target
 from mnist_edge.export.report import ExportReport, write_reports
 from mnist_edge.export.spec import GraphSpec
 from mnist_edge.export.verify import ValidationError, check_graph
-from mnist_edge.runtime.cpu import host_cpu_features
 from mnist_edge.runtime.metadata import ModelMetadata
 from mnist_edge.train.checkpoint import sha256_file
 

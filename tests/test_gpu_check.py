@@ -1,4 +1,4 @@
-"""tests/gpu_check.py (``make gpu-check``): GPU detection and the no-GPU path, on any machine."""
+"""bench/gpu_check.py (``make gpu-check``): GPU detection and the no-GPU path, on any machine."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gpu_check import detect_gpus, goals
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))  # the GPU check is a script of bench/, not a module
+
+from gpu_check import detect_gpus, goals  # noqa: E402
 
 NVIDIA_SMI_L = """\
 GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-5d3b7c4e-0000-0000-0000-000000000000)
@@ -27,7 +28,7 @@ def test_without_a_gpu_it_says_so_in_one_line_and_exits_0(tmp_path: Path) -> Non
     # An empty PATH: no nvidia-smi, so no GPU, whatever machine runs the test.
     env = dict(os.environ, PATH=str(tmp_path))
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "gpu_check.py"), "--artifacts", str(tmp_path)],
+        [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--artifacts", str(tmp_path)],
         capture_output=True,
         text=True,
         env=env,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.models import digit
 from PIL import Image
-from runtime_models import digit
 
 from mnist_edge.runtime.arrays import is_array_file, open_array_file
 from mnist_edge.runtime.idx import write_idx
@@ -252,7 +252,7 @@ def test_array_files(tmp_path):
 
 def test_preprocessing_recreates_real_mnist_digits_from_photo_like_pictures(mnist):
     """A real test digit, inverted, enlarged 3x and put off-centre on a page, comes back as itself."""
-    from mnist_edge.runtime.samples import variants
+    from mnist_edge.export.pictures import variants
 
     pixels = np.rint(mnist.test_images[:100, 0].numpy() * 255).astype(np.uint8)
     corr = []

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers.models import digit, expected_probabilities, linear_model
 from PIL import Image
-from runtime_models import digit, expected_probabilities, linear_model
 
 from mnist_edge.runtime.cli import main
 from mnist_edge.runtime.idx import write_idx
@@ -279,8 +279,11 @@ def test_cli_and_pipeline_import_no_heavy_module():
 
 def test_invert_choices_are_the_library_modes():
     from mnist_edge.runtime import cli, images
+    from mnist_edge.runtime.serve import cli as serve_cli
 
-    assert cli.INVERT_MODES is images.INVERT_MODES
+    for command in (cli.main, serve_cli.main):
+        (invert,) = [p for p in command.params if p.name == "invert"]
+        assert tuple(invert.type.choices) == images.INVERT_MODES
 
 
 def test_console_script_exit_codes(model, folder, tmp_path):

@@ -1,8 +1,9 @@
 """The package's import structure: layers only go down, and no module imports one that imports it back.
 
-Layers (README "Architecture"): ``runtime`` is the torch-free base and never
-imports ``train``, ``export`` or torch; ``train`` builds on ``runtime`` and never
-imports ``export``; ``export`` may import both. Every import counts, at module
+Layers (docs/architecture.md): ``runtime`` is the torch-free base and never
+imports ``train``, ``export``, ``tools`` or torch; ``train`` builds on ``runtime`` and
+never imports ``export``; ``export`` may import both; ``tools`` (the demo commands)
+sits on top and stays torch-free, so it runs on a runtime-only install. Every import counts, at module
 level, inside functions and under ``TYPE_CHECKING`` alike: a reader who opens
 a file can trust what it may touch.
 """
@@ -16,16 +17,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("runtime", "train", "export")  # folder == mnist_edge.<folder>
+PACKAGES = ("runtime", "train", "export", "tools")  # folder == mnist_edge.<folder>
+TORCH = ("torch", "torchvision", "onnxscript")
 FORBIDDEN = {
-    "runtime": ("mnist_edge.train", "mnist_edge.export", "torch", "torchvision", "onnxscript"),
-    "train": ("mnist_edge.export",),
-    "export": (),
+    "runtime": ("mnist_edge.train", "mnist_edge.export", "mnist_edge.tools", *TORCH),
+    "train": ("mnist_edge.export", "mnist_edge.tools"),
+    "export": ("mnist_edge.tools",),
+    "tools": ("mnist_edge.train", *TORCH),
 }
 
 
 def _module_files() -> dict[str, Path]:
-    """``mnist_edge.runtime.session`` -> ``runtime/session.py`` for every module of the three packages."""
+    """``mnist_edge.runtime.session`` -> ``runtime/session.py`` for every module of the packages."""
     modules = {}
     for package in PACKAGES:
         for path in sorted((REPO / package).rglob("*.py")):

@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers.models import WEIGHTS, digit
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
-from runtime_models import WEIGHTS, digit
 
 from mnist_edge.export import pixels_export
 from mnist_edge.export.artifacts import check_artifacts

@@ -12,10 +12,10 @@ from test_cpu import ALDER_LAKE, EPYC_AVX2, GRAVITON3, SAPPHIRE_RAPIDS
 
 from mnist_edge.export.cli import main
 from mnist_edge.export.config import INT8_TARGETS, ExportConfig, ExportConfigError
+from mnist_edge.export.cpu import CpuFeatures, parse_cpuinfo
 from mnist_edge.export.parity import open_session, run_session
 from mnist_edge.export.presets import PRESETS, int8_preset, resolve_target
 from mnist_edge.export.spec import GraphSpec
-from mnist_edge.runtime.cpu import CpuFeatures, parse_cpuinfo
 
 # The bound of issue 9, on the real model: within 0.1 point of fp32 and >= 99.5 %
 # top-1 agreement. Here on the fixture model (255 training steps) and 2,000 test

@@ -19,7 +19,7 @@ from mnist_edge.runtime.classifier import Classifier
 from mnist_edge.runtime.cli import main
 from mnist_edge.runtime.idx import write_idx
 from mnist_edge.runtime.metadata import ModelMetadata
-from mnist_edge.runtime.samples import SamplesError, load_test_set, write_samples
+from mnist_edge.tools.samples import SamplesError, load_test_set, write_samples
 
 N = 300
 
@@ -130,7 +130,7 @@ def test_samples_need_data(tmp_path):
 
 
 def test_samples_are_all_readable_and_variants_match_their_digit(tmp_path):
-    from runtime_models import linear_model
+    from helpers.models import linear_model
 
     images = _fake_mnist(tmp_path / "data")
     loaded, labels = load_test_set(tmp_path / "data")

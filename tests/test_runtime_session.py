@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-from runtime_models import digit, expected_probabilities, linear_model
+from helpers.models import digit, expected_probabilities, linear_model
 
 from mnist_edge.runtime.classifier import Classifier
 from mnist_edge.runtime.metadata import ModelMetadata

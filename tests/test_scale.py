@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers.models import digit, linear_model
 from PIL import Image
-from runtime_models import digit, linear_model
 
 from mnist_edge.runtime.output import FORMATS
 from mnist_edge.runtime.session import SessionConfig

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.models import digit, linear_model
 from PIL import Image
-from runtime_models import digit, linear_model
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: `make venv` (the scale extra)")
 
@@ -39,11 +39,12 @@ def cluster():
     common = {"object_store_memory": STORE, "temp_dir": str(temp / "ray")}
     before = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = str(temp)  # where Cluster notes the address: not /tmp/ray
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "include_dashboard": False, **common},
-    )
+    cluster = None
     try:
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 1, "include_dashboard": False, **common},
+        )
         workers = [cluster.add_node(num_cpus=n, **common) for n in (1, 2)]
         cluster.wait_for_nodes(timeout=120)
         ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
@@ -53,7 +54,8 @@ def cluster():
         yield cluster, workers
     finally:
         ray.shutdown()
-        cluster.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
         if before is None:
             os.environ.pop("RAY_TMPDIR", None)
         else:

@@ -1,6 +1,6 @@
 """``mnist-serve`` end to end: a real server on a free loopback port, the real client (tritonclient).
 
-One server for the module (the tiny linear model from runtime_models.py, a 1 MiB
+One server for the module (the tiny linear model from helpers/models.py, a 1 MiB
 body limit so the limit is cheap to hit). Every bad request is followed by a
 good one on the same connection: the server answers it and stays up.
 """
@@ -21,9 +21,9 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
 from click.testing import CliRunner
+from helpers.models import digit, linear_model
+from helpers.serve_process import ServerProcess, start_server
 from PIL import Image
-from runtime_models import digit, linear_model
-from serve_process import ServerProcess, start_server
 from tritonclient.utils import InferenceServerException
 
 from mnist_edge.runtime.cli import main as mnist_infer

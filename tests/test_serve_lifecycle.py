@@ -17,8 +17,8 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
 from click.testing import CliRunner
-from runtime_models import linear_model
-from serve_process import start_server
+from helpers.models import linear_model
+from helpers.serve_process import start_server
 
 from mnist_edge.runtime.serve.cli import main as mnist_serve
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from helpers.models import digit, linear_model
 from PIL import Image
-from runtime_models import digit, linear_model
 from tritonclient.http import InferInput, InferRequestedOutput, InferResult
 from tritonclient.http._utils import _get_inference_request
 

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import onnxruntime as ort
 import pytest
-from runtime_models import linear_model
+from helpers.models import linear_model
 
 from mnist_edge.runtime import session as session_mod
 from mnist_edge.runtime.session import (

@@ -18,8 +18,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from helpers.models import digit, linear_model
 from PIL import Image
-from runtime_models import digit, linear_model
 
 SCRIPT = Path(sys.executable).with_name("mnist-infer")
 REPEATS = 30  # x 1,000 files

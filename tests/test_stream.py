@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 import pytest
+from helpers.models import digit, expected_probabilities, linear_model
 from PIL import Image
-from runtime_models import digit, expected_probabilities, linear_model
 
 from mnist_edge.runtime.errors import ConfigError
 from mnist_edge.runtime.inputs import Source, expand_inputs

@@ -24,10 +24,10 @@ from PIL import Image
 
 from mnist_edge.runtime import layout
 from mnist_edge.runtime.atomic import atomic_path
-from mnist_edge.runtime.webserve import WebConfig, missing_runtime_files, running
+from mnist_edge.tools.webserve import WebConfig, missing_runtime_files, running
 
 REPO = Path(__file__).resolve().parents[1]
-WEB_DIR = REPO / layout.WEB_DIR
+WEB_DIR = REPO / "web"
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -380,7 +380,7 @@ def test_a_digit_drawn_with_a_finger_is_classified(main_page: PageSession) -> No
 def test_screenshot_of_a_drawn_digit(main_page: PageSession) -> None:
     main_page.page.check("input[name=precision][value=fp32]")
     assert _draw(main_page, STROKES["7"]) == "7"
-    target = layout.Artifacts(REPO / layout.DEFAULT_DIR).web_screenshot
+    target = REPO / layout.DEFAULT_DIR / "web.png"
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
         main_page.page.screenshot(path=str(tmp), type="png", full_page=True)

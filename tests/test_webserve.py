@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mnist_edge.runtime.webserve import (
+from mnist_edge.tools.webserve import (
     RUNTIME_FILES,
     VENDOR,
     WebConfig,

@@ -112,7 +112,7 @@ def main(
     (report.md, training.png, confusion.png). An interrupted run resumes with --resume.
     """
     # OpenMP threads sleep instead of spinning between parallel regions: spinning
-    # threads starve whatever else shares the cores (README "Benchmarks"). Set
+    # threads starve whatever else shares the cores (docs/benchmarks.md). Set
     # before torch loads; an OMP_WAIT_POLICY the user exported wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:

@@ -181,7 +181,7 @@ def train(
     log(summary(model))
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device=device).to(memory_format=fmt)
-    # Fused Adam is one kernel per step on CUDA; on CPU the default (foreach) measured as fast.
+    # Fused Adam is one kernel per step on CUDA; on CPU the default (foreach) is as fast.
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, fused=device.type == "cuda" or None
     )

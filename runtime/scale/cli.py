@@ -19,7 +19,6 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -28,9 +27,14 @@ from typing import TYPE_CHECKING, Any, cast
 import click
 
 from mnist_edge.runtime.errors import ConfigError, first_line
-from mnist_edge.runtime.layout import model_path
-from mnist_edge.runtime.metadata import INVERT_MODES
-from mnist_edge.runtime.options import model_options
+from mnist_edge.runtime.frontend import (
+    ModelChoice,
+    check_top_k,
+    invert_option,
+    model_errors,
+    model_options,
+    option_of,
+)
 from mnist_edge.runtime.output import FORMATS, open_text_output
 from mnist_edge.runtime.scale.config import RayConfig, RayEngineError, import_ray
 
@@ -82,11 +86,6 @@ class Output:
             )
 
 
-def _option(field: str) -> str:
-    """The option of a :class:`RayConfig` field (``cpus_per_actor`` -> ``--cpus-per-actor``)."""
-    return "--" + field.replace("_", "-")
-
-
 def config_from(params: dict[str, Any]) -> RayConfig:
     """The :class:`RayConfig` of parsed options named as its fields (``None`` = its default).
 
@@ -100,7 +99,7 @@ def config_from(params: dict[str, Any]) -> RayConfig:
     try:
         config = RayConfig(**given)
     except ConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint=_option(exc.field or "provider")) from None
+        raise click.BadParameter(str(exc), param_hint=option_of(exc) or "--provider") from None
     return config
 
 
@@ -114,13 +113,7 @@ def config_from(params: dict[str, Any]) -> RayConfig:
     show_default=True,
     help="Inputs per Ray task: each reads, decodes and classifies its block of files.",
 )
-@click.option(
-    "--invert",
-    type=click.Choice(INVERT_MODES),
-    default="auto",
-    show_default=True,
-    help="Invert pictures to white-on-black: auto (when the background is light), always, never.",
-)
+@invert_option()
 @click.option(
     "--format",
     "fmt",
@@ -186,19 +179,17 @@ def command(ctx: click.Context, **params: Any) -> None:
     output = Output(params["output"], params["fmt"])
     output.check()
     config = config_from(params)
-    path = model_path(params["model"], params["int8"])
-    hint = "--int8" if params["int8"] and params["model"] is None else "--model"
-    classifier = _load(path, hint)
-    if config.top_k > len(classifier.classes):
-        raise click.BadParameter(
-            f"{config.top_k} is more than the model's {len(classifier.classes)} classes",
-            param_hint="--top-k",
-        )
+    choice = ModelChoice(params["model"], params["int8"])
+    from mnist_edge.runtime.scale.engine import load_model
+
+    with model_errors(choice):  # a bad model is a usage error before any cluster work
+        classifier = load_model(choice.path)
+    check_top_k(config.top_k, classifier.classes)
     stdin = sys.stdin if "-" in params["inputs"] else None
     stats, started = _run(params, config, classifier, output, stdin)
     if not params["quiet"]:
         provider = f"{config.provider} (ray, {_pool(config)}; Ray started in {started:.1f} s)"
-        model = f"{path} ({classifier.metadata.precision})"
+        model = f"{choice.path} ({classifier.metadata.precision})"
         click.echo(stats.summary(provider, model), err=True)
     ctx.exit(1 if stats.failures else 0)
 
@@ -227,7 +218,7 @@ def _run(
             else:
                 _write_rows(results, output.target, output.fmt, config.top_k, stats)
         except ConfigError as exc:
-            raise click.BadParameter(str(exc), param_hint=_option(exc.field or "actors")) from None
+            raise click.BadParameter(str(exc), param_hint=option_of(exc) or "--actors") from None
         except ray.exceptions.RayError as exc:
             raise click.ClickException(f"the Ray job failed: {_reason(exc)}") from None
     return stats, started
@@ -240,22 +231,6 @@ def _pool(config: RayConfig) -> str:
     return f"{actors}, {config.cpus_per_actor:g} CPU" + (
         f" + {config.gpus:g} GPU" if config.gpus else ""
     )
-
-
-def _load(path: Path, hint: str) -> Classifier:
-    """Open the model here first: a bad file is a usage error before any cluster work."""
-    from mnist_edge.runtime.scale.engine import load_model
-    from mnist_edge.runtime.session import ModelError, ProviderError
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            classifier = load_model(path)
-        except (ModelError, ProviderError) as exc:
-            raise click.BadParameter(str(exc), param_hint=hint) from None
-    for warning in caught:
-        click.echo(f"warning: {warning.message}", err=True)
-    return classifier
 
 
 @contextlib.contextmanager

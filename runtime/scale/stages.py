@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.fs as pafs
 
-    from mnist_edge.runtime.classifier import Classifier
+    from mnist_edge.runtime.classifier import Classifier, Predictions
 
 RESULT_COLUMNS = ("path", "label", "confidence", "top_k", "error")
 """The columns of a result row: ``label``/``confidence``/``top_k`` are null on error rows,
@@ -84,36 +84,48 @@ def error_table(paths: Sequence[str], errors: Sequence[str]) -> pa.Table:
 
 def result_table(
     paths: Sequence[str],
-    probabilities: np.ndarray,
     errors: Sequence[str | None],
-    classes: Sequence[str],
+    predictions: Predictions,
     top_k: int,
 ) -> pa.Table:
-    """Result rows from float32 (n, classes) probabilities (any values where ``errors[i]`` is set).
+    """Result rows: an error row where ``errors[i]`` is set, else the next of ``predictions``.
 
-    Vectorised: one Arrow array per column, no Python per row or per alternative.
+    The columnar twin of :func:`mnist_edge.runtime.messages.results`: the same
+    labels, confidences and top-k (from :class:`Predictions`), built as one Arrow
+    array per column, with no Python per row or per alternative.
+
+    Args:
+        paths: n input names.
+        errors: per input, ``None`` or why it failed.
+        predictions: one per input without an error, in input order.
+        top_k: alternatives per row (at most the number of classes; 0 = none).
     """
     import pyarrow as pa
 
     n = len(paths)
     failed = np.fromiter((e is not None for e in errors), dtype=bool, count=n)
-    names = np.asarray(classes, dtype=object)
-    indices = probabilities.argmax(axis=1) if n else np.zeros(0, np.int64)  # (n,)
-    confidences = probabilities[np.arange(n), indices].astype(np.float64)  # (n,)
+    ok = np.flatnonzero(~failed)
+    if len(ok) != len(predictions.indices):
+        raise ValueError(f"{len(predictions.indices)} predictions for {len(ok)} decoded inputs")
+    names = np.asarray(predictions.classes, dtype=object)
+    indices = np.zeros(n, np.int64)
+    indices[ok] = predictions.indices
+    confidences = np.zeros(n, np.float64)
+    confidences[ok] = predictions.confidences
     schema = result_schema()
+    alternative = schema.field("top_k").type.value_type
     if top_k:
-        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]  # (n, k)
+        best = np.zeros((n, top_k), np.int64)
+        best[ok] = predictions.top_k(top_k)  # (n_ok, k), most probable first
+        probabilities = np.zeros((n, top_k), np.float64)
+        probabilities[ok] = np.take_along_axis(predictions.probabilities, best[ok], axis=1)
         alternatives = pa.StructArray.from_arrays(
-            [
-                pa.array(names[order.ravel()], pa.string()),
-                pa.array(np.take_along_axis(probabilities, order, 1).ravel().astype(np.float64)),
-            ],
-            fields=list(schema.field("top_k").type.value_type),
+            [pa.array(names[best.ravel()], pa.string()), pa.array(probabilities.ravel())],
+            fields=list(alternative),
         )
-        offsets = pa.array(np.arange(0, n * top_k + 1, top_k, dtype=np.int32))
     else:
-        alternatives = pa.array([], schema.field("top_k").type.value_type)
-        offsets = pa.array(np.zeros(n + 1, dtype=np.int32))
+        alternatives = pa.array([], alternative)
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * top_k)
     top = pa.ListArray.from_arrays(
         offsets, alternatives, type=schema.field("top_k").type, mask=pa.array(failed)
     )
@@ -123,7 +135,7 @@ def result_table(
             pa.array(names[indices], pa.string(), mask=failed),
             pa.array(confidences, pa.float64(), mask=failed),
             top,
-            pa.array([e for e in errors], pa.string()),
+            pa.array(errors, pa.string()),
         ],
         schema=schema,
     )
@@ -250,14 +262,19 @@ class ClassifyFiles:
 
     def _classify(self, paths: list[str], images: np.ndarray, errors: list[str | None]) -> pa.Table:
         """(n, size, size) uint8 digits (zeros where ``errors[i]`` is set) -> result rows."""
-        ok = np.flatnonzero([e is None for e in errors])
-        probabilities = np.zeros((len(paths), len(self.classifier.classes)), np.float32)
-        step = self.job.model_batch
+        from mnist_edge.runtime.classifier import Predictions
+
+        ok = [i for i, e in enumerate(errors) if e is None]
         good = images[ok] if len(ok) < len(paths) else images  # (n_ok, size, size)
-        for start in range(0, len(ok), step):
-            rows = ok[start : start + step]
-            probabilities[rows] = self.classifier.predict(good[start : start + step]).probabilities
-        return result_table(paths, probabilities, errors, self.classifier.classes, self.top_k)
+        step = self.job.model_batch
+        parts = [
+            self.classifier.predict(good[i : i + step]).probabilities
+            for i in range(0, len(ok), step)
+        ]
+        classes = self.classifier.classes
+        probabilities = np.concatenate(parts) if parts else np.zeros((0, len(classes)), np.float32)
+        predictions = Predictions.from_probabilities(probabilities, classes)  # (n_ok, classes)
+        return result_table(paths, errors, predictions, self.top_k)
 
     def _array_file(self, path: str, source: int) -> pa.Table:
         """One row per image of a ``.npy``/IDX file, or one error row (as the local engine)."""

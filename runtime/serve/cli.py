@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import signal
 import socket
-import warnings
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
 import click
 
 from mnist_edge.runtime import __version__
 from mnist_edge.runtime.extras import MissingExtraError, require_extras
-from mnist_edge.runtime.layout import model_path
-from mnist_edge.runtime.metadata import INVERT_MODES
-from mnist_edge.runtime.options import model_options
-
-if TYPE_CHECKING:
-    from mnist_edge.runtime.classifier import Classifier
+from mnist_edge.runtime.frontend import (
+    ModelChoice,
+    invert_option,
+    load_classifier,
+    model_options,
+    threads_option,
+)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -76,19 +75,8 @@ def _bind(host: str, port: int) -> socket.socket:
     show_default=True,
     help="Largest request body in MiB (bigger ones get 413).",
 )
-@click.option(
-    "--threads",
-    type=click.IntRange(1, 1024),
-    default=None,
-    help="ONNX Runtime CPU threads.  [default: usable cores]",
-)
-@click.option(
-    "--invert",
-    type=click.Choice(INVERT_MODES),
-    default="auto",
-    show_default=True,
-    help="Invert uploaded pictures to white-on-black (/v1/classify).",
-)
+@threads_option()
+@invert_option("uploaded pictures (/v1/classify)")
 @click.option(
     "--graceful-timeout",
     type=click.IntRange(0, None),
@@ -128,9 +116,11 @@ def main(
     from mnist_edge.runtime.serve.app import create_app
     from mnist_edge.runtime.serve.batcher import BatchConfig
     from mnist_edge.runtime.serve.service import ServeConfig
+    from mnist_edge.runtime.session import SessionConfig
 
-    path = model_path(model, int8)
-    classifier = _load(path, model, int8, provider, threads)
+    choice = ModelChoice(model, int8)
+    path = choice.path
+    classifier = load_classifier(choice, SessionConfig(provider=provider, threads=threads))
     config = ServeConfig(
         batch=BatchConfig(max_batch=max_batch, max_wait_ms=max_wait_ms),
         max_body_bytes=int(max_body_mb * 1024 * 1024),
@@ -170,28 +160,6 @@ def main(
 
 def _stopped(signum: int, frame: FrameType | None) -> None:
     """SIGTERM after uvicorn's graceful shutdown: nothing left to do."""
-
-
-def _load(
-    path: Path, model: Path | None, int8: bool, provider: str, threads: int | None
-) -> Classifier:
-    """The classifier, or click errors naming the bad option."""
-    from mnist_edge.runtime.classifier import Classifier
-    from mnist_edge.runtime.session import ModelError, ProviderError, SessionConfig
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            classifier = Classifier(path, config=SessionConfig(provider=provider, threads=threads))
-        except ProviderError as exc:
-            raise click.BadParameter(str(exc), param_hint="--provider") from None
-        except ModelError as exc:
-            raise click.BadParameter(
-                str(exc), param_hint="--int8" if int8 and model is None else "--model"
-            ) from None
-    for warning in caught:
-        click.echo(f"warning: {warning.message}", err=True)
-    return classifier
 
 
 if __name__ == "__main__":

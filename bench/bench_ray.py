@@ -2,10 +2,10 @@
 
 Run from the repo root (after ``make train export``)::
 
-    flock /tmp/mnist-bench.lock .venv/bin/python tests/bench_ray.py
+    flock /tmp/mnist-bench.lock .venv/bin/python bench/bench_ray.py
 
-On the 10k MNIST test set written as PNG files, and on 100k inputs (the same
-folder listed ten times):
+On the 10k MNIST test set written as PNG files (as bench/bench_infer.py writes
+them), and on 100k inputs (the same folder listed ten times):
 
 * ``mnist-infer DIR --format csv -o FILE`` (local engine) and
   ``mnist-infer --engine ray DIR --format csv -o FILE`` (a local Ray started by
@@ -33,7 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchutil import (  # tests/ is sys.path[0] for scripts
+from benchutil import (  # bench/ is sys.path[0] for scripts
+    BENCH_JSON,
     cpu_flags,
     cpu_flags_line,
     cpu_name,
@@ -42,7 +43,7 @@ from benchutil import (  # tests/ is sys.path[0] for scripts
 
 from mnist_edge.runtime.layout import Artifacts
 from mnist_edge.runtime.processes import usable_cores
-from mnist_edge.runtime.samples import SamplesError, load_test_set, write_samples
+from mnist_edge.tools.samples import SamplesError, load_test_set, write_samples
 
 SUMMARY = re.compile(r"(\d+) images, (\d+) failed, ([\d,]+) images/s \(([\d.]+) s\)")
 RAY_START = re.compile(r"Ray started in ([\d.]+) s")
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=Artifacts().model())
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--png-dir", type=Path, default=None, help="reuse/keep the 10k PNGs here")
-    parser.add_argument("--out", type=Path, default=Artifacts().bench)
+    parser.add_argument("--out", type=Path, default=BENCH_JSON)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--driver", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--times", type=int, default=1, help=argparse.SUPPRESS)

@@ -3,7 +3,7 @@
 Run from the repo root, with any Python that has torch and onnxruntime-gpu
 (the venv's when there is one; a torch other than the pinned one is fine)::
 
-    python3 tests/gpu_check.py
+    python3 bench/gpu_check.py
 
 Installs nothing. Without an NVIDIA GPU (``nvidia-smi`` finds none) it says so
 in one line and exits 0. Otherwise it runs, each step recorded even when an
@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+GPU_CHECK_JSON = "gpu-check.json"  # in the artifacts folder, beside bench.json
 GPU_BATCHES = (1, 256, 4096, 65536)
 SUMMARY = re.compile(r"(\d+) images, (\d+) failed, ([\d,]+) images/s")
 # Goals on an H100-class GPU (issue 9).
@@ -197,8 +198,8 @@ def end_to_end(model: Path, data_dir: Path, png_dir: Path, env: dict[str, str]) 
     import onnxruntime as ort
 
     from mnist_edge.runtime.images import load_batch
-    from mnist_edge.runtime.samples import load_test_set, write_samples
     from mnist_edge.runtime.workers import new_pool, usable_cores
+    from mnist_edge.tools.samples import load_test_set, write_samples
 
     pixels, labels = load_test_set(data_dir)  # (10000, 28, 28) uint8
     if not any(png_dir.glob("*.png")):
@@ -242,8 +243,8 @@ def model_only(model: Path, data_dir: Path) -> dict[str, Any]:
     import onnxruntime as ort
 
     from mnist_edge.runtime.classifier import Classifier
-    from mnist_edge.runtime.samples import load_test_set
     from mnist_edge.runtime.session import SessionConfig, create_session
+    from mnist_edge.tools.samples import load_test_set
 
     pixels, _ = load_test_set(data_dir)
     images = (pixels.astype(np.float32) / np.float32(255))[:, None]  # (10000, 1, 28, 28)
@@ -380,12 +381,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     env = ensure_importable()
+    from mnist_edge.export.cpu import host_cpu_features
     from mnist_edge.runtime.atomic import atomic_write_text
-    from mnist_edge.runtime.cpu import host_cpu_features
     from mnist_edge.runtime.layout import Artifacts
 
     art = Artifacts(args.artifacts) if args.artifacts else Artifacts(REPO / "artifacts")
-    work = art.gpu_check_dir
+    work = art.root / "gpu-check"
     work.mkdir(parents=True, exist_ok=True)
     steps = Steps()
     skip = set(args.skip)
@@ -427,9 +428,11 @@ def main(argv: list[str] | None = None) -> int:
         "steps": steps.results,
         "goals": goals(steps.results, cpu_accuracy),
     }
-    atomic_write_text(art.gpu_check, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(
+        art.root / GPU_CHECK_JSON, json.dumps(report, indent=2, sort_keys=True) + "\n"
+    )
     print(table(report))
-    print(f"\nsaved to {art.gpu_check}", file=sys.stderr)
+    print(f"\nsaved to {art.root / GPU_CHECK_JSON}", file=sys.stderr)
     return 1 if steps.failed else 0
 
 

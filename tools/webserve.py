@@ -7,7 +7,7 @@ served as ``text/javascript`` and ``application/wasm``, so the types are set
 here, not guessed from the host's ``/etc/mime.types``. Nothing is cached, so
 a page reloaded after a new export gets the new models.
 
-``python -m mnist_edge.runtime.webserve`` (what ``make web`` runs) serves until
+``python -m mnist_edge.tools.webserve`` (what ``make web`` runs) serves until
 Ctrl-C; the browser tests use :func:`running` on a free port.
 """
 
@@ -66,7 +66,7 @@ class WebConfig:
         quiet: do not log each request to stderr.
     """
 
-    web_dir: Path = layout.WEB_DIR
+    web_dir: Path = Path("web")
     models_dir: Path = layout.DEFAULT_DIR
     host: str = "127.0.0.1"
     port: int = 8000

@@ -1,6 +1,6 @@
 """Write MNIST test digits as image files, so ``mnist-infer images/`` works at once.
 
-``python -m mnist_edge.runtime.samples images/`` writes the first ``--count``
+``python -m mnist_edge.tools.samples images/`` writes the first ``--count``
 test digits as PNG (``0000-label7.png``), plus photo-like variants of a few:
 inverted (black on white), coloured RGB, larger with a margin, JPEG, and an
 RGBA drawing on a transparent background. ``--all`` writes the whole test set
@@ -17,6 +17,7 @@ import click
 import numpy as np
 from PIL import Image
 
+from mnist_edge.export.pictures import variants
 from mnist_edge.runtime.atomic import atomic_path
 from mnist_edge.runtime.errors import MnistEdgeError
 from mnist_edge.runtime.idx import IdxFormatError, read_idx
@@ -58,28 +59,6 @@ def load_test_set(
 def _save(img: Image.Image, path: Path, **kwargs) -> None:
     with atomic_path(path) as tmp:
         img.save(tmp, format=kwargs.pop("format"), **kwargs)
-
-
-def variants(digit: np.ndarray) -> dict[str, tuple[Image.Image, str]]:
-    """Photo-like versions of one uint8 (28, 28) digit: name -> (image, PIL format)."""
-    gray = Image.fromarray(digit, mode="L")
-    inverted = Image.fromarray(255 - digit, mode="L")
-    ink = np.array([20, 30, 120], dtype=np.float32)  # blue ink on yellowish paper
-    paper = np.array([250, 240, 200], dtype=np.float32)
-    alpha = (digit.astype(np.float32) / 255.0)[..., None]
-    rgb = Image.fromarray((paper * (1 - alpha) + ink * alpha).astype(np.uint8), mode="RGB")
-    large = Image.new("L", (160, 120), 255)
-    large.paste(inverted.resize((84, 84), Image.Resampling.BICUBIC), (50, 20))
-    rgba = np.zeros((28, 28, 4), dtype=np.uint8)
-    rgba[..., 3] = digit  # black strokes on a transparent background
-    return {
-        "inverted.png": (inverted, "PNG"),
-        "rgb.png": (rgb, "PNG"),
-        "large.png": (large, "PNG"),
-        "photo.jpg": (large.convert("RGB"), "JPEG"),
-        "rgba.png": (Image.fromarray(rgba, mode="RGBA"), "PNG"),
-        "plain.bmp": (gray, "BMP"),
-    }
 
 
 def write_samples(

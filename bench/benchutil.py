@@ -8,6 +8,9 @@ from pathlib import Path
 
 from mnist_edge.runtime.atomic import atomic_write_text
 
+BENCH_JSON = Path("artifacts") / "bench.json"
+"""Where every benchmark merges its section (``--out`` changes it)."""
+
 
 def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
@@ -36,8 +39,8 @@ def merge_section(path: Path, name: str, section: dict) -> dict:
 
 
 def cpu_flags() -> dict:
-    """This CPU's int8-relevant flags (:mod:`mnist_edge.runtime.cpu`), for bench.json."""
-    from mnist_edge.runtime.cpu import REPORTED_FLAGS, host_cpu_features
+    """This CPU's int8-relevant flags (:mod:`mnist_edge.export.cpu`), for bench.json."""
+    from mnist_edge.export.cpu import REPORTED_FLAGS, host_cpu_features
 
     features = host_cpu_features()
     return {

@@ -2,7 +2,7 @@
 
 Run from the repo root (after ``make train export``)::
 
-    flock /tmp/mnist-bench.lock .venv/bin/python tests/bench_serve.py
+    flock /tmp/mnist-bench.lock .venv/bin/python bench/bench_serve.py
 
 Starts ``mnist-serve`` on a free 127.0.0.1 port with its default batching, then a
 load generator in this process (asyncio, keep-alive connections, the binary
@@ -32,13 +32,17 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from benchutil import (  # tests/ is sys.path[0] for scripts
+
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' server helper
+
+from benchutil import (  # bench/ is sys.path[0] for scripts
+    BENCH_JSON,
     cpu_flags,
     cpu_flags_line,
     cpu_name,
     merge_section,
 )
-from serve_process import ServerProcess, start_server
+from helpers.serve_process import ServerProcess, start_server
 
 from mnist_edge.runtime.layout import Artifacts
 from mnist_edge.runtime.processes import usable_cores
@@ -210,7 +214,7 @@ def markdown(section: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Artifacts().model())
-    parser.add_argument("--out", type=Path, default=Artifacts().bench)
+    parser.add_argument("--out", type=Path, default=BENCH_JSON)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--serial-requests", type=int, default=2_000)
     parser.add_argument("--concurrent-requests", type=int, default=30_000)

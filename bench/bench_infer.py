@@ -2,7 +2,7 @@
 
 Run from the repo root::
 
-    .venv/bin/python tests/bench_infer.py --model artifacts/mnist.onnx --int8-model artifacts/mnist.int8.onnx
+    .venv/bin/python bench/bench_infer.py --model artifacts/mnist.onnx --int8-model artifacts/mnist.int8.onnx
 
 Measures, on the CPU (and CUDA when onnxruntime has it):
 
@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from benchutil import (  # tests/ is sys.path[0] for scripts
+from benchutil import (  # bench/ is sys.path[0] for scripts
+    BENCH_JSON,
     cpu_flags,
     cpu_flags_line,
     cpu_name,
@@ -41,8 +42,8 @@ from PIL import Image
 
 from mnist_edge.runtime.classifier import Classifier
 from mnist_edge.runtime.processes import usable_cores
-from mnist_edge.runtime.samples import SamplesError, load_test_set, write_samples
 from mnist_edge.runtime.session import SessionConfig
+from mnist_edge.tools.samples import SamplesError, load_test_set, write_samples
 
 BATCHES = (1, 32, 256, 1024)
 SUMMARY = re.compile(r"(\d+) images, (\d+) failed, ([\d,]+) images/s")
@@ -487,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, default=Path("artifacts/model.pt"))
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--png-dir", type=Path, default=None, help="reuse/keep the 10k PNGs here")
-    parser.add_argument("--out", type=Path, default=Path("artifacts/bench.json"))
+    parser.add_argument("--out", type=Path, default=BENCH_JSON)
     parser.add_argument("--provider", default="auto", help="provider for the end-to-end run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency-runs", type=int, default=1000)

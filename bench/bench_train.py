@@ -2,9 +2,9 @@
 
 Run it directly (pytest does not collect ``bench_*.py``)::
 
-    .venv/bin/python tests/bench_train.py                 # 3 epochs, auto device
-    .venv/bin/python tests/bench_train.py --epochs 15     # the whole recipe
-    .venv/bin/python tests/bench_train.py --no-channels-last --threads 1
+    .venv/bin/python bench/bench_train.py                 # 3 epochs, auto device
+    .venv/bin/python bench/bench_train.py --epochs 15     # the whole recipe
+    .venv/bin/python bench/bench_train.py --no-channels-last --threads 1
 
 It trains into a temporary folder (``artifacts/model.pt`` is left alone), then
 merges a ``"training"`` section into ``artifacts/bench.json`` (read, modify,
@@ -23,7 +23,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchutil import (  # tests/ is sys.path[0] for scripts
+from benchutil import (  # bench/ is sys.path[0] for scripts
     cpu_flags,
     cpu_flags_line,
     cpu_name,

@@ -1,0 +1,184 @@
+"""The glue the three front ends share (``mnist-infer``, ``mnist-serve``, the Ray engine).
+
+- the options they have in common, declared once (:func:`model_options`,
+  :func:`threads_option`, :func:`invert_option`);
+- which model a command runs and which option to blame for it (:class:`ModelChoice`);
+- one way to open a model: :func:`model_errors` turns the library's errors into
+  click errors that name the option at fault (from the error's type, and for a
+  :class:`~mnist_edge.runtime.errors.ConfigError` from its ``field``, never from
+  its text) and shows the library's warnings on stderr; :func:`load_classifier`
+  opens a :class:`~mnist_edge.runtime.classifier.Classifier` with it.
+
+Importing this module costs only click: a CLI declares its options before the
+heavy libraries load (they load inside the functions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from mnist_edge.runtime.errors import ConfigError, MnistEdgeError
+from mnist_edge.runtime.layout import DEFAULT, model_path
+from mnist_edge.runtime.metadata import INVERT_MODES
+
+if TYPE_CHECKING:
+    from mnist_edge.runtime.classifier import Classifier
+    from mnist_edge.runtime.session import SessionConfig
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+MODEL_HINT = "`make train export` makes the default model; --model picks another file"
+
+# Config fields whose option is not "--" + the field with dashes.
+FIELD_OPTIONS: Mapping[str, str] = {"fmt": "--format", "max_wait_ms": "--max-wait-ms"}
+
+
+def _decorate(options: list[Callable[[F], F]]) -> Callable[[F], F]:
+    def decorate(f: F) -> F:
+        for option in reversed(options):  # the order they are listed in --help
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def model_options(verb: str) -> Callable[[F], F]:
+    """``--model``, ``--int8`` and ``--provider`` for a command that ``verb``\\ s the model ("Use", "Serve")."""
+    return _decorate(
+        [
+            click.option(
+                "--model",
+                type=click.Path(dir_okay=False, path_type=Path),
+                default=None,
+                help=f"ONNX model file.  [default: {DEFAULT.model()}]",
+            ),
+            click.option(
+                "--int8",
+                is_flag=True,
+                help=f"{verb} the quantized model ({DEFAULT.model('int8')}, or NAME.int8.onnx beside --model).",
+            ),
+            click.option(
+                "--provider",
+                default="auto",
+                show_default=True,
+                help="Execution provider: auto, cpu, cuda, tensorrt, ... (auto picks the best available).",
+            ),
+        ]
+    )
+
+
+def threads_option(where: str = "") -> Callable[[F], F]:
+    """``--threads``: ONNX Runtime's CPU threads (``where`` says whose, e.g. " in the main process")."""
+    return click.option(
+        "--threads",
+        type=click.IntRange(1, 1024),
+        default=None,
+        help=f"ONNX Runtime CPU threads{where}.  [default: usable cores]",
+    )
+
+
+def invert_option(what: str = "pictures") -> Callable[[F], F]:
+    """``--invert``: how a picture is made white-on-black before it is classified."""
+    return click.option(
+        "--invert",
+        type=click.Choice(INVERT_MODES),
+        default="auto",
+        show_default=True,
+        help=f"Invert {what} to white-on-black: auto (when the background is light), always, never.",
+    )
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model a command was asked to run: ``--model`` and ``--int8`` as parsed.
+
+    Attributes:
+        model: ``--model``, or ``None`` for the default.
+        int8: ``--int8``.
+    """
+
+    model: Path | None = None
+    int8: bool = False
+
+    @property
+    def path(self) -> Path:
+        """The file to open (``--model`` or the default, or its int8 sibling)."""
+        return model_path(self.model, self.int8)
+
+    @property
+    def option(self) -> str:
+        """The option to blame when that file is missing or bad."""
+        return "--int8" if self.int8 and self.model is None else "--model"
+
+
+def option_of(exc: ConfigError, options: Mapping[str, str] | None = None) -> str | None:
+    """The command-line option of the config field at fault (``batch_size`` -> ``--batch-size``)."""
+    if exc.field is None:
+        return None
+    return {**FIELD_OPTIONS, **(options or {})}.get(exc.field, "--" + exc.field.replace("_", "-"))
+
+
+@contextlib.contextmanager
+def model_errors(choice: ModelChoice, options: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Open a model inside this block: library errors become click errors, warnings go to stderr.
+
+    ``ProviderError`` blames ``--provider``; ``ModelError`` blames ``choice.option``
+    (with how to make the default model); ``ConfigError`` blames the option of
+    its ``field`` (``options`` maps fields whose option is spelt otherwise); any
+    other :class:`MnistEdgeError` is a plain error (exit 1).
+
+    Raises:
+        click.BadParameter: exit 2, naming the option.
+        click.ClickException: exit 1.
+    """
+    from mnist_edge.runtime.session import ModelError, ProviderError
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        except ProviderError as exc:
+            raise click.BadParameter(str(exc), param_hint="--provider") from None
+        except ModelError as exc:
+            raise click.BadParameter(f"{exc}; {MODEL_HINT}", param_hint=choice.option) from None
+        except ConfigError as exc:
+            option = option_of(exc, options)
+            if option is None:
+                raise click.UsageError(str(exc)) from None
+            raise click.BadParameter(str(exc), param_hint=option) from None
+        except MnistEdgeError as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            for warning in caught:
+                click.echo(f"warning: {warning.message}", err=True)
+
+
+def load_classifier(choice: ModelChoice, session: SessionConfig | None = None) -> Classifier:
+    """The :class:`Classifier` for ``choice``, or click errors naming the option at fault.
+
+    Raises:
+        click.BadParameter, click.ClickException: see :func:`model_errors`.
+    """
+    from mnist_edge.runtime.classifier import Classifier
+
+    with model_errors(choice):
+        return Classifier(choice.path, config=session)
+
+
+def check_top_k(top_k: int, classes: tuple[str, ...]) -> None:
+    """``--top-k`` cannot ask for more labels than the model has.
+
+    Raises:
+        click.BadParameter: naming ``--top-k``.
+    """
+    if top_k > len(classes):
+        raise click.BadParameter(
+            f"{top_k} is more than the model's {len(classes)} classes", param_hint="--top-k"
+        )

@@ -1,0 +1,1 @@
+"""What the tests share: tiny models built in code, a server started in a subprocess."""
