@@ -12,7 +12,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -89,14 +89,21 @@ class InferCommand(click.Command):
     (:mod:`mnist_edge.runtime.scale.cli`), which loads only for such a run.
     """
 
-    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
         ray_args = ray_command_line(argv)
         if ray_args is None:
-            return super().main(argv, prog_name, **extra)
+            return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
         from mnist_edge.runtime.scale.cli import PROG, command
 
-        return command.main(ray_args, PROG, **extra)
+        return command.main(ray_args, PROG, complete_var, standalone_mode, **extra)
 
 
 @click.command(cls=InferCommand, context_settings={"help_option_names": ["-h", "--help"]})

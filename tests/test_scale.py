@@ -302,3 +302,28 @@ def test_ray_options_belong_to_the_ray_command(model, inputs):
     assert local.exit_code == 2 and "No such option '--actors'" in local.output
     parquet = CliRunner().invoke(main, [png, "--model", str(model), "--format", "parquet"])
     assert parquet.exit_code == 2 and "needs --engine ray" in parquet.output
+
+
+def test_config_errors_name_their_field():
+    from mnist_edge.runtime.errors import ConfigError
+
+    for kwargs, field in [
+        ({"batch_size": 0}, "batch_size"),
+        ({"actors": 0}, "actors"),
+        ({"provider": "cuda", "gpus_per_actor": 0}, "gpus_per_actor"),
+        ({"gpus_per_actor": 1}, "gpus_per_actor"),
+        ({"invert": "sometimes"}, "invert"),
+        ({"provider": "auto"}, "provider"),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            RayConfig(**kwargs)
+        assert caught.value.field == field, kwargs
+
+
+def test_block_size_follows_the_input_and_the_cluster():
+    config = RayConfig()
+    assert config.block_size(10_000, 2) == 1250  # four blocks per CPU
+    assert config.block_size(100, 2) == 256  # never tiny tasks
+    assert config.block_size(10_000_000, 2) == 4096  # never huge blocks
+    assert config.block_size(100_000, 64) == 391
+    assert RayConfig(batch_size=100).block_size(10_000, 2) == 100

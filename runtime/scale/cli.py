@@ -36,7 +36,13 @@ from mnist_edge.runtime.frontend import (
     option_of,
 )
 from mnist_edge.runtime.output import FORMATS, open_text_output
-from mnist_edge.runtime.scale.config import RayConfig, RayEngineError, import_ray
+from mnist_edge.runtime.scale.config import (
+    BLOCK_MAX,
+    BLOCK_MIN,
+    RayConfig,
+    RayEngineError,
+    import_ray,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -109,9 +115,9 @@ def config_from(params: dict[str, Any]) -> RayConfig:
 @click.option(
     "--batch-size",
     type=click.IntRange(1, 1 << 20),
-    default=RayConfig.batch_size,
-    show_default=True,
-    help="Inputs per Ray task: each reads, decodes and classifies its block of files.",
+    default=None,
+    help="Inputs per Ray task: each reads, decodes and classifies its block of files.  "
+    f"[default: about 4 blocks per CPU of the cluster, {BLOCK_MIN} to {BLOCK_MAX} inputs each]",
 )
 @invert_option()
 @click.option(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from mnist_edge.runtime.errors import ConfigError, MnistEdgeError
 from mnist_edge.runtime.metadata import INVERT_MODES
 from mnist_edge.runtime.session import GPU_PROVIDERS, PROVIDER_NAMES
+
+BLOCK_MIN, BLOCK_MAX = 256, 4096
+"""The range :meth:`RayConfig.block_size` picks from."""
 
 
 class RayEngineError(MnistEdgeError, RuntimeError):
@@ -22,7 +26,8 @@ class RayConfig:
         provider: ONNX Runtime provider of the workers: ``cpu``, or a GPU one (``cuda``, ...).
             Never falls back: a worker that cannot get it fails.
         batch_size: inputs per block: one Ray task (or actor call) reads, decodes and
-            classifies a block.
+            classifies a block. ``None``: :meth:`block_size` picks it from the input's
+            size and the cluster's CPUs.
         model_batch: images per ONNX Runtime call inside a worker.
         actors: run the model in a pool of this many Ray actors. ``None``: on CPU,
             Ray tasks (one CPU each; each worker process keeps its model for the run);
@@ -41,7 +46,7 @@ class RayConfig:
     """
 
     provider: str = "cpu"
-    batch_size: int = 1024
+    batch_size: int | None = None
     model_batch: int = 64
     actors: int | None = None
     cpus_per_actor: float = 0.5
@@ -53,7 +58,7 @@ class RayConfig:
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "model_batch", "rows_per_file"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, not {getattr(self, name)}", name)
         if self.actors is not None and self.actors < 1:
             raise ConfigError(
@@ -104,6 +109,18 @@ class RayConfig:
         if self.gpus_per_actor is not None:
             return self.gpus_per_actor
         return 1.0 if self.provider_name in GPU_PROVIDERS else 0.0
+
+    def block_size(self, inputs: int, cpus: float) -> int:
+        """Inputs per block for ``inputs`` files on a cluster of ``cpus`` CPUs.
+
+        :attr:`batch_size` when set; else about four blocks per CPU (so no CPU
+        idles while the last blocks run), each between 256 inputs (a task's
+        start-up is small next to its work) and 4096 (blocks stay small in the
+        object store).
+        """
+        if self.batch_size is not None:
+            return self.batch_size
+        return min(BLOCK_MAX, max(BLOCK_MIN, math.ceil(inputs / (4 * max(cpus, 1.0)))))
 
     @property
     def uses_actors(self) -> bool:

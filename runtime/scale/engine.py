@@ -5,7 +5,7 @@ pyarrow-filesystem URIs such as ``s3://bucket/scans/``), or a Ray Dataset of
 bytes, into a lazy Ray Dataset of result rows. The plan, executed in a stream
 by Ray Data when the caller consumes or writes it::
 
-    blocks of file names (batch_size each, listed here, read nowhere yet)
+    blocks of file names (RayConfig.block_size each, listed here, read nowhere yet)
       -> map_batches(ClassifyFiles)      one step per block where Ray runs it: read,
                                          decode + MNIST-style preprocessing, classify
                                          (Ray tasks on CPU, each worker process keeping
@@ -28,6 +28,7 @@ naming the ``scale`` extra.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import uuid
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
     from ray.data import Dataset
 
     from mnist_edge.runtime.classifier import Classifier
+
+BYTES_BLOCK = 1024  # rows per block of a Dataset of bytes given without a batch_size
 
 __all__ = ["RESULT_COLUMNS", "RayConfig", "RayEngineError", "classify_dataset", "load_model"]
 
@@ -151,13 +154,16 @@ def classify_dataset(
     )
     errors: list[Source] = []
     remotes: tuple[stages.Remote, ...] = ()
+    block = config.batch_size or BYTES_BLOCK
     if isinstance(inputs, ray.data.Dataset):
         files: Dataset | None = inputs
     else:
         specs = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else inputs
         plan = plan_inputs([os.fspath(s) for s in specs], stdin)
         errors = plan.errors
-        blocks, remotes = file_blocks(plan, config.batch_size)
+        listed = len(plan.local) + sum(len(r.paths) for r in plan.remote)
+        block = config.block_size(listed, ray.cluster_resources().get("CPU", 1.0))
+        blocks, remotes = file_blocks(plan, block)
         del plan  # the names now live in the blocks
         files = ray.data.from_arrow(blocks) if blocks else None
     failed = (
@@ -177,12 +183,11 @@ def classify_dataset(
     )
     stage = stages.ClassifyFiles  # looked up at call time (tests swap in one that dies)
     results = (
-        _on_actors(ray, files, stage, job, config)
+        _on_actors(ray, files, stage, job, config, block)
         if config.uses_actors
         else files.map_batches(
-            stages.classify_block,
-            fn_kwargs={"job": job, "stage": stage, "run": uuid.uuid4().hex},
-            batch_size=config.batch_size,
+            functools.partial(stages.classify_block, job=job, stage=stage, run=uuid.uuid4().hex),
+            batch_size=block,
             num_cpus=1,
             # Ray Data retries a task whose worker or node died (max_retries=-1).
         )
@@ -191,7 +196,12 @@ def classify_dataset(
 
 
 def _on_actors(
-    ray: Any, files: Dataset, stage: type[stages.ClassifyFiles], job: stages.Job, config: RayConfig
+    ray: Any,
+    files: Dataset,
+    stage: type[stages.ClassifyFiles],
+    job: stages.Job,
+    config: RayConfig,
+    block: int,
 ) -> Dataset:
     from ray.data import ActorPoolStrategy
 
@@ -201,7 +211,7 @@ def _on_actors(
     return files.map_batches(
         stage,
         fn_constructor_kwargs={"job": job},
-        batch_size=config.batch_size,
+        batch_size=block,
         compute=pool,
         num_cpus=config.cpus_per_actor,
         num_gpus=config.gpus,

@@ -326,4 +326,4 @@ def classify_block(
     if _WORKER.get("key") != run:
         _WORKER.clear()
         _WORKER.update(key=run, stage=stage(job))
-    return _WORKER["stage"](batch)  # type: ignore[no-any-return]
+    return _WORKER["stage"](batch)
