@@ -165,14 +165,18 @@ def classify_dataset(
         block = config.block_size(listed, ray.cluster_resources().get("CPU", 1.0))
         blocks, remotes = file_blocks(plan, block)
         del plan  # the names now live in the blocks
-        files = ray.data.from_arrow(blocks) if blocks else None
+        # from_blocks, not from_arrow: from_arrow waits here for a remote task that
+        # reads each table's metadata (a worker start-up before the job even begins)
+        files = ray.data.from_blocks(blocks) if blocks else None
     failed = (
-        ray.data.from_arrow(error_table([s.path for s in errors], [s.error or "" for s in errors]))
+        ray.data.from_blocks(
+            [error_table([s.path for s in errors], [s.error or "" for s in errors])]
+        )
         if errors
         else None
     )
     if files is None:
-        return failed if failed is not None else ray.data.from_arrow(error_table([], []))
+        return failed if failed is not None else ray.data.from_blocks([error_table([], [])])
     job = stages.Job(
         model=stages.ModelBlob.read(classifier.path),
         session=SessionConfig(provider=config.provider_name, threads=1),
