@@ -1,6 +1,7 @@
 # mnist-edge: every target works on a fresh clone; `make venv` is implied.
 # Variables: PYTHON (interpreter for the venv), EXTRAS (train,export,cpu,serve,scale,dev; use gpu
-# instead of cpu on a CUDA machine), DATASET, DEVICE, ARGS (extra CLI options).
+# instead of cpu on a CUDA machine, openvino for ONNX Runtime's OpenVINO build), DATASET, DEVICE,
+# ARGS (extra CLI options).
 
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -17,9 +18,23 @@ WEB_PORT ?= 8000
 comma   := ,
 # One stamp per set of extras: switching EXTRAS (e.g. to train,export,gpu,dev) reinstalls.
 STAMP   := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+# The ONNX Runtime builds, one per extra; they share one module folder, so a venv holds one.
+ORT_cpu      := onnxruntime
+ORT_gpu      := onnxruntime-gpu
+ORT_openvino := onnxruntime-openvino
+ORT_EXTRA    := $(strip $(foreach e,cpu gpu openvino,$(if $(findstring $(comma)$(e)$(comma),$(comma)$(EXTRAS)$(comma)),$(e))))
+# The OpenVINO tests run in a second venv: onnxruntime-openvino cannot share .venv with onnxruntime.
+OV_VENV   ?= .venv-openvino
+OV_BIN    := $(OV_VENV)/bin
+OV_EXTRAS := openvino,serve
+OV_STAMP  := $(OV_VENV)/.installed-$(subst $(comma),-,$(OV_EXTRAS))
+OV_MODELS := build/openvino-models
+OV_TEST_ARGS ?=
+OV_BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data train export parity samples bench test lint format clean distclean web web-deps
+.PHONY: help venv data train export parity samples bench test lint format clean distclean web web-deps \
+	venv-openvino test-openvino bench-openvino
 
 help: ## Show this help
 	@echo "mnist-edge — make targets (a fresh clone needs nothing but python3):"
@@ -27,12 +42,10 @@ help: ## Show this help
 	@echo "Variables: DATASET=mnist|fashion-mnist  DEVICE=auto|cpu|cuda  ARGS='extra CLI options'"
 
 $(STAMP): pyproject.toml
+	$(if $(word 2,$(ORT_EXTRA)),$(error EXTRAS=$(EXTRAS) names $(ORT_EXTRA): pick one ONNX Runtime build, cpu, gpu or openvino))
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@# onnxruntime and onnxruntime-gpu share one module folder: never keep both.
-	@case ',$(EXTRAS),' in \
-	  *,gpu,*) $(BIN)/python -m pip uninstall -y -q onnxruntime 2>/dev/null || true ;; \
-	  *,cpu,*) $(BIN)/python -m pip uninstall -y -q onnxruntime-gpu 2>/dev/null || true ;; \
-	esac
+	@# Switching builds: remove the others first (installed together, one's providers vanish).
+	$(if $(ORT_EXTRA),@$(BIN)/python -m pip uninstall -y -q $(filter-out $(ORT_$(ORT_EXTRA)),$(ORT_cpu) $(ORT_gpu) $(ORT_openvino)) 2>/dev/null || true)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
@@ -57,6 +70,7 @@ samples: $(STAMP) ## Write some test-set digits (and photo-like variants) into i
 bench: $(STAMP) ## Benchmarks: training, model-only and end-to-end inference, serving, Ray -> artifacts/bench.json
 	$(BIN)/python bench/bench_train.py $(TRAIN_BENCH_ARGS)
 	$(BIN)/python bench/bench_infer.py $(INFER_BENCH_ARGS)
+	@$(MAKE) --no-print-directory bench-openvino
 	$(BIN)/python bench/bench_serve.py $(SERVE_BENCH_ARGS)
 	$(BIN)/python bench/bench_ray.py $(RAY_BENCH_ARGS)
 
@@ -74,8 +88,38 @@ GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 gpu-check: ## CUDA end to end: gpu tests, 15-epoch train, export, mnist-infer, IOBinding -> artifacts/gpu-check.json
 	$(GPU_PYTHON) bench/gpu_check.py $(ARGS)
 
-test: $(STAMP) ## Run the test suite
+test: $(STAMP) ## Run the test suite, then the OpenVINO tests in .venv-openvino (test-openvino)
 	$(BIN)/python -m pytest $(ARGS)
+	@$(MAKE) --no-print-directory test-openvino
+
+# .venv-openvino: the project with the `openvino` and `serve` extras and pytest, no torch. Where the
+# wheel cannot be installed (no build for this platform or Python), the OpenVINO targets say so and pass.
+$(OV_STAMP): pyproject.toml
+	@test -x $(OV_BIN)/python || $(PYTHON) -m venv $(OV_VENV)
+	$(OV_BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(OV_EXTRAS)]' \
+	  'pytest>=8.0' 'pytest-timeout>=2.3'
+	@rm -f $(OV_VENV)/.installed*
+	@touch $@
+
+venv-openvino: ## Create .venv-openvino (the project on onnxruntime-openvino) for the OpenVINO tests and bench
+	@$(MAKE) --no-print-directory $(OV_STAMP) || { \
+	  echo "venv-openvino: onnxruntime-openvino cannot be installed here (pip's message above)"; exit 1; }
+
+# Small models for the OpenVINO tests, trained and exported by the main venv (2 epochs, 12k images).
+$(OV_MODELS)/mnist.int8.onnx: | $(STAMP)
+	$(BIN)/mnist-train --out $(OV_MODELS) --epochs 2 --train-limit 12000 --test-limit 2000 --quiet
+	$(BIN)/mnist-export --checkpoint $(OV_MODELS)/model.pt --out-dir $(OV_MODELS) --no-pixels
+
+test-openvino: $(STAMP) ## OpenVINO tests (tests/test_openvino.py) in .venv-openvino, on models made by .venv
+	@if $(MAKE) --no-print-directory $(OV_STAMP); then \
+	  $(MAKE) --no-print-directory $(OV_MODELS)/mnist.int8.onnx && \
+	  MNIST_EDGE_OPENVINO_MODELS=$(OV_MODELS) $(OV_BIN)/python -m pytest tests/test_openvino.py $(OV_TEST_ARGS); \
+	else echo "test-openvino: skipped, onnxruntime-openvino cannot be installed here (pip's message above)"; fi
+
+bench-openvino: $(STAMP) ## CPU vs OpenVINO provider, fp32 and int8 files, paired (in .venv-openvino) -> artifacts/bench.json
+	@if $(MAKE) --no-print-directory $(OV_STAMP); then \
+	  $(OV_BIN)/python bench/bench_infer.py --providers-only $(OV_BENCH_ARGS); \
+	else echo "bench-openvino: skipped, onnxruntime-openvino cannot be installed here (pip's message above)"; fi
 
 lint: $(STAMP) ## ruff check + format check + mypy type check of the package
 	$(BIN)/ruff check .
@@ -93,5 +137,5 @@ clean: ## Remove caches (keeps data/, artifacts/ and .venv/)
 	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-distclean: clean ## Remove everything made by commands: .venv/ data/ artifacts/ images/
-	rm -rf $(VENV) data artifacts images
+distclean: clean ## Remove everything made by commands: .venv/ .venv-openvino/ data/ artifacts/ images/
+	rm -rf $(VENV) $(OV_VENV) data artifacts images

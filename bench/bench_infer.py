@@ -9,6 +9,11 @@ Measures, on the CPU (and CUDA when onnxruntime has it):
 * model only: PyTorch eager, plain ONNX Runtime (default session, no
   mnist-edge code), and our :class:`Classifier` on fp32 and int8, at batch
   1/32/256/1024 (images/s, best of ``--repeats``), plus p50/p99 latency at batch 1;
+* providers side by side: CPU fp32, CPU int8 and, where this onnxruntime has
+  OpenVINO, OpenVINO int8 and fp32, at batch 1/32/256/1024 in alternating
+  rounds, with the ratios to CPU fp32 and the accuracy of each. ``make bench``
+  runs it again alone (``--providers-only``, section ``"providers"``) in
+  ``.venv-openvino``, where the OpenVINO build of ONNX Runtime lives;
 * end to end: ``mnist-infer`` on the 10k MNIST test set written as PNG
   (images/s once started, start-up time, total wall time) against a naive loop
   (PIL open + one session run per image).
@@ -41,8 +46,9 @@ from benchutil import (  # bench/ is sys.path[0] for scripts
 from PIL import Image
 
 from mnist_edge.runtime.classifier import Classifier
+from mnist_edge.runtime.extras import installed_ort_distributions
 from mnist_edge.runtime.processes import usable_cores
-from mnist_edge.runtime.session import SessionConfig
+from mnist_edge.runtime.session import OPENVINO, SessionConfig
 from mnist_edge.tools.samples import SamplesError, load_test_set, write_samples
 
 BATCHES = (1, 32, 256, 1024)
@@ -249,18 +255,31 @@ def end_to_end(args, pixels: np.ndarray, labels: np.ndarray, png_dir: Path) -> d
     }
 
 
-def int8_vs_fp32(args, pixels: np.ndarray) -> dict:
-    """int8 against fp32 through :class:`Classifier` on the CPU, in paired repetitions.
+# (provider, file precision) pairs measured side by side; the first is the baseline.
+PAIRS = (("cpu", "fp32"), ("cpu", "int8"), ("openvino", "int8"), ("openvino", "fp32"))
+BASELINE = "cpu fp32"
+OPENVINO_GOAL = 1.5  # OpenVINO int8 / CPU fp32 at batch 256
 
-    For each batch size, ``--pair-repeats`` rounds each time fp32 then int8 (so
-    both see the same machine load); the figures are the medians of the rounds
-    and the ratio is the median of the per-round int8/fp32 ratios. Batch-1
-    latency (p50) is paired the same way.
+
+def provider_pairs(args, pixels: np.ndarray, labels: np.ndarray) -> dict:
+    """CPU fp32 against CPU int8 and, where this onnxruntime has OpenVINO, OpenVINO int8 and fp32.
+
+    Every engine is a :class:`Classifier`. For each batch size, ``--pair-repeats``
+    rounds each run every engine once in turn (so all see the same machine
+    load); the figures are the medians of the rounds and each ratio is the
+    median of the per-round ratios to CPU fp32. Batch-1 latency (p50) is paired
+    the same way; accuracy is on the whole test set.
     """
-    config = SessionConfig(provider="cpu", allow_spinning=True)
-    models = {"fp32": Classifier(args.model, config=config)}
-    models["int8"] = Classifier(args.int8_model, config=config)
-    meta = models["int8"].metadata
+    available = ort.get_available_providers()
+    engines: dict[str, Classifier] = {}
+    for provider, precision in PAIRS:
+        if provider == "openvino" and OPENVINO not in available:
+            continue
+        path = args.model if precision == "fp32" else args.int8_model
+        # back-to-back calls: spinning CPU threads win here (the CLI turns it off)
+        config = SessionConfig(provider=provider, allow_spinning=True)
+        engines[f"{provider} {precision}"] = Classifier(path, config=config)
+    meta = engines["cpu int8"].metadata
     reps = args.pair_repeats
     rows: dict[str, dict] = {}
     for batch in BATCHES:
@@ -268,72 +287,114 @@ def int8_vs_fp32(args, pixels: np.ndarray) -> dict:
         rounds = [
             {
                 name: _throughput(clf.predict, pixels, batch, 1, limit)
-                for name, clf in models.items()
+                for name, clf in engines.items()
             }
             for _ in range(reps)
         ]
-        rows[f"batch_{batch}"] = _paired(rounds, higher_is_better=True)
+        rows[f"batch_{batch}"] = _paired(rounds)
     count = max(200, args.latency_runs // 2)
     rounds = [
-        {name: _latency(clf.predict, pixels, count)["p50_ms"] for name, clf in models.items()}
+        {name: _latency(clf.predict, pixels, count)["p50_ms"] for name, clf in engines.items()}
         for _ in range(reps)
     ]
-    latency = _paired(rounds, higher_is_better=False)
-    return {
+    predicted = {name: clf.predict(pixels).indices for name, clf in engines.items()}
+    accuracy = {name: round(float(np.mean(ix == labels)), 4) for name, ix in predicted.items()}
+    cpu_int8 = {k: r["ratios"]["cpu int8"] for k, r in rows.items()}
+    section = {
         "pair_repeats": reps,
+        "engines": list(engines),
         "int8_file": str(args.int8_model),
         "int8_target": meta.int8_target or "(not recorded: exported before presets)",
         "int8_tuned_for": meta.int8_tuned_for,
+        "threads": usable_cores(),
         "throughput": rows,
-        "latency_b1_p50_ms": latency,
-        "int8_slower_at": [k for k, r in rows.items() if not r["int8_faster"]]
-        + ([] if latency["int8_faster"] else ["latency_b1"]),
+        "latency_b1_p50_ms": _paired(rounds),
+        "accuracy": accuracy,
+        "accuracy_images": len(labels),
+        "cpu_int8_slower_at": [k for k, ratio in cpu_int8.items() if ratio < 1],
     }
+    if "openvino int8" in engines:
+        ratio = rows["batch_256"]["ratios"]["openvino int8"]
+        gap = abs(accuracy["openvino int8"] - accuracy[BASELINE])
+        section["openvino_goal"] = {
+            "int8_vs_cpu_fp32_at_256": ratio,
+            "wanted": OPENVINO_GOAL,
+            "accuracy_gap_points": round(gap * 100, 2),
+            "same_labels_as_cpu_int8": round(
+                float(np.mean(predicted["openvino int8"] == predicted["cpu int8"])), 5
+            ),
+            "met": ratio >= OPENVINO_GOAL and gap <= 0.001,
+        }
+    return section
 
 
-def _paired(rounds: list[dict[str, float]], higher_is_better: bool) -> dict:
-    """Medians of paired rounds ``[{"fp32": x, "int8": y}, ...]`` and the median int8/fp32 ratio."""
-    ratios = [r["int8"] / r["fp32"] for r in rounds]
-    ratio = float(np.median(ratios))
-    return {
-        "fp32": round(float(np.median([r["fp32"] for r in rounds])), 4),
-        "int8": round(float(np.median([r["int8"] for r in rounds])), 4),
-        "ratio": round(ratio, 3),
-        "ratios": [round(x, 3) for x in ratios],
-        "int8_faster": ratio > 1 if higher_is_better else ratio < 1,
+def _paired(rounds: list[dict[str, float]]) -> dict:
+    """Medians of paired rounds ``[{"cpu fp32": x, "cpu int8": y, ...}, ...]`` and the median ratios to CPU fp32."""
+    names = list(rounds[0])
+    out: dict = {name: round(float(np.median([r[name] for r in rounds])), 4) for name in names}
+    out["ratios"] = {
+        name: round(float(np.median([r[name] / r[BASELINE] for r in rounds])), 3)
+        for name in names
+        if name != BASELINE
     }
+    return out
 
 
-def markdown_int8(section: dict) -> str:
-    """The int8/fp32 table, a plain verdict, and the CPU flags."""
-    cmp = section["int8_vs_fp32"]
-    n = cmp["pair_repeats"]
+def markdown_pairs(cmp: dict, flags: dict) -> str:
+    """The side-by-side table (images/s and the ratio to CPU fp32), the verdicts, and the CPU flags."""
+    names = cmp["engines"]
     lines = [
-        f"int8 ({cmp['int8_target']}) vs fp32, `Classifier` on the CPU, median of {n} paired repetitions:",
+        f"Providers and files side by side (`Classifier`, {cmp['threads']} threads, int8 preset "
+        f"{cmp['int8_target']}), median of {cmp['pair_repeats']} alternating repetitions:",
         "",
-        "| batch | fp32 (img/s) | int8 (img/s) | int8/fp32 |",
-        "|---|---:|---:|---:|",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
     ]
+
+    def cells(row: dict, fmt: str) -> list[str]:
+        return [
+            format(row[n], fmt) + ("" if n == BASELINE else f" ({row['ratios'][n]:.2f}x)")
+            for n in names
+        ]
+
     for b in BATCHES:
-        r = cmp["throughput"][f"batch_{b}"]
-        lines.append(f"| {b} | {r['fp32']:,.0f} | {r['int8']:,.0f} | {r['ratio']:.2f}x |")
-    lat = cmp["latency_b1_p50_ms"]
+        lines.append(
+            f"| batch {b} (img/s) | "
+            + " | ".join(cells(cmp["throughput"][f"batch_{b}"], ",.0f"))
+            + " |"
+        )
     lines.append(
-        f"| latency b1 p50 (ms) | {lat['fp32']:.3f} | {lat['int8']:.3f} | {lat['ratio']:.2f}x (lower is better) |"
+        "| latency b1 p50 (ms) | " + " | ".join(cells(cmp["latency_b1_p50_ms"], ".3f")) + " |"
     )
-    slower = cmp["int8_slower_at"]
+    lines.append(
+        f"| accuracy ({cmp['accuracy_images']:,} test images) | "
+        + " | ".join(f"{cmp['accuracy'][n]:.4f}" for n in names)
+        + " |"
+    )
+    slower = cmp["cpu_int8_slower_at"]
     lines += [
         "",
         (
-            "int8 is SLOWER than fp32 at: "
+            "CPU provider: int8 is SLOWER than fp32 at "
             + ", ".join(s.replace("_", " ") for s in slower)
-            + ". On this CPU prefer the fp32 file there."
+            + "; on this provider int8 is for size and NPUs, not speed."
             if slower
-            else "int8 is faster than fp32 at every batch size and at batch-1 latency."
+            else "CPU provider: int8 is faster than fp32 at every batch size."
         ),
-        "",
-        cpu_flags_line(section["host"]["cpu_flags"]),
     ]
+    goal = cmp.get("openvino_goal")
+    if goal is None:
+        lines.append(
+            "OpenVINO: not in this onnxruntime (`make bench-openvino` measures it in .venv-openvino)."
+        )
+    else:
+        lines.append(
+            f"OpenVINO int8 at batch 256: {goal['int8_vs_cpu_fp32_at_256']:.2f}x CPU fp32 "
+            f"(goal >= {goal['wanted']}x), accuracy {goal['accuracy_gap_points']:.2f} points from fp32, "
+            f"same labels as CPU int8 on {goal['same_labels_as_cpu_int8']:.2%}: "
+            + ("goal met." if goal["met"] else "goal NOT met.")
+        )
+    lines += ["", cpu_flags_line(flags)]
     return "\n".join(lines)
 
 
@@ -502,7 +563,12 @@ def main(argv: list[str] | None = None) -> int:
         "--pixels-only", action="store_true", help="only the pixels-in latency table"
     )
     parser.add_argument(
-        "--pair-repeats", type=int, default=5, help="paired fp32/int8 rounds (at least 3)"
+        "--pair-repeats", type=int, default=5, help="paired provider/file rounds (at least 3)"
+    )
+    parser.add_argument(
+        "--providers-only",
+        action="store_true",
+        help="only the providers table (CPU vs OpenVINO, fp32 and int8 files), section 'providers'",
     )
     args = parser.parse_args(argv)
     if args.pair_repeats < 3:
@@ -530,16 +596,24 @@ def main(argv: list[str] | None = None) -> int:
             "cpu": cpu_name(),
             "cores": usable_cores(),
             "onnxruntime": ort.__version__,
+            "onnxruntime_build": ", ".join(installed_ort_distributions()),
             "providers": providers,
             "python": platform.python_version(),
             "cpu_flags": cpu_flags(),
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if args.providers_only:
+        print("providers side by side (paired) ...", file=sys.stderr)
+        section["providers"] = provider_pairs(args, pixels, labels)
+        merge_section(args.out, "providers", section)
+        print(markdown_pairs(section["providers"], section["host"]["cpu_flags"]))
+        print(f"\nsaved to {args.out} (section 'providers')", file=sys.stderr)
+        return 0
     print("model only ...", file=sys.stderr)
     section["model_only"] = model_only(args, pixels, providers)
     print("int8 vs fp32 (paired) ...", file=sys.stderr)
-    section["int8_vs_fp32"] = int8_vs_fp32(args, pixels)
+    section["int8_vs_fp32"] = provider_pairs(args, pixels, labels)
     print("end to end ...", file=sys.stderr)
     try:
         if args.png_dir is not None:
@@ -555,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     merge_section(args.out, "inference", section)
     print(markdown(section))
     print()
-    print(markdown_int8(section))
+    print(markdown_pairs(section["int8_vs_fp32"], section["host"]["cpu_flags"]))
     print(f"\nsaved to {args.out} (section 'inference')", file=sys.stderr)
     return run_pixels(args)
 

@@ -172,7 +172,9 @@ def export_onnx(
         config.pixels
     ):  # pixels-in twins of the main files, checked against mnist-infer's Python path
         t = time.perf_counter()
-        pixels_built, pixels = build_pixels_files(built, reference, ckpt, config, versions, log)
+        pixels_built, pixels = build_pixels_files(
+            built, reference, ckpt, config, versions, int8_origin, log
+        )
         built += pixels_built
         timings["pixels"] = time.perf_counter() - t
 

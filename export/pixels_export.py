@@ -30,7 +30,7 @@ from mnist_edge.export.pixels_check import (
     run_core,
     validation_pictures,
 )
-from mnist_edge.export.provenance import file_props, model_preprocessing
+from mnist_edge.export.provenance import Int8Provenance, file_props, model_preprocessing
 from mnist_edge.export.report import ExportedFile
 from mnist_edge.export.spec import GraphSpec
 from mnist_edge.runtime.images import ImageOptions, preprocess
@@ -105,9 +105,12 @@ def build_pixels_files(
     ckpt: Checkpoint,
     config: ExportConfig,
     versions: dict[str, str],
+    int8: Int8Provenance,
     log: Log,
 ) -> tuple[list[tuple[ExportedFile, onnx.ModelProto]], PixelsValidator]:
     """Build and validate the pixels-in twin of each main (dynamic-batch, float-input) file.
+
+    ``int8``: the preset of the int8 core, recorded in the int8 twin as in the core file.
 
     Returns:
         The new ``(entry, model)`` pairs (parity and metadata set) and the validator
@@ -130,7 +133,7 @@ def build_pixels_files(
         log(f"building and validating {name}")
         model = build_pixels_model(core, pre)
         parity = validator.check(model, entry.precision, name)
-        props = file_props(ckpt, entry.precision, main, parity, versions)
+        props = file_props(ckpt, entry.precision, main, parity, versions, int8)
         props[INTERFACE_KEY] = INTERFACE
         del model.metadata_props[:]
         onnx.helper.set_model_props(model, props)

@@ -66,7 +66,13 @@ def file_props(
 ) -> dict[str, str]:
     """The ``metadata_props`` of one file: its :class:`ModelMetadata` plus the number of
     test images it was checked on and its validation outcome (``passed`` or ``FAILED: ...``).
-    An int8 file also records ``int8`` (its preset and the CPUs involved)."""
+    An int8 file also records ``int8`` (its preset and the CPUs involved).
+
+    Raises:
+        ValueError: an int8 file without its ``int8`` provenance (every int8 file records it).
+    """
+    if precision == "int8" and int8 is None:
+        raise ValueError("an int8 file needs its Int8Provenance (the preset that made it)")
     acc = parity.accuracy if np.isfinite(parity.accuracy) else None
     meta = ModelMetadata(
         labels=ckpt.classes,
@@ -79,7 +85,7 @@ def file_props(
         versions=versions,
         model_version=f"{MODEL_VERSION}+{ckpt.sha256[:12]}",
     )
-    if precision == "int8" and int8 is not None:
+    if precision == "int8" and int8 is not None:  # checked above; narrows the type
         meta = replace(
             meta,
             int8_target=int8.target,

@@ -1,13 +1,21 @@
-"""Which optional dependencies ("extras") a command needs, checked before it imports them.
+"""Which optional dependencies ("extras") are installed: checked before a command imports them.
 
 ``pip install '.[cpu]'`` gives only the runtime; ``mnist-train`` and
 ``mnist-export`` then fail with one line that names the missing extra instead
 of a ``ModuleNotFoundError`` traceback.
+
+ONNX Runtime comes in builds that all install the same ``onnxruntime`` module
+folder (the ``cpu``, ``gpu`` and ``openvino`` extras pick one each): with two
+installed, whichever came last owns the files and the other's providers
+silently disappear (microsoft/onnxruntime#26996). :func:`ort_conflict` says so
+in one line.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+from collections.abc import Sequence
 
 from mnist_edge.runtime.errors import MnistEdgeError
 
@@ -18,10 +26,27 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "cpu": ("onnxruntime",),
     "serve": ("fastapi", "uvicorn", "python_multipart"),
 }
+# The extras that each install one ONNX Runtime build (mutually exclusive).
+ORT_BUILDS: dict[str, str] = {
+    "cpu": "onnxruntime",
+    "gpu": "onnxruntime-gpu",
+    "openvino": "onnxruntime-openvino",
+}
+# Every PyPI distribution that installs the `onnxruntime` module folder.
+ORT_DISTRIBUTIONS = (
+    *ORT_BUILDS.values(),
+    "onnxruntime-directml",
+    "onnxruntime-qnn",
+    "onnxruntime-training",
+)
 
 
 class MissingExtraError(MnistEdgeError, RuntimeError):
     """A command needs packages from an extra that is not installed."""
+
+
+class OrtConflictWarning(UserWarning):
+    """More than one ONNX Runtime distribution is installed; their providers may be missing."""
 
 
 def missing_modules(extra: str) -> list[str]:
@@ -32,8 +57,8 @@ def missing_modules(extra: str) -> list[str]:
 def require_extras(command: str, *extras: str) -> None:
     """Raise :class:`MissingExtraError` naming the extras ``command`` lacks and the fix.
 
-    ``cpu`` stands for "an ONNX Runtime build": ``onnxruntime-gpu`` provides the
-    same module and satisfies it.
+    ``cpu`` stands for "an ONNX Runtime build": ``onnxruntime-gpu`` and
+    ``onnxruntime-openvino`` provide the same module and satisfy it.
     """
     lacking = [e for e in extras if missing_modules(e)]
     if lacking:
@@ -43,3 +68,33 @@ def require_extras(command: str, *extras: str) -> None:
             f"{command} needs {', '.join(modules)}, which are not installed; "
             f"install them with: pip install 'mnist-edge[{spec}]' (from a checkout: pip install '.[{spec}]')"
         )
+
+
+def installed_ort_distributions() -> list[str]:
+    """The ONNX Runtime distributions installed here (see :data:`ORT_DISTRIBUTIONS`)."""
+    found = []
+    for name in ORT_DISTRIBUTIONS:
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+def ort_conflict(distributions: Sequence[str] | None = None) -> str | None:
+    """A one-line explanation when several ONNX Runtime distributions are installed, else ``None``.
+
+    The fix keeps the first specialised build found (``onnxruntime-gpu``,
+    ``onnxruntime-openvino``, ...): the stock ``onnxruntime`` is the one that
+    usually came in by accident, as another package's dependency.
+    """
+    found = list(installed_ort_distributions() if distributions is None else distributions)
+    if len(found) < 2:
+        return None
+    keep = next(name for name in found if name != "onnxruntime")
+    return (
+        f"{' and '.join(found)} are all installed; they share one `onnxruntime` module folder, "
+        f"so the providers of all but one are missing. Keep one: "
+        f"`pip uninstall -y {' '.join(found)} && pip install {keep}`"
+    )

@@ -68,7 +68,7 @@ def model_options(verb: str) -> Callable[[F], F]:
                 "--provider",
                 default="auto",
                 show_default=True,
-                help="Execution provider: auto, cpu, cuda, tensorrt, ... (auto picks the best available).",
+                help="Execution provider: auto, cpu, cuda, tensorrt, openvino, ... (auto: int8 files on openvino when installed, fp32 on cuda when present, else cpu).",
             ),
         ]
     )

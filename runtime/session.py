@@ -1,16 +1,22 @@
 """ONNX Runtime sessions for mnist-edge models: providers, options, checks.
 
-Providers are asked for by short name (``cpu``, ``cuda``, ``tensorrt``, ...) or
+Providers are asked for by short name (``cpu``, ``cuda``, ``openvino``, ...) or
 by their ONNX Runtime name. A provider that is not there is an error naming
-what is there; the session never falls back to CPU silently (the CPU fallback
-is disabled and the session's providers are checked after it is made).
+what is there and how to get it; the session never falls back to CPU silently
+(the CPU fallback is disabled and the session's providers are checked after it
+is made).
+
+``auto`` picks per file precision, by measurement (docs/providers.md): an int8
+file runs on OpenVINO when that build is installed and can run it (the CPU
+provider's int8 kernels are slower than its fp32 ones for this network), else
+on the CPU provider; an fp32 file on CUDA when present, else on the CPU provider.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.metadata
+import json
 import os
 import sys
 import warnings
@@ -21,9 +27,12 @@ from pathlib import Path
 import onnxruntime as ort
 
 from mnist_edge.runtime.errors import ConfigError, MnistEdgeError, first_line
+from mnist_edge.runtime.extras import OrtConflictWarning, ort_conflict
+from mnist_edge.runtime.metadata import ModelMetadata
 from mnist_edge.runtime.processes import usable_cores
 
 CPU = "CPUExecutionProvider"
+OPENVINO = "OpenVINOExecutionProvider"
 
 PROVIDER_NAMES: dict[str, str] = {
     "cpu": CPU,
@@ -31,29 +40,32 @@ PROVIDER_NAMES: dict[str, str] = {
     "tensorrt": "TensorrtExecutionProvider",
     "rocm": "ROCMExecutionProvider",
     "migraphx": "MIGraphXExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider",
+    "openvino": OPENVINO,
     "directml": "DmlExecutionProvider",
     "coreml": "CoreMLExecutionProvider",
     "qnn": "QNNExecutionProvider",
     "xnnpack": "XnnpackExecutionProvider",
 }
-# `auto` tries these in order. TensorRT is left out: building its engine takes
-# far longer than this 35k-parameter model needs to run on CUDA.
-AUTO_ORDER = ("cuda", "rocm", "directml", "coreml", "cpu")
+# `auto` tries these in order, per file precision. TensorRT is left out: building
+# its engine takes far longer than this 35k-parameter model needs to run on CUDA.
+# int8 (QDQ) files skip the GPU providers: their int8 kernels are a CPU feature.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {
+    "fp32": ("cuda", "rocm", "directml", "coreml", "cpu"),
+    "int8": ("openvino", "cpu"),
+}
 GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider"}
 # ONNX Runtime's CUDA provider option values (its default is EXHAUSTIVE).
 CUDNN_CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
-# PyPI distributions that all install the same `onnxruntime` module folder: with two
-# of them installed, whichever was installed last owns the files and the other's
-# providers silently disappear (microsoft/onnxruntime#26996).
-ORT_DISTRIBUTIONS = (
-    "onnxruntime",
-    "onnxruntime-gpu",
-    "onnxruntime-directml",
-    "onnxruntime-openvino",
-    "onnxruntime-qnn",
-    "onnxruntime-training",
-)
+# OpenVINO's INFERENCE_PRECISION_HINT values; and the device families it names.
+OPENVINO_PRECISIONS = ("f32", "bf16", "f16")
+OPENVINO_DEVICES = ("CPU", "GPU", "NPU", "AUTO", "HETERO", "MULTI")
+INSTALL_HINTS = {
+    "gpu": "install the GPU build instead of the CPU one: "
+    "`pip uninstall onnxruntime && pip install '.[gpu]'` (the `gpu` extra, onnxruntime-gpu)",
+    "openvino": "install the OpenVINO build instead of the stock one: "
+    "`pip uninstall -y onnxruntime onnxruntime-gpu && pip install '.[openvino]'` "
+    "(the `openvino` extra, onnxruntime-openvino)",
+}
 
 
 class ProviderError(MnistEdgeError, RuntimeError):
@@ -72,35 +84,6 @@ class MissingMetadataWarning(UserWarning):
     """The model has no mnist-edge metadata; MNIST defaults are used."""
 
 
-class OrtConflictWarning(UserWarning):
-    """More than one ONNX Runtime distribution is installed; their providers may be missing."""
-
-
-def installed_ort_distributions() -> list[str]:
-    """The ONNX Runtime distributions installed here (see :data:`ORT_DISTRIBUTIONS`)."""
-    found = []
-    for name in ORT_DISTRIBUTIONS:
-        try:
-            importlib.metadata.distribution(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        found.append(name)
-    return found
-
-
-def ort_conflict(distributions: Sequence[str] | None = None) -> str | None:
-    """A one-line explanation when several ONNX Runtime distributions are installed, else ``None``."""
-    found = list(installed_ort_distributions() if distributions is None else distributions)
-    if len(found) < 2:
-        return None
-    keep = "onnxruntime-gpu" if "onnxruntime-gpu" in found else found[-1]
-    return (
-        f"{' and '.join(found)} are all installed; they share one `onnxruntime` module folder, "
-        f"so the providers of all but one are missing. Keep one: "
-        f"`pip uninstall -y {' '.join(found)} && pip install {keep}`"
-    )
-
-
 def short_name(provider: str) -> str:
     """``CUDAExecutionProvider`` -> ``cuda`` (unknown names are returned as they are)."""
     for short, full in PROVIDER_NAMES.items():
@@ -109,12 +92,27 @@ def short_name(provider: str) -> str:
     return provider
 
 
-def resolve_provider(requested: str, available: Sequence[str] | None = None) -> str:
+def auto_provider(available: Sequence[str], precision: str = "fp32") -> str | None:
+    """What ``auto`` picks among ``available`` for a file of ``precision`` (``None``: nothing usable)."""
+    for short in AUTO_ORDER.get(precision, AUTO_ORDER["fp32"]):
+        if PROVIDER_NAMES[short] in available:
+            return PROVIDER_NAMES[short]
+    return None
+
+
+def resolve_provider(
+    requested: str, available: Sequence[str] | None = None, precision: str = "fp32"
+) -> str:
     """Map ``auto``/short/full names to an available ONNX Runtime provider name.
+
+    Args:
+        requested: ``auto``, a short name or an ONNX Runtime provider name.
+        available: the providers to choose from (default: this onnxruntime build's).
+        precision: the model file's precision (``fp32``, ``int8``); only ``auto`` reads it.
 
     Raises:
         ProviderError: unknown name, or not available in this onnxruntime build
-            (the message lists what is available and how to get GPU support).
+            (the message lists what is available and how to get the provider).
     """
     available = list(ort.get_available_providers() if available is None else available)
     conflict = ort_conflict()
@@ -125,10 +123,10 @@ def resolve_provider(requested: str, available: Sequence[str] | None = None) -> 
     if key.lower() == "auto":
         if conflict:
             warnings.warn(conflict, OrtConflictWarning, stacklevel=2)
-        for short in AUTO_ORDER:
-            if PROVIDER_NAMES[short] in available:
-                return PROVIDER_NAMES[short]
-        raise ProviderError(f"no usable execution provider; available: {names}")
+        chosen = auto_provider(available, precision)
+        if chosen is None:
+            raise ProviderError(f"no usable execution provider; available: {names}")
+        return chosen
     full = PROVIDER_NAMES.get(key.lower(), key)
     if full not in PROVIDER_NAMES.values() and full not in available:
         raise ProviderError(
@@ -138,12 +136,12 @@ def resolve_provider(requested: str, available: Sequence[str] | None = None) -> 
     if full not in available and conflict:
         raise ProviderError(f"provider {requested!r} is not available here: {conflict}")
     if full not in available:
-        hint = (
-            "install the GPU build instead of the CPU one: "
-            "`pip uninstall onnxruntime && pip install '.[gpu]'` (the `gpu` extra, onnxruntime-gpu)"
-            if full in GPU_PROVIDERS
-            else "install an onnxruntime build that includes it"
-        )
+        if full in GPU_PROVIDERS:
+            hint = INSTALL_HINTS["gpu"]
+        elif full == OPENVINO:
+            hint = INSTALL_HINTS["openvino"]
+        else:
+            hint = "install an onnxruntime build that includes it"
         raise ProviderError(
             f"provider {requested!r} is not available here; available: {names}. To get it, {hint}"
         )
@@ -151,17 +149,54 @@ def resolve_provider(requested: str, available: Sequence[str] | None = None) -> 
 
 
 @dataclass(frozen=True)
+class OpenVINOConfig:
+    """Settings of the OpenVINO provider (``provider="openvino"``, or ``auto`` on an int8 file).
+
+    Threads come from :attr:`SessionConfig.threads` (OpenVINO's ``INFERENCE_NUM_THREADS``).
+
+    Attributes:
+        device: the OpenVINO device: ``CPU``, ``GPU`` (``GPU.0``, ...), ``NPU``, or a
+            combination such as ``AUTO:GPU,CPU``.
+        precision: OpenVINO's inference precision hint. ``f32`` computes an fp32
+            file as exported (OpenVINO itself would pick bf16 on CPUs that have it,
+            which changes the probabilities); ``bf16``/``f16`` trade exactness for
+            speed on CPUs with BF16/AMX or on GPUs. int8 files keep their int8
+            operations either way.
+    """
+
+    device: str = "CPU"
+    precision: str = "f32"
+
+    def __post_init__(self) -> None:
+        family = self.device.split(":")[0].split(".")[0]
+        if family not in OPENVINO_DEVICES:
+            raise SessionConfigError(
+                f"OpenVINO device {self.device!r} is not one of {', '.join(OPENVINO_DEVICES)} "
+                "(optionally with .N or :DEVICES, e.g. GPU.0, AUTO:GPU,CPU)",
+                "device",
+            )
+        if self.precision not in OPENVINO_PRECISIONS:
+            raise SessionConfigError(
+                f"OpenVINO precision {self.precision!r} is not one of {', '.join(OPENVINO_PRECISIONS)}",
+                "precision",
+            )
+
+
+@dataclass(frozen=True)
 class SessionConfig:
     """How to run the model.
 
     Attributes:
-        provider: ``auto``, a short name (``cpu``, ``cuda``, ...) or an ONNX Runtime provider name.
-        threads: intra-op threads for CPU; ``None`` = the cores this process may use.
+        provider: ``auto``, a short name (``cpu``, ``cuda``, ``openvino``, ...) or an
+            ONNX Runtime provider name.
+        threads: intra-op threads for CPU (the CPU provider and OpenVINO on CPU);
+            ``None`` = the cores this process may use.
         allow_spinning: keep CPU threads spinning between runs (lower latency, but
             burns cores that image decoding could use; off for the CLI pipeline).
         io_binding: use IOBinding; ``None`` = on for GPU providers.
         cudnn_conv_algo_search: ``HEURISTIC`` (no per-shape benchmarking, good
             when batch sizes vary), ``EXHAUSTIVE`` or ``DEFAULT``.
+        openvino: the OpenVINO provider's device and precision hint.
     """
 
     provider: str = "auto"
@@ -169,6 +204,7 @@ class SessionConfig:
     allow_spinning: bool = False
     io_binding: bool | None = None
     cudnn_conv_algo_search: str = "HEURISTIC"
+    openvino: OpenVINOConfig = OpenVINOConfig()
 
     def __post_init__(self) -> None:
         if self.cudnn_conv_algo_search not in CUDNN_CONV_ALGO_SEARCH:
@@ -206,7 +242,9 @@ def provider_list(provider: str, config: SessionConfig) -> list[tuple[str, dict[
 
     CUDA gets its cuDNN search mode and copies on the compute stream.
     TensorRT is followed by CUDA, as ONNX Runtime's TensorRT guide advises, so
-    nodes TensorRT cannot build run on the GPU rather than fail.
+    nodes TensorRT cannot build run on the GPU rather than fail. OpenVINO gets its
+    device, and its precision hint and threads as OpenVINO properties
+    (``load_config``, which replaced the older ``precision``/``num_of_threads`` keys).
     """
     cuda = (
         "CUDAExecutionProvider",
@@ -219,6 +257,14 @@ def provider_list(provider: str, config: SessionConfig) -> list[tuple[str, dict[
         return [cuda]
     if provider == "TensorrtExecutionProvider":
         return [(provider, {}), cuda]
+    if provider == OPENVINO:
+        ov = config.openvino
+        properties = {"INFERENCE_PRECISION_HINT": ov.precision}
+        if ov.device == "CPU":
+            threads = config.threads if config.threads is not None else usable_cores()
+            properties["INFERENCE_NUM_THREADS"] = str(threads)
+        load_config = json.dumps({ov.device: properties}, sort_keys=True)
+        return [(provider, {"device_type": ov.device, "load_config": load_config})]
     return [(provider, {})]
 
 
@@ -231,6 +277,10 @@ def create_session(
 ) -> ort.InferenceSession:
     """Open ``model`` on the configured provider.
 
+    With ``auto``, when the choice depends on the file's precision (an OpenVINO
+    or GPU build), the file is first opened on the CPU provider to read it; an
+    int8 file that OpenVINO cannot run stays there.
+
     Raises:
         ModelError: the file is missing or not a loadable ONNX model.
         ProviderError: the provider is not available, or the session did not get it.
@@ -239,9 +289,41 @@ def create_session(
     if not path.is_file():
         raise ModelError(f"model file {path} not found")
     provider = resolve_provider(config.provider)
+    if config.provider.strip().lower() != "auto":
+        return _open(path, provider, config)
+    for_int8 = auto_provider(ort.get_available_providers(), "int8") or provider
+    if for_int8 == provider:
+        return _open(path, provider, config)
+    on_cpu = _open(path, CPU, config)
+    if file_precision(on_cpu) != "int8":
+        return on_cpu if provider == CPU else _open(path, provider, config)
+    if for_int8 == CPU:
+        return on_cpu
+    try:
+        return _open(path, for_int8, config, quiet=True)
+    except ProviderError:  # e.g. the pixels-in files: OpenVINO lacks some of their operators
+        return on_cpu  # `auto` means what runs; the session names its provider
+
+
+def file_precision(session: ort.InferenceSession) -> str:
+    """The precision a session's model file records (``fp32`` when it records none or garbage)."""
+    try:
+        return ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map).precision
+    except ValueError:  # reported by whoever reads the metadata for real (Classifier)
+        return "fp32"
+
+
+def _open(
+    path: Path, provider: str, config: SessionConfig, quiet: bool = False
+) -> ort.InferenceSession:
+    """An ``InferenceSession`` of ``path`` on ``provider`` (a full name), checked to have got it.
+
+    ``quiet``: ORT logs nothing, not even the error of a failure the caller handles.
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only; ORT warnings would garble our output
+    # errors only (ORT warnings would garble our output); fatal only when quiet
+    options.log_severity_level = 4 if quiet else 3
     threads = config.threads if config.threads is not None else usable_cores()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -272,8 +354,12 @@ def create_session(
         raise _load_error(path, exc) from exc
     got = session.get_providers()
     if not got or got[0] != provider:
-        raise ProviderError(
-            f"asked for {short_name(provider)} but the session got {', '.join(got) or 'nothing'}; "
+        check = (
             "check the CUDA/cuDNN installation (see `onnxruntime.preload_dlls`)"
+            if provider in GPU_PROVIDERS
+            else "check the onnxruntime installation"
+        )
+        raise ProviderError(
+            f"asked for {short_name(provider)} but the session got {', '.join(got) or 'nothing'}; {check}"
         )
     return session

@@ -132,6 +132,21 @@ def test_metadata_is_present_and_correct(exported, trained_checkpoint, name):
         assert (meta.int8_target, meta.int8_tuned_for, meta.export_cpu) == ("", "", "")
 
 
+def test_every_int8_file_records_its_preset(exported):
+    """Fixed-batch, uint8-input and pixels-in int8 files alike carry the preset that made them."""
+    _, report = exported
+    int8_files = [
+        f.path for f in report.files if f.precision == "int8" and f.path.suffix == ".onnx"
+    ]
+    assert {p.name for p in int8_files} >= {"mnist.int8.onnx", "mnist.pixels.int8.onnx"}
+    for path in int8_files:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        meta = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map)
+        assert meta.int8_target in PRESETS, path.name
+        assert meta.int8_tuned_for == PRESETS[meta.int8_target].tuned_for, path.name
+        assert meta.export_cpu == host_cpu_features().summary(), path.name
+
+
 @pytest.mark.parametrize("batch", [1, 7, 1000], ids=lambda b: f"batch{b}")
 @pytest.mark.parametrize("name", ["mnist.onnx", "mnist.int8.onnx"], ids=["fp32", "int8"])
 def test_any_batch_size_runs(exported, mnist, name, batch):

@@ -16,14 +16,14 @@ import onnxruntime as ort
 import pytest
 from helpers.models import linear_model
 
+from mnist_edge.runtime import extras as extras_mod
 from mnist_edge.runtime import session as session_mod
+from mnist_edge.runtime.extras import OrtConflictWarning, ort_conflict
 from mnist_edge.runtime.session import (
-    OrtConflictWarning,
     ProviderError,
     SessionConfig,
     SessionConfigError,
     create_session,
-    ort_conflict,
     resolve_provider,
 )
 
@@ -69,7 +69,7 @@ def gpu_host(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     monkeypatch.setattr(ort, "get_available_providers", lambda: list(GPU_AVAILABLE))
     monkeypatch.setattr(ort, "InferenceSession", FakeSession)
     monkeypatch.setattr(ort, "preload_dlls", lambda: preloads.append(1), raising=False)
-    monkeypatch.setattr(session_mod, "installed_ort_distributions", lambda: ["onnxruntime-gpu"])
+    monkeypatch.setattr(extras_mod, "installed_ort_distributions", lambda: ["onnxruntime-gpu"])
     session_mod.preload_cuda_libraries.cache_clear()
     yield preloads
     session_mod.preload_cuda_libraries.cache_clear()
@@ -155,7 +155,7 @@ def test_both_distributions_installed_explain_the_missing_cuda(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(
-        session_mod, "installed_ort_distributions", lambda: ["onnxruntime", "onnxruntime-gpu"]
+        extras_mod, "installed_ort_distributions", lambda: ["onnxruntime", "onnxruntime-gpu"]
     )
     with pytest.raises(ProviderError, match="share one `onnxruntime` module folder"):
         resolve_provider("cuda", ["CPUExecutionProvider"])
@@ -164,7 +164,7 @@ def test_both_distributions_installed_explain_the_missing_cuda(
 
 
 def test_one_distribution_gives_the_plain_gpu_hint(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(session_mod, "installed_ort_distributions", lambda: ["onnxruntime"])
+    monkeypatch.setattr(extras_mod, "installed_ort_distributions", lambda: ["onnxruntime"])
     with pytest.raises(ProviderError, match=r"pip install '\.\[gpu\]'"):
         resolve_provider("cuda", ["CPUExecutionProvider"])
 
@@ -172,7 +172,7 @@ def test_one_distribution_gives_the_plain_gpu_hint(monkeypatch: pytest.MonkeyPat
 def test_installed_distributions_are_read_from_package_metadata() -> None:
     import importlib.metadata
 
-    found = session_mod.installed_ort_distributions()
-    assert found and set(found) <= set(session_mod.ORT_DISTRIBUTIONS)
+    found = extras_mod.installed_ort_distributions()
+    assert found and set(found) <= set(extras_mod.ORT_DISTRIBUTIONS)
     # the imported module's version is that of one of the distributions found
     assert ort.__version__ in {importlib.metadata.version(name) for name in found}
