@@ -182,12 +182,12 @@ def command(ctx: click.Context, **params: Any) -> None:
     pyarrow reads (s3://bucket/scans/, gs://..., file:///...). Every input gives
     one row (a label or an error); .npy and IDX files one per image in them.
     """
+    from mnist_edge.runtime.scale.engine import load_model
+
     output = Output(params["output"], params["fmt"])
     output.check()
     config = config_from(params)
     choice = ModelChoice(params["model"], params["int8"])
-    from mnist_edge.runtime.scale.engine import load_model
-
     with model_errors(choice):  # a bad model is a usage error before any cluster work
         classifier = load_model(choice.path)
     check_top_k(config.top_k, classifier.classes)
