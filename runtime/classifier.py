@@ -3,6 +3,11 @@
 Reads labels and preprocessing from the model's metadata, feeds float32
 ``[N, 1, H, W]`` or uint8 ``[N, H, W]`` inputs, pads and chunks for models
 with a fixed batch size, and uses IOBinding on GPU providers.
+
+It also runs the pixels-in model (``mnist.pixels[.int8].onnx``: input uint8
+``[height, width]``, the preprocessing inside the graph, one picture per call):
+``Classifier.pixels_in`` is then true and :meth:`Classifier.classify_picture`
+takes a decoded grayscale picture as it is.
 """
 
 from __future__ import annotations
@@ -90,9 +95,14 @@ class Classifier:
         provider: shorthand for ``config.provider``.
         config: the rest of the session settings (default :class:`SessionConfig`).
 
+    Attributes:
+        pixels_in: the file is a pixels-in model: use :meth:`classify_picture`
+            (one decoded picture per call); :meth:`predict` and :meth:`run` refuse it.
+
     Raises:
         ModelError, ProviderError: see :func:`create_session`; also an input or
-            output layout that is not ``[N, 1, H, W]``/``[N, H, W]`` -> ``[N, classes]``.
+            output layout that is not ``[N, 1, H, W]``/``[N, H, W]`` -> ``[N, classes]``
+            or the pixels-in ``[height, width]`` uint8 -> ``[classes]``.
     """
 
     def __init__(
@@ -140,9 +150,11 @@ class Classifier:
                 f"{self.path}: input {inp.name!r} is {inp.type}, want float32 or uint8"
             )
         self.input_dtype = types[inp.type]
-        if len(inp.shape) not in (3, 4):
+        self.pixels_in = len(inp.shape) == 2 and self.input_dtype == np.uint8
+        if len(inp.shape) not in (3, 4) and not self.pixels_in:
             raise ModelError(
-                f"{self.path}: input {inp.name!r} has shape {inp.shape}, want [N, 1, H, W] or [N, H, W]"
+                f"{self.path}: input {inp.name!r} has shape {inp.shape}, want [N, 1, H, W], "
+                "[N, H, W] or (pixels-in) uint8 [height, width]"
             )
         self.input_rank = len(inp.shape)
         batch = inp.shape[0]
@@ -168,12 +180,54 @@ class Classifier:
             x = x[:, None]  # (N, 1, H, W)
         return np.ascontiguousarray(x)
 
+    def _not_pixels_in(self, what: str) -> None:
+        if self.pixels_in:
+            raise ModelError(
+                f"{self.path} is a pixels-in model (one picture per call, preprocessing inside): "
+                f"{what} takes batches of preprocessed digits; use classify_picture(picture), "
+                "or the model without .pixels in its name"
+            )
+
     def model_input(self, images: np.ndarray) -> np.ndarray:
         """Preprocessed uint8 (N, H, W) digits -> what :meth:`run` takes (the model's dtype and rank)."""
+        self._not_pixels_in("model_input")
         return self._scale(images)
+
+    def classify_picture(self, picture: np.ndarray) -> Predictions:
+        """Classify one decoded picture with a pixels-in model (the graph preprocesses it).
+
+        Args:
+            picture: uint8 (H, W) grayscale pixels, any size from 1x1 and either
+                polarity, as :func:`mnist_edge.runtime.images.decode_image` returns them.
+
+        Returns:
+            :class:`Predictions` for one image (probabilities (1, classes)).
+
+        Raises:
+            ModelError: the model is not a pixels-in model (use :meth:`predict`).
+            ValueError: ``picture`` is not a non-empty uint8 (H, W) array.
+        """
+        if not self.pixels_in:
+            raise ModelError(
+                f"{self.path} takes preprocessed digits, not pictures: use predict(images) "
+                "(preprocess with mnist_edge.runtime.images), or a mnist.pixels*.onnx model"
+            )
+        picture = np.asarray(picture)
+        if picture.dtype != np.uint8 or picture.ndim != 2 or 0 in picture.shape:
+            raise ValueError(
+                f"picture must be a non-empty uint8 (H, W) grayscale array, got "
+                f"{picture.dtype} {picture.shape}; decode it with mnist_edge.runtime.images.decode_image"
+            )
+        probs = self._run(np.ascontiguousarray(picture))  # (classes,)
+        if probs.shape != (len(self.classes),):
+            raise ModelError(
+                f"{self.path}: output has shape {probs.shape}, labels say {len(self.classes)} classes"
+            )
+        return Predictions.from_probabilities(probs[None], self.classes)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run the graph on model-shaped input; returns float32 (N, classes). Handles static batch sizes."""
+        self._not_pixels_in("run")
         if self.static_batch is not None and x.shape[0] != self.static_batch:
             parts = [
                 self._run(chunk)[:rows]
@@ -200,7 +254,12 @@ class Classifier:
 
         Returns:
             :class:`Predictions` for the N images.
+
+        Raises:
+            ModelError: a pixels-in model (use :meth:`classify_picture`).
+            ValueError: ``images`` is not (N, size, size) or (N, 1, size, size).
         """
+        self._not_pixels_in("predict")
         images = np.asarray(images)
         if images.ndim == 4 and images.shape[1] == 1:
             images = images[:, 0]

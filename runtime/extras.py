@@ -24,7 +24,14 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("torch", "torchvision", "matplotlib"),
     "export": ("torch", "torchvision", "onnx", "onnxscript"),
     "cpu": ("onnxruntime",),
-    "serve": ("fastapi", "uvicorn", "python_multipart"),
+    "serve": (
+        "fastapi",
+        "uvicorn",
+        "python_multipart",
+        "grpc",
+        "tritonclient",
+        "prometheus_client",
+    ),
 }
 # The extras that each install one ONNX Runtime build (mutually exclusive).
 ORT_BUILDS: dict[str, str] = {

@@ -238,6 +238,11 @@ def _load(
     from mnist_edge.runtime.session import ModelError
 
     classifier = Classifier(model, config=session)
+    if classifier.pixels_in:
+        raise ModelError(
+            f"{model} is a pixels-in model (one picture per call); mnist-infer takes the "
+            "model without .pixels in its name"
+        )
     try:
         options = ImageOptions(preprocessing=classifier.metadata.preprocessing, invert=invert)
     except ValueError as exc:

@@ -124,6 +124,7 @@ def test_health_and_metadata(client: triton.InferenceServerClient) -> None:
     assert client.is_model_ready("mnist")
     assert not client.is_model_ready("mnist", model_version="2")
     meta = client.get_model_metadata("mnist")
+    parameters = meta.pop("parameters")
     assert meta == {
         "name": "mnist",
         "versions": ["1"],
@@ -131,6 +132,13 @@ def test_health_and_metadata(client: triton.InferenceServerClient) -> None:
         "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 28, 28]}],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
     }
+    # the model described from its file's metadata, in the protocol's scalar parameters
+    assert parameters["kind"] == "digits"
+    assert json.loads(parameters["labels"]) == [str(i) for i in range(10)]
+    assert json.loads(parameters["preprocessing"])["where"] == "server"
+    assert json.loads(parameters["preprocessing"])["size"] == 28
+    assert (parameters["precision"], parameters["provider"]) == ("fp32", "cpu")
+    assert all(isinstance(v, (str, int, float, bool)) for v in parameters.values())
     assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
     with pytest.raises(InferenceServerException, match="unknown model 'resnet'"):
         client.get_model_metadata("resnet")
@@ -229,6 +237,14 @@ BAD = {
     "not a file upload": ("/v1/classify", {"Content-Type": "application/json"}, b"{}", 415, "multipart/form-data"),
     "top_k too big": (
         "/v1/classify?top_k=11", *reversed(multipart([("a.png", png(digit(0)))])), 400, "top_k must be in [0, 10]",
+    ),
+    "deeply nested JSON": (
+        "/v2/models/mnist/infer", {}, b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "nests deeper than 32 levels",
+    ),
+    "NaN in FP32 data": (
+        "/v2/models/mnist/infer", {},
+        json.dumps({"inputs": [{"name": "image", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [float("nan")] * 784}]}).encode(),
+        400, "NaN is not a number a request may carry",
     ),
 }  # fmt: skip
 

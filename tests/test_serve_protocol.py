@@ -161,6 +161,54 @@ def test_too_many_rows_is_413() -> None:
     assert info.value.status == 413
 
 
+def test_brackets_inside_strings_are_not_nesting() -> None:
+    body = json.loads(json_body())
+    body["id"] = "[" * 500 + "{" * 500
+    request = parse_infer_request(json.dumps(body).encode(), None, IMAGE, OUTPUTS, max_rows=8)
+    assert request.id == "[" * 500 + "{" * 500
+
+
+def test_nested_data_within_the_depth_limit_is_taken() -> None:
+    x = np.random.default_rng(3).random((8, 1, 28, 28), dtype=np.float32)
+    body = json_body(shape=[8, 1, 28, 28], data=x.tolist())  # 4 levels of lists per value
+    np.testing.assert_array_equal(parse_infer_request(body, None, IMAGE, OUTPUTS, 8).tensor, x)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"[" * 33 + b"]" * 33, "nests deeper than 32 levels"),
+        (b'{"a": ' * 40 + b"1" + b"}" * 40, "nests deeper than 32 levels"),
+        (
+            json_body().replace(b"0.0, 0.0", b"NaN, 0.0", 1),
+            "NaN is not a number a request may carry",
+        ),
+        (json_body().replace(b"0.0, 0.0", b"Infinity, 0.0", 1), "Infinity is not a number"),
+        (json_body().replace(b"0.0, 0.0", b"3.5e38, 0.0", 1), "NaN or infinite values"),
+    ],
+    ids=["deep lists", "deep objects", "NaN", "Infinity", "over float32"],
+)
+def test_hostile_json_is_refused_before_or_while_parsing(body: bytes, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message) as info:
+        parse_infer_request(body, None, IMAGE, OUTPUTS, max_rows=8)
+    assert info.value.status == 400
+
+
+def test_more_values_than_the_rows_allow_is_413_before_parsing() -> None:
+    body = json_body(data=[0] * (8 * 784 + 2000))  # 8 rows allowed: 6,272 values, plus slack
+    with pytest.raises(ProtocolError, match="more than the model's input allows") as info:
+        parse_infer_request(body, None, IMAGE, OUTPUTS, max_rows=8)
+    assert info.value.status == 413
+
+
+def test_binary_nan_is_refused() -> None:
+    x = np.zeros((1, 1, 28, 28), np.float32)
+    x[0, 0, 0, 0] = np.nan
+    body, header = tritonclient_body(x, binary=True)
+    with pytest.raises(ProtocolError, match="has NaN or infinite values"):
+        parse_infer_request(body, header, IMAGE, OUTPUTS, max_rows=8)
+
+
 # ---------------------------------------------------------------- batcher
 
 
@@ -255,6 +303,72 @@ def test_closing_runs_the_requests_still_waiting() -> None:
     started = time.monotonic()
     np.testing.assert_array_equal(asyncio.run(run()), np.full((2, 2), 2.0))
     assert model.calls == [2] and time.monotonic() - started < 5
+
+
+class GatedModel(RecordingModel):
+    """A :class:`RecordingModel` whose first call waits until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if not self.calls:
+            self.entered.set()
+            self.gate.wait(10)
+        return super().__call__(x)
+
+
+def test_an_idle_model_takes_a_request_at_once_and_requests_gather_while_it_runs() -> None:
+    model = GatedModel()
+    batcher = DynamicBatcher(model)  # the default: no wait
+    assert batcher.config.max_wait_ms == 0
+
+    async def run() -> list[np.ndarray]:
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.submit(np.ones((1, 2), np.float32)))
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, model.entered.wait, 10)  # the lone request runs
+            later = [
+                asyncio.ensure_future(batcher.submit(np.full((1, 2), i, np.float32)))
+                for i in range(5)
+            ]
+            await asyncio.sleep(0.05)
+            assert model.calls == [] and not any(f.done() for f in later)  # gathering
+            model.gate.set()
+            return await asyncio.gather(first, *later)
+        finally:
+            await batcher.aclose()
+
+    results = asyncio.run(run())
+    assert model.calls == [1, 5]  # the five that came while the first ran: one call
+    for i, r in enumerate(results[1:]):
+        np.testing.assert_array_equal(r, np.full((1, 2), 2.0 * i))
+
+
+def test_requests_of_one_event_loop_turn_go_together_without_a_wait() -> None:
+    model = RecordingModel()
+    batcher = DynamicBatcher(model, BatchConfig(max_batch=64, max_wait_ms=0))
+    submit_all(batcher, [np.ones((1, 2), np.float32)] * 6)
+    assert model.calls == [6]
+
+
+def test_unstacked_batcher_runs_each_request_alone_in_one_hand_over() -> None:
+    calls: list[tuple[int, ...]] = []
+
+    def run(picture: np.ndarray) -> np.ndarray:
+        calls.append(picture.shape)
+        return np.array([picture.sum()], np.float32)
+
+    batcher = DynamicBatcher(run, BatchConfig(max_batch=64, max_wait_ms=300), stack=False)
+    pictures = [np.ones((2 + i, 3), np.float32) for i in range(4)]  # different sizes
+    results = submit_all(batcher, pictures)
+    assert calls == [p.shape for p in pictures]
+    assert [float(r[0]) for r in results] == [p.sum() for p in pictures]
+    stats = batcher.stats()
+    assert (stats.requests, stats.inference_count, stats.execution_count) == (4, 4, 4)
 
 
 def test_config_is_checked() -> None:

@@ -1,18 +1,20 @@
-"""The FastAPI app: Open Inference Protocol routes and ``/v1/classify`` over a :class:`ModelService`.
+"""The FastAPI app: Open Inference Protocol routes, ``/v1/classify`` and ``/metrics`` over a :class:`ModelService`.
 
 Handlers take the raw request and return raw responses (no request models): the
 protocol's wire format is the contract, and the binary tensor extension is not
 JSON. Every error answer is ``{"error": "..."}``; the request body is always read
 to its end before an answer goes out (a client still sending, like
-``tritonclient``, cannot read a reply sent early).
+``tritonclient``, cannot read a reply sent early). Anything a client sends gets
+a 4xx; a 500 means a bug here, and its message does not say more than "internal error".
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request, Response
 from starlette.datastructures import UploadFile
@@ -21,7 +23,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mnist_edge.runtime import __version__
 from mnist_edge.runtime.classifier import Classifier
-from mnist_edge.runtime.errors import first_line
 from mnist_edge.runtime.serve.batcher import BatcherError
 from mnist_edge.runtime.serve.protocol import HEADER_LENGTH, ProtocolError, error_body
 from mnist_edge.runtime.serve.service import ModelService, ServeConfig
@@ -61,6 +62,45 @@ class DrainRequestBody:
             await send(message)
 
         await self.app(scope, tracked_receive, drain_then_send)
+
+
+class RecordMetrics:
+    """ASGI middleware: count every HTTP answer by endpoint and status in the service's metrics."""
+
+    def __init__(self, app: ASGIApp, metrics: Any) -> None:
+        from mnist_edge.runtime.serve.metrics import http_endpoint
+
+        self.app = app
+        self.metrics = metrics
+        self.endpoint = http_endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # an exception that escapes the app is answered 500 by Starlette
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            self.metrics.request(
+                "http", self.endpoint(scope["path"]), str(status), time.perf_counter() - start
+            )
+
+
+class Companion(Protocol):
+    """Something that starts and stops with the app, inside the service's life (the gRPC server)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 def _json(payload: dict[str, Any], status: int = 200) -> Response:
@@ -138,21 +178,37 @@ async def _uploads(request: Request, body: bytes, max_files: int) -> list[tuple[
     return files
 
 
-def create_app(classifier: Classifier, config: ServeConfig | None = None) -> FastAPI:
-    """The server for ``classifier``: start it with any ASGI server (``mnist-serve`` uses uvicorn).
+def create_app(
+    model: Classifier | ModelService,
+    config: ServeConfig | None = None,
+    *,
+    companion: Companion | None = None,
+) -> FastAPI:
+    """The server for a model: start it with any ASGI server (``mnist-serve`` uses uvicorn).
+
+    Args:
+        model: the classifier, or a :class:`ModelService` shared with another
+            front end (the gRPC server).
+        config: limits and batching when ``model`` is a classifier.
+        companion: started after the service and stopped before it (the gRPC
+            server, so its calls in flight still reach the batcher).
 
     The batcher starts and stops with the app's lifespan: requests that are in
     the queue at shutdown are answered before it ends.
     """
-    service = ModelService(classifier, config)
+    service = model if isinstance(model, ModelService) else ModelService(model, config)
     limits = service.config
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         service.start()
         try:
+            if companion is not None:
+                await companion.start()
             yield
         finally:
+            if companion is not None:
+                await companion.stop()
             await service.aclose()
 
     app = FastAPI(
@@ -165,6 +221,8 @@ def create_app(classifier: Classifier, config: ServeConfig | None = None) -> Fas
     )
     app.state.service = service
     app.add_middleware(DrainRequestBody)
+    if service.metrics is not None:
+        app.add_middleware(RecordMetrics, metrics=service.metrics)
 
     async def protocol_error(_: Request, exc: Exception) -> Response:
         status = getattr(exc, "status", 400)
@@ -178,10 +236,9 @@ def create_app(classifier: Classifier, config: ServeConfig | None = None) -> Fas
     app.add_exception_handler(ProtocolError, protocol_error)
     app.add_exception_handler(BatcherError, protocol_error)
     app.add_exception_handler(HTTPException, http_error)
-    # Anything else is a bug: answer in the protocol's shape (uvicorn still logs the traceback).
-    app.add_exception_handler(
-        Exception, lambda _, exc: _error(f"internal error: {first_line(exc)[:200]}", 500)
-    )
+    # Anything else is a bug: answer in the protocol's shape, without its details
+    # (uvicorn logs the traceback).
+    app.add_exception_handler(Exception, lambda _, exc: _error("internal error", 500))
 
     Handler = Callable[[Request], Awaitable[Response]]
 
@@ -249,6 +306,14 @@ def create_app(classifier: Classifier, config: ServeConfig | None = None) -> Fas
             media_type="application/octet-stream",
             headers={HEADER_LENGTH: str(header_length)},
         )
+
+    metrics = service.metrics
+    if metrics is not None:
+        from mnist_edge.runtime.serve.metrics import CONTENT_TYPE
+
+        @route("GET", "/metrics")
+        async def prometheus(request: Request) -> Response:
+            return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @route("POST", "/v1/classify")
     async def classify(request: Request) -> Response:

@@ -1,12 +1,19 @@
 """Dynamic batching: concurrent requests coalesced into one model call, run off the event loop.
 
 Request handlers ``await batcher.submit(rows)``; the requests wait on the event
-loop. A batch goes to the model when it holds ``max_batch`` rows or when its
-oldest request has waited ``max_wait_ms``; the model runs in one worker thread
-(one batch at a time), and each request gets its own rows back. While a batch
-runs, new requests gather, so under load the next batch forms without waiting;
-a lone request waits at most ``max_wait_ms``. Only whole batches cross to the
-worker thread, not single requests.
+loop. When the model is idle, a request goes to it at once, together with
+whatever else is already waiting (the requests the event loop has in hand in
+the same turn); requests gather only while a batch runs, so under load the next
+batch forms without any timer (it goes one loop turn after the last one ends,
+once its answers are out and the requests already received have joined). ``max_wait_ms`` (default 0) optionally holds the
+oldest request that long for company, for users who want bigger batches at
+some latency; a batch of ``max_batch`` rows goes at once either way. The model
+runs in one worker thread (one batch at a time), each request gets its own rows
+back, and only whole batches cross to the worker thread.
+
+With ``stack=False`` (the pixels-in model, one picture of any size per call)
+the requests of a batch are not concatenated: the worker runs the model once
+per request, still one hand-over per batch.
 
 The worker counts what it does (:class:`BatchStats`), in the shape of Triton's
 statistics extension, so clients and tests can see how many model calls served
@@ -21,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -44,12 +51,13 @@ class BatchConfig:
 
     Attributes:
         max_batch: most rows in one model call (a single request with more runs alone).
-        max_wait_ms: longest the oldest waiting request is held for others to join.
+        max_wait_ms: longest the oldest waiting request is held for others to join
+            (0: never held; it goes as soon as the model is idle).
         max_queue_rows: rows allowed to wait; beyond it requests are refused (overload).
     """
 
     max_batch: int = 64
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 0.0
     max_queue_rows: int = 8192
 
     def __post_init__(self) -> None:
@@ -116,9 +124,20 @@ class BatchStats:
         }
 
 
+class BatchObserver(Protocol):
+    """Told what the worker did (e.g. Prometheus metrics); called on the event loop."""
+
+    def batch_done(self, rows: int, calls: int, seconds: float) -> None:
+        """A batch of ``rows`` images ran in ``calls`` model calls taking ``seconds``."""
+
+    def request_done(self, rows: int, queue_seconds: float, ok: bool) -> None:
+        """A request of ``rows`` images waited ``queue_seconds`` before its batch ran."""
+
+
 @dataclass
 class _Item:
-    rows: np.ndarray  # (k, ...) model input
+    rows: np.ndarray  # (k, ...) model input, or one picture (stack=False)
+    count: int  # images in rows
     future: asyncio.Future[np.ndarray]
     enqueued_ns: int
 
@@ -130,18 +149,30 @@ class DynamicBatcher:
     then ``await`` :meth:`aclose`.
 
     Args:
-        run: the model call: (n, ...) input -> (n, ...) output (rows in order).
+        run: the model call: (n, ...) input -> (n, ...) output (rows in order);
+            with ``stack=False``, one request's array -> its output.
         config: batching limits.
+        stack: concatenate the requests of a batch into one call (``False``: one
+            call per request, each request counting as one image).
+        observer: told about every batch and request (metrics).
     """
 
     def __init__(
-        self, run: Callable[[np.ndarray], np.ndarray], config: BatchConfig | None = None
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        config: BatchConfig | None = None,
+        *,
+        stack: bool = True,
+        observer: BatchObserver | None = None,
     ) -> None:
         self.config = config or BatchConfig()
         self._run = run
+        self._stack = stack
+        self._observer = observer
         self._waiting: deque[_Item] = deque()
         self._waiting_rows = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._soon: asyncio.Handle | None = None  # a dispatch at the end of this loop turn
         self._busy: asyncio.Task[None] | None = None  # the batch in the worker thread
         self._executor: ThreadPoolExecutor | None = None
         self._accepting = False
@@ -177,21 +208,29 @@ class DynamicBatcher:
         """Run the model on ``rows`` (k, ...) together with whatever else is waiting.
 
         Returns:
-            The model's output rows for this request, (k, ...).
+            The model's output rows for this request, (k, ...) (``stack=False``:
+            the model's output for this one array).
 
         Raises:
             BatcherError: stopped (503), too many rows waiting (503), or the model call failed (500).
         """
         if not self.running:
             raise BatcherError("the server is shutting down; retry on another instance")
-        if self._waiting_rows + len(rows) > self.config.max_queue_rows:
+        count = len(rows) if self._stack else 1
+        if self._waiting_rows + count > self.config.max_queue_rows:
             raise BatcherError(
                 f"the server is overloaded ({self._waiting_rows} rows waiting); retry later"
             )
-        item = _Item(rows, asyncio.get_running_loop().create_future(), time.perf_counter_ns())
+        loop = asyncio.get_running_loop()
+        item = _Item(rows, count, loop.create_future(), time.perf_counter_ns())
         self._waiting.append(item)
-        self._waiting_rows += len(rows)
-        self._schedule()
+        self._waiting_rows += count
+        if self._busy is None:  # while a batch runs, its end schedules the next
+            if self._waiting_rows >= self.config.max_batch:
+                self._dispatch()
+            elif self._soon is None:
+                # idle model: go at the end of this loop turn, with the requests it brings
+                self._soon = loop.call_soon(self._on_soon)
         return await item.future
 
     # ------------------------------------------------------------ on the event loop
@@ -211,16 +250,23 @@ class DynamicBatcher:
         self._timer = None
         self._schedule()
 
+    def _on_soon(self) -> None:
+        self._soon = None
+        self._schedule()
+
     def _dispatch(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._soon is not None:
+            self._soon.cancel()
+            self._soon = None
         batch = [self._waiting.popleft()]
-        rows = len(batch[0].rows)
-        while self._waiting and rows + len(self._waiting[0].rows) <= self.config.max_batch:
+        rows = batch[0].count
+        while self._waiting and rows + self._waiting[0].count <= self.config.max_batch:
             item = self._waiting.popleft()
             batch.append(item)
-            rows += len(item.rows)
+            rows += item.count
         self._waiting_rows -= rows
         self._busy = asyncio.get_running_loop().create_task(self._execute(batch))
 
@@ -229,13 +275,14 @@ class DynamicBatcher:
             await self._execute_batch(batch)
         finally:
             self._busy = None
-            if self._accepting:
-                self._schedule()
+            if self._accepting and self._waiting and self._soon is None:
+                # after one loop turn: the answers go out and the requests already read join
+                self._soon = asyncio.get_running_loop().call_soon(self._on_soon)
 
     async def _execute_batch(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         start = time.perf_counter_ns()
-        out: np.ndarray | BatcherError
+        out: np.ndarray | list[np.ndarray] | BatcherError
         try:
             out = await loop.run_in_executor(self._executor, self._call, batch)
         except Exception as exc:  # ORT raises its own types; every waiting request must hear
@@ -246,23 +293,37 @@ class DynamicBatcher:
             out = BatcherError(f"model call failed: {first_line(exc)[:300]}", status=500)
         end = time.perf_counter_ns()
         s = self._stats
-        rows = sum(len(i.rows) for i in batch)
-        s.execution_count += 1
-        s.compute_infer.add(end - start)
-        s.batch_sizes.setdefault(rows, _Duration()).add(end - start)
+        rows = sum(i.count for i in batch)
+        calls = 1 if self._stack else len(batch)
+        s.execution_count += calls
+        s.compute_infer.add(end - start, calls)
+        s.batch_sizes.setdefault(rows if self._stack else 1, _Duration()).add(end - start, calls)
         s.last_inference_ms = time.time_ns() // 1_000_000
+        observer = self._observer
+        if observer is not None:
+            observer.batch_done(rows, calls, (end - start) / 1e9)
         offset = 0
-        for item in batch:
+        for k, item in enumerate(batch):
             s.requests += 1
             s.queue.add(start - item.enqueued_ns)
             if isinstance(out, BaseException):
                 s.fail.add(end - item.enqueued_ns)
                 result: np.ndarray | BaseException = out
-            else:
-                s.inference_count += len(item.rows)
+            elif isinstance(out, list):
+                s.inference_count += item.count
                 s.success.add(end - item.enqueued_ns)
-                result = out[offset : offset + len(item.rows)]
-                offset += len(item.rows)
+                result = out[k]
+            else:
+                s.inference_count += item.count
+                s.success.add(end - item.enqueued_ns)
+                result = out[offset : offset + item.count]
+                offset += item.count
+            if observer is not None:
+                observer.request_done(
+                    item.count,
+                    (start - item.enqueued_ns) / 1e9,
+                    not isinstance(result, BaseException),
+                )
             if not item.future.done():  # the client may have gone
                 if isinstance(result, BaseException):
                     item.future.set_exception(result)
@@ -271,6 +332,8 @@ class DynamicBatcher:
 
     # ------------------------------------------------------------ in the worker thread
 
-    def _call(self, batch: list[_Item]) -> np.ndarray:
+    def _call(self, batch: list[_Item]) -> np.ndarray | list[np.ndarray]:
+        if not self._stack:
+            return [self._run(i.rows) for i in batch]
         x = batch[0].rows if len(batch) == 1 else np.concatenate([i.rows for i in batch])
         return self._run(x)

@@ -14,12 +14,19 @@ tested without a server. Two request encodings, both from the protocol:
 
 Every problem is a :class:`ProtocolError` carrying the HTTP status to answer with;
 its message goes to the client as ``{"error": "..."}``.
+
+Hostile bodies are refused before the JSON parser sees them: nesting deeper
+than :data:`MAX_JSON_DEPTH` (400) and more values than the request could need
+(413) are counted on the raw bytes. ``NaN`` and ``Infinity`` are refused in
+JSON and in floating-point tensors (400): the models take pixels scaled to
+[0, 1], and a non-finite pixel has no meaning to clip to.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +53,14 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype(np.float64),
 }
 KNOWN_DATATYPES = (*DATATYPES, "BYTES", "BF16")
+
+# Deepest JSON nesting a request may have: a tensor nested per dimension sits at
+# depth 7 ({"inputs": [{"data": [[[[...]]]]}]}); the parser's recursion is far deeper.
+MAX_JSON_DEPTH = 32
+# Values a JSON body may hold beyond its tensor's (ids, shapes, parameters).
+_JSON_SLACK_VALUES = 1024
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_DEPTH_CHUNK = 1 << 20
 
 
 class ProtocolError(MnistEdgeError, ValueError):
@@ -79,12 +94,15 @@ class TensorSpec:
     Attributes:
         name: the tensor name.
         datatype: protocol datatype (``FP32``, ``UINT8``, ...).
-        shape: dimensions; -1 marks the batch (any number of rows >= 1).
+        shape: dimensions; -1 marks one of any size >= 1.
+        batched: the first dimension is the batch (rows, limited per request);
+            ``False`` for the pixels-in model's one picture ``[height, width]``.
     """
 
     name: str
     datatype: str
     shape: tuple[int, ...]
+    batched: bool = True
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -118,13 +136,53 @@ class InferRequest:
     outputs: tuple[RequestedOutput, ...]
 
 
-def _json_object(data: bytes, what: str) -> dict[str, Any]:
+def _json_depth_over(skeleton: bytes, limit: int) -> bool:
+    """Whether brackets nest deeper than ``limit`` in ``skeleton`` (JSON with strings blanked)."""
+    if skeleton.count(b"[") + skeleton.count(b"{") <= limit:
+        return False  # the common case: too few brackets to nest that deep
+    depth = 0
+    for start in range(0, len(skeleton), _DEPTH_CHUNK):  # bounded temporary memory
+        a = np.frombuffer(skeleton, np.uint8, min(_DEPTH_CHUNK, len(skeleton) - start), start)
+        step = ((a == 0x5B) | (a == 0x7B)).astype(np.int32) - ((a == 0x5D) | (a == 0x7D))
+        running = np.cumsum(step) + depth
+        if running.max() > limit:
+            return True
+        depth = int(running[-1])
+    return False
+
+
+def _refuse_constant(name: str) -> float:
+    raise ProtocolError(
+        f"{name} is not a number a request may carry; send finite numbers "
+        "(pixels scaled to [0, 1] for FP32 models)"
+    )
+
+
+def _json_object(data: bytes, what: str, max_values: int) -> dict[str, Any]:
+    """Parse a JSON object after bounding its nesting and its count of values on the raw bytes."""
+    skeleton = _JSON_STRING.sub(b'""', data)
+    if _json_depth_over(skeleton, MAX_JSON_DEPTH):
+        raise ProtocolError(
+            f"{what} nests deeper than {MAX_JSON_DEPTH} levels; "
+            "send each tensor's 'data' as a flat list of numbers"
+        )
+    values = skeleton.count(b",") + 1
+    if values > max_values + _JSON_SLACK_VALUES:
+        raise ProtocolError(
+            f"{what} holds about {values} values, more than the model's input allows per "
+            f"request ({max_values}); send fewer images per request",
+            status=413,
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError(f"{what} is not UTF-8 text") from None
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except ProtocolError:
+        raise
+    except RecursionError:  # a last guard: the depth check above should have caught it
+        raise ProtocolError(f"{what} nests too deeply") from None
     except ValueError as exc:
         hint = ""
         if what == "request body" and "Extra data" in str(exc):
@@ -142,7 +200,22 @@ def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
     return params
 
 
-def _check_shape(shape: Any, spec: TensorSpec, max_rows: int) -> tuple[int, ...]:
+def check_datatype(datatype: Any, spec: TensorSpec) -> None:
+    """Raises :class:`ProtocolError` (400) unless ``datatype`` is the input's."""
+    if datatype != spec.datatype:
+        known = "" if datatype in KNOWN_DATATYPES else " (not a protocol datatype)"
+        raise ProtocolError(
+            f"input {spec.name!r} has datatype {datatype!r}{known}; the model takes {spec.datatype}"
+        )
+
+
+def check_shape(shape: Any, spec: TensorSpec, max_rows: int, max_values: int) -> tuple[int, ...]:
+    """A request's shape for ``spec``, checked: rank, fixed sizes, rows and values per request.
+
+    Raises:
+        ProtocolError: not a list of integers or does not fit (400); more rows than
+            ``max_rows`` or values than ``max_values`` (413).
+    """
     name = spec.name
     if (
         not isinstance(shape, list)
@@ -150,21 +223,46 @@ def _check_shape(shape: Any, spec: TensorSpec, max_rows: int) -> tuple[int, ...]
         or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
     ):
         raise ProtocolError(f"input {name!r}: 'shape' must be a list of integers, not {shape!r}")
-    want = [("N" if d < 0 else str(d)) for d in spec.shape]
+    if spec.batched:
+        want = [("N" if d < 0 else str(d)) for d in spec.shape]
+        sizes = "N >= 1"
+    else:
+        want = [("H", "W")[i] if d < 0 and i < 2 else str(d) for i, d in enumerate(spec.shape)]
+        sizes = "H, W >= 1: one picture"
     fits = len(shape) == len(spec.shape) and all(
         d == w or (w < 0 and d >= 1) for d, w in zip(shape, spec.shape, strict=False)
     )
     if not fits:
         raise ProtocolError(
-            f"input {name!r} has shape {shape}; the model takes [{', '.join(want)}] (N >= 1)"
+            f"input {name!r} has shape {shape}; the model takes [{', '.join(want)}] ({sizes})"
         )
-    if shape[0] > max_rows:
+    if spec.batched and shape[0] > max_rows:
         raise ProtocolError(
             f"input {name!r} has {shape[0]} rows, over the limit of {max_rows} per request; "
             "split it into smaller requests",
             status=413,
         )
+    if math.prod(shape) > max_values:
+        raise ProtocolError(
+            f"input {name!r} has shape {shape}: {math.prod(shape)} values, over the limit of "
+            f"{max_values} per request; send a smaller tensor",
+            status=413,
+        )
     return tuple(shape)
+
+
+def max_values(spec: TensorSpec, max_rows: int) -> int:
+    """Most values one request may carry for a batched ``spec`` (``max_rows`` rows)."""
+    return max_rows * math.prod(d for d in spec.shape[1:] if d > 0)
+
+
+def _check_finite(tensor: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    if tensor.dtype.kind == "f" and not np.isfinite(tensor).all():
+        raise ProtocolError(
+            f"input {spec.name!r} has NaN or infinite values; send finite numbers "
+            "(pixels scaled to [0, 1] for FP32 models)"
+        )
+    return tensor
 
 
 def _from_json_data(data: Any, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
@@ -177,10 +275,22 @@ def _from_json_data(data: Any, spec: TensorSpec, shape: tuple[int, ...]) -> np.n
         raise ProtocolError(
             f"input {spec.name!r}: 'data' is a ragged list; give a flat or evenly nested list of numbers"
         ) from None
+    return tensor_from_values(raw, spec, shape, "'data'")
+
+
+def tensor_from_values(
+    raw: np.ndarray, spec: TensorSpec, shape: tuple[int, ...], what: str = "the contents"
+) -> np.ndarray:
+    """Values as parsed (JSON ``data``, gRPC typed ``contents``) -> ``spec``'s dtype and ``shape``.
+
+    Raises:
+        ProtocolError: the wrong count, integers out of the datatype's range,
+            non-numbers, or NaN/infinity (400).
+    """
     count = math.prod(shape)
     if raw.size != count:
         raise ProtocolError(
-            f"input {spec.name!r}: 'data' has {raw.size} values, shape {list(shape)} needs {count}"
+            f"input {spec.name!r}: {what} has {raw.size} values, shape {list(shape)} needs {count}"
         )
     dtype = spec.dtype
     if dtype.kind in "iu":
@@ -189,14 +299,21 @@ def _from_json_data(data: Any, spec: TensorSpec, shape: tuple[int, ...]) -> np.n
             raw.dtype.kind not in "iub" or int(raw.min()) < info.min or int(raw.max()) > info.max
         ):
             raise ProtocolError(
-                f"input {spec.name!r}: 'data' must be integers in [{info.min}, {info.max}] for {spec.datatype}"
+                f"input {spec.name!r}: {what} must be integers in [{info.min}, {info.max}] for {spec.datatype}"
             )
     elif raw.size and raw.dtype.kind not in "iufb":
-        raise ProtocolError(f"input {spec.name!r}: 'data' must be numbers for {spec.datatype}")
-    return raw.astype(dtype).reshape(shape)
+        raise ProtocolError(f"input {spec.name!r}: {what} must be numbers for {spec.datatype}")
+    with np.errstate(over="ignore"):  # a value beyond the dtype becomes inf, refused next
+        tensor = raw.astype(dtype).reshape(shape)
+    return _check_finite(tensor, spec)
 
 
-def _from_bytes(raw: bytes, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
+def tensor_from_bytes(raw: bytes, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
+    """Raw little-endian bytes (binary extension, gRPC ``raw_input_contents``) -> the tensor.
+
+    Raises:
+        ProtocolError: the wrong number of bytes for ``shape``, or NaN/infinity (400).
+    """
     need = math.prod(shape) * spec.dtype.itemsize
     if len(raw) != need:
         raise ProtocolError(
@@ -205,7 +322,7 @@ def _from_bytes(raw: bytes, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndar
         )
     wire = spec.dtype.newbyteorder("<")  # the extension sends little-endian bytes
     array = np.frombuffer(raw, dtype=wire).reshape(shape)  # read-only view of the body
-    return array if wire == spec.dtype else array.astype(spec.dtype)
+    return _check_finite(array if wire == spec.dtype else array.astype(spec.dtype), spec)
 
 
 def _header_split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -229,6 +346,7 @@ def parse_infer_request(
     model_input: TensorSpec,
     model_outputs: Sequence[TensorSpec],
     max_rows: int,
+    max_input_values: int | None = None,
 ) -> InferRequest:
     """Check and decode an infer request body for a model with one input.
 
@@ -239,16 +357,21 @@ def parse_infer_request(
         model_input: the model's input.
         model_outputs: the model's outputs.
         max_rows: most rows one request may carry.
+        max_input_values: most values the input may hold (default: ``max_rows`` rows).
 
     Returns:
         The request, its tensor in the model's dtype and shape.
 
     Raises:
-        ProtocolError: malformed JSON, an unknown input or output, the wrong
-            datatype, shape or amount of data (status 400; 413 for too many rows).
+        ProtocolError: malformed or too deeply nested JSON, an unknown input or
+            output, the wrong datatype, shape or amount of data, NaN/infinity
+            (status 400; 413 for too many rows or values).
     """
+    limit = max_values(model_input, max_rows) if max_input_values is None else max_input_values
     header, binary = _header_split(body, header_length)
-    request = _json_object(header, "request body" if header_length is None else "JSON header")
+    request = _json_object(
+        header, "request body" if header_length is None else "JSON header", limit
+    )
     request_id = request.get("id", "")
     if not isinstance(request_id, str):
         raise ProtocolError("'id' must be a string")
@@ -261,13 +384,8 @@ def parse_infer_request(
         what = f"unknown input {unknown[0]!r}" if unknown else f"{len(names)} inputs"
         raise ProtocolError(f"{what}; the model takes one input, {model_input.name!r}")
     entry = inputs[0]
-    datatype = entry.get("datatype")
-    if datatype != model_input.datatype:
-        known = "" if datatype in KNOWN_DATATYPES else " (not a protocol datatype)"
-        raise ProtocolError(
-            f"input {model_input.name!r} has datatype {datatype!r}{known}; the model takes {model_input.datatype}"
-        )
-    shape = _check_shape(entry.get("shape"), model_input, max_rows)
+    check_datatype(entry.get("datatype"), model_input)
+    shape = check_shape(entry.get("shape"), model_input, max_rows, limit)
     size = _parameters(entry, f"input {model_input.name!r}").get("binary_data_size")
     if size is None:
         if binary:
@@ -283,7 +401,7 @@ def parse_infer_request(
             )
         if "data" in entry:
             raise ProtocolError(f"input {model_input.name!r} has both 'data' and binary data")
-        tensor = _from_bytes(binary, model_input, shape)
+        tensor = tensor_from_bytes(binary, model_input, shape)
     binary_default = bool(_parameters(request, "request").get("binary_data_output", False))
     return InferRequest(
         request_id, tensor, _requested_outputs(request, model_outputs, binary_default)

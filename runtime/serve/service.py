@@ -1,32 +1,44 @@
 """The model behind the server: protocol metadata, infer and classify, over one dynamic batcher.
 
-Framework-free (asyncio and numpy): :mod:`.app` maps HTTP routes onto a
-:class:`ModelService`; tests and other front ends can drive it directly.
+Framework-free (asyncio and numpy): :mod:`.app` maps HTTP routes and
+:mod:`.grpc_service` the gRPC service onto one :class:`ModelService`, so both
+protocols share its batcher; tests and other front ends can drive it directly.
+
+A pixels-in model (``mnist.pixels[.int8].onnx``) is served as it is: its input
+is one UINT8 ``[height, width]`` picture, its outputs ``probabilities``
+``[classes]`` and ``label`` ``[]``; ``/v1/classify`` hands it the decoded
+grayscale pixels, and the graph does the preprocessing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mnist_edge.runtime import __version__
 from mnist_edge.runtime.classifier import Classifier, Predictions
-from mnist_edge.runtime.images import ImageOptions, load_bytes_batch
-from mnist_edge.runtime.messages import Result
+from mnist_edge.runtime.errors import ConfigError
+from mnist_edge.runtime.images import ImageError, ImageOptions, decode_image_bytes, load_bytes_batch
+from mnist_edge.runtime.messages import results
 from mnist_edge.runtime.output import json_record
 from mnist_edge.runtime.serve.batcher import BatchConfig, DynamicBatcher
 from mnist_edge.runtime.serve.protocol import (
     ProtocolError,
-    RequestedOutput,
     TensorSpec,
     datatype_of,
     encode_infer_response,
+    max_values,
     parse_infer_request,
 )
+from mnist_edge.runtime.session import short_name
+
+if TYPE_CHECKING:
+    from mnist_edge.runtime.serve.metrics import ServeMetrics
 
 PLATFORM = "onnxruntime_onnx"  # Triton's platform name for ONNX Runtime models
 EXTENSIONS = ("binary_tensor_data", "statistics")
@@ -44,8 +56,10 @@ class ServeConfig:
         max_request_rows: most images in one infer request.
         max_files: most pictures in one classify request.
         decode_threads: threads decoding uploaded pictures (off the event loop).
-        invert: picture inversion for classify (``auto``, ``always``, ``never``).
+        invert: picture inversion for classify (``auto``, ``always``, ``never``);
+            a pixels-in model inverts inside its graph, so it takes only ``auto``.
         max_pixels: pictures with more pixels are refused (decompression bombs).
+        metrics: keep Prometheus metrics (:mod:`.metrics`, ``GET /metrics``).
     """
 
     model_name: str = "mnist"
@@ -57,6 +71,7 @@ class ServeConfig:
     decode_threads: int = 2
     invert: str = "auto"
     max_pixels: int = ImageOptions.max_pixels
+    metrics: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_request_rows", "max_files", "decode_threads"):
@@ -90,19 +105,48 @@ class ModelService:
     def __init__(self, classifier: Classifier, config: ServeConfig | None = None) -> None:
         self.config = config or ServeConfig()
         self.classifier = classifier
-        size = classifier.size
-        dims = (-1, 1, size, size) if classifier.input_rank == 4 else (-1, size, size)
-        self.input = TensorSpec(
-            classifier.input_name, datatype_of(classifier.input_dtype), dims
-        )  # batch dimension -1: any number of rows, whatever the file's batch size
-        self.outputs = (TensorSpec(classifier.output_name, "FP32", (-1, len(classifier.classes))),)
+        classes = len(classifier.classes)
+        self.pixels_in = classifier.pixels_in
+        self.metrics: ServeMetrics | None = None
+        if self.config.metrics:
+            from mnist_edge.runtime.serve.metrics import ServeMetrics
+
+            self.metrics = ServeMetrics(self.config.model_name, self.config.model_version)
+        if self.pixels_in:
+            if self.config.invert != "auto":
+                raise ConfigError(
+                    f"invert={self.config.invert!r}: a pixels-in model inverts inside its graph "
+                    "(chosen at export); leave invert at 'auto'",
+                    "invert",
+                )
+            self.input = TensorSpec(classifier.input_name, "UINT8", (-1, -1), batched=False)
+            self.outputs: tuple[TensorSpec, ...] = (
+                TensorSpec(classifier.output_name, "FP32", (classes,), batched=False),
+                TensorSpec("label", "INT64", (), batched=False),
+            )
+            self.max_input_values = self.config.max_pixels
+            self.batcher = DynamicBatcher(
+                self._classify_picture, self.config.batch, stack=False, observer=self.metrics
+            )
+        else:
+            size = classifier.size
+            dims = (-1, 1, size, size) if classifier.input_rank == 4 else (-1, size, size)
+            self.input = TensorSpec(
+                classifier.input_name, datatype_of(classifier.input_dtype), dims
+            )  # batch dimension -1: any number of rows, whatever the file's batch size
+            self.outputs = (TensorSpec(classifier.output_name, "FP32", (-1, classes)),)
+            self.max_input_values = max_values(self.input, self.config.max_request_rows)
+            self.batcher = DynamicBatcher(classifier.run, self.config.batch, observer=self.metrics)
         self.image_options = ImageOptions(
             preprocessing=classifier.metadata.preprocessing,
             invert=self.config.invert,
             max_pixels=self.config.max_pixels,
         )
-        self.batcher = DynamicBatcher(classifier.run, self.config.batch)
         self._decoders: ThreadPoolExecutor | None = None
+
+    def _classify_picture(self, picture: np.ndarray) -> np.ndarray:
+        """Worker thread, pixels-in model: one (H, W) uint8 picture -> float32 (classes,)."""
+        return self.classifier.classify_picture(picture).probabilities[0]
 
     # ------------------------------------------------------------ lifecycle
 
@@ -143,12 +187,36 @@ class ModelService:
         return {"name": "mnist-edge", "version": __version__, "extensions": list(EXTENSIONS)}
 
     def model_metadata(self) -> dict[str, Any]:
+        """The protocol's model metadata; ``parameters`` describe the model (from its file).
+
+        ``parameters`` holds scalars, as the protocol's parameters do: ``kind``
+        (``digits``: preprocessed 28x28 images in; ``pixels-in``: one picture,
+        preprocessing inside the graph), ``labels`` and ``preprocessing`` as JSON
+        text, ``precision``, ``provider``, ``model_version``, ``dataset`` and
+        ``test_accuracy`` when the file has it.
+        """
+        meta = self.classifier.metadata
+        parameters: dict[str, Any] = {
+            "kind": "pixels-in" if self.pixels_in else "digits",
+            "labels": json.dumps(list(self.classifier.classes)),
+            "preprocessing": json.dumps(
+                {**asdict(meta.preprocessing), "where": "graph" if self.pixels_in else "server"},
+                sort_keys=True,
+            ),
+            "precision": meta.precision,
+            "provider": short_name(self.classifier.provider),
+            "model_version": meta.model_version,
+            "dataset": meta.dataset,
+        }
+        if meta.test_accuracy is not None:
+            parameters["test_accuracy"] = meta.test_accuracy
         return {
             "name": self.config.model_name,
             "versions": [self.config.model_version],
             "platform": PLATFORM,
             "inputs": [self.input.metadata()],
             "outputs": [o.metadata() for o in self.outputs],
+            "parameters": parameters,
         }
 
     def statistics(self) -> dict[str, Any]:
@@ -168,15 +236,30 @@ class ModelService:
             BatcherError: shutting down, overloaded, or the model call failed.
         """
         request = parse_infer_request(
-            body, header_length, self.input, self.outputs, self.config.max_request_rows
+            body,
+            header_length,
+            self.input,
+            self.outputs,
+            self.config.max_request_rows,
+            self.max_input_values,
         )
-        probabilities = await self.batcher.submit(request.tensor)  # (rows, classes)
-        outputs: list[tuple[RequestedOutput, np.ndarray]] = [
-            (o, probabilities) for o in request.outputs
-        ]
+        results = await self.run(request.tensor)
+        outputs = [(o, results[o.name]) for o in request.outputs]
         return encode_infer_response(
             self.config.model_name, self.config.model_version, request.id, outputs
         )
+
+    async def run(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
+        """A checked input tensor -> every output by name, through the batcher.
+
+        Raises:
+            BatcherError: shutting down, overloaded, or the model call failed.
+        """
+        probabilities = await self.batcher.submit(tensor)  # (rows, classes) or (classes,)
+        if not self.pixels_in:
+            return {self.outputs[0].name: probabilities}
+        label = np.array(probabilities.argmax(), np.int64)  # the graph's ArgMax: first on ties
+        return {self.outputs[0].name: probabilities, "label": label}
 
     def check_top_k(self, top_k: int) -> int:
         classes = len(self.classifier.classes)
@@ -202,34 +285,32 @@ class ModelService:
         if self._decoders is None:
             raise ProtocolError("the server is not started", status=503)
         loop = asyncio.get_running_loop()
-        images, errors = await loop.run_in_executor(
-            self._decoders, load_bytes_batch, [blob for _, blob in files], self.image_options
-        )  # (n, size, size) uint8
-        ok = [i for i, e in enumerate(errors) if e is None]
+        blobs = [blob for _, blob in files]
         classes = self.classifier.classes
-        if ok:
-            probabilities = await self.batcher.submit(self.classifier.model_input(images[ok]))
+        if self.pixels_in:
+            pictures, errors = await loop.run_in_executor(self._decoders, self._decode, blobs)
+            ok = [i for i, e in enumerate(errors) if e is None]
+            rows = await asyncio.gather(*(self.batcher.submit(pictures[i]) for i in ok))
+            probabilities = (
+                np.stack(rows) if rows else np.zeros((0, len(classes)), np.float32)
+            )  # (len(ok), classes)
         else:
-            probabilities = np.zeros((0, len(classes)), np.float32)
+            images, errors = await loop.run_in_executor(
+                self._decoders, load_bytes_batch, blobs, self.image_options
+            )  # (n, size, size) uint8
+            ok = [i for i, e in enumerate(errors) if e is None]
+            if ok:
+                probabilities = await self.batcher.submit(self.classifier.model_input(images[ok]))
+            else:
+                probabilities = np.zeros((0, len(classes)), np.float32)
         predictions = Predictions.from_probabilities(probabilities, classes)
-        confidences = predictions.confidences.tolist()
-        alternatives = predictions.top_k(top_k)  # (len(ok), top_k)
-        results: list[Result] = []
-        row = 0
-        for (name, _), error in zip(files, errors, strict=True):
-            if error is not None:
-                results.append(Result(name, error=error))
-                continue
-            alts = tuple((classes[j], float(probabilities[row, j])) for j in alternatives[row])
-            label = classes[int(predictions.indices[row])]
-            results.append(Result(name, label=label, confidence=confidences[row], top_k=alts))
-            row += 1
+        records = results([name for name, _ in files], errors, predictions.records(top_k))
         payload: dict[str, Any] = {
             "model_name": self.config.model_name,
             "model_version": self.config.model_version,
-            "results": [json_record(r, top_k) for r in results],
+            "results": [json_record(r, top_k) for r in records],
         }
-        failed = [r for r in results if not r.ok]
+        failed = [r for r in records if not r.ok]
         if not failed:
             return Classified(200, payload)
         first = failed[0]
@@ -238,3 +319,16 @@ class ModelService:
             f"(first: {first.path}: {first.error})"
         )
         return Classified(422, {"error": error, **payload})
+
+    def _decode(self, blobs: list[bytes]) -> tuple[list[np.ndarray], list[str | None]]:
+        """Decoder thread, pixels-in model: pictures -> uint8 (H, W) grayscale, not preprocessed."""
+        pictures: list[np.ndarray] = []
+        errors: list[str | None] = []
+        for blob in blobs:
+            try:
+                pictures.append(decode_image_bytes(blob, self.config.max_pixels))
+                errors.append(None)
+            except ImageError as exc:
+                pictures.append(np.zeros((1, 1), np.uint8))
+                errors.append(str(exc))
+        return pictures, errors

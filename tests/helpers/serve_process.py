@@ -15,16 +15,20 @@ import sys
 import time
 from pathlib import Path
 
-PORT_LINE = re.compile(r"on http://127\.0\.0\.1:(\d+) ")
+PORT_LINE = re.compile(r"on http://127\.0\.0\.1:(\d+) (?:and grpc://127\.0\.0\.1:(\d+) )?")
 
 
 class ServerProcess:
-    """A running ``mnist-serve``: ``url`` (host:port), ``pid``, its log, and how to stop it."""
+    """A running ``mnist-serve``: ``url`` (host:port), ``grpc_url``, ``pid``, its log, how to stop it."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], port: int, grpc_port: int | None, log: Path
+    ) -> None:
         self.proc = proc
         self.port = port
         self.url = f"127.0.0.1:{port}"
+        self.grpc_port = grpc_port
+        self.grpc_url = f"127.0.0.1:{grpc_port}" if grpc_port else ""
         self.log = log
 
     @property
@@ -61,7 +65,7 @@ class ServerProcess:
 def start_server(
     model: Path, log: Path, *args: str, startup_timeout: float = 60.0
 ) -> ServerProcess:
-    """Run ``mnist-serve --model MODEL --port 0 ARGS...``; return once it answers ready.
+    """Run ``mnist-serve --model MODEL --port 0 --grpc-port 0 ARGS...``; return once it answers ready.
 
     Raises:
         RuntimeError: it exited or did not become ready in time (the message has its log).
@@ -70,22 +74,27 @@ def start_server(
     cmd = [sys.executable, "-m", "mnist_edge.runtime.serve.cli", "--model", str(model)]
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [*cmd, "--port", "0", *args], stdout=out, stderr=subprocess.STDOUT, env=env
+            [*cmd, "--port", "0", "--grpc-port", "0", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     deadline = time.monotonic() + startup_timeout
-    port = None
+    port = grpc_port = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"mnist-serve exited with {proc.returncode}:\n{log.read_text()}")
         if port is None:
             match = PORT_LINE.search(log.read_text())
-            port = int(match.group(1)) if match else None
+            if match:
+                port = int(match.group(1))
+                grpc_port = int(match.group(2)) if match.group(2) else None
         if port is not None:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             try:
                 conn.request("GET", "/v2/health/ready")
                 if conn.getresponse().status == 200:
-                    return ServerProcess(proc, port, log)
+                    return ServerProcess(proc, port, grpc_port, log)
             except OSError:
                 pass
             finally:
