@@ -279,6 +279,10 @@ def test_cli_usage_errors_exit_2(local_ray, model, inputs, tmp_path):
     result = _invoke(png, "--model", str(model), "--gpus-per-actor", "1", "--format", "jsonl")
     assert result.exit_code == 2 and "--gpus-per-actor" in result.output
     assert "no node of the cluster has that many" in result.output
+    pixels = Path("artifacts/mnist.pixels.onnx")
+    if pixels.is_file():  # made by `make export`
+        result = _invoke(png, "--model", str(pixels), "--format", "jsonl")
+        assert result.exit_code == 2 and "is a pixels-in model" in result.output
     result = _invoke(png, "--model", str(model), "--workers", "2", "--format", "jsonl")
     assert result.exit_code == 2 and "No such option '--workers'" in result.output
 

@@ -99,11 +99,18 @@ def load_model(model: str | os.PathLike[str]) -> Classifier:
     """Open ``model`` here (CPU, one thread) to check it and read its metadata before any job starts.
 
     Raises:
-        ModelError: missing or unusable model file.
+        ModelError: missing or unusable model file, or a pixels-in model.
     """
     from mnist_edge.runtime.classifier import Classifier
+    from mnist_edge.runtime.session import ModelError
 
-    return Classifier(model, config=SessionConfig(provider="cpu", threads=1))
+    classifier = Classifier(model, config=SessionConfig(provider="cpu", threads=1))
+    if classifier.pixels_in:
+        raise ModelError(
+            f"{model} is a pixels-in model (one picture per call); classify_dataset takes "
+            "the model without .pixels in its name"
+        )
+    return classifier
 
 
 def classify_dataset(
