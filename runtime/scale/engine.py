@@ -203,7 +203,12 @@ def classify_dataset(
             # Ray Data retries a task whose worker or node died (max_retries=-1).
         )
     )
-    return results.union(failed) if failed is not None else results
+    results = results.union(failed) if failed is not None else results
+    if not config.uses_actors:
+        # One operator does all the work: Ray Data's per-operator reservation (half
+        # the CPUs) only keeps CPUs idle, so the tasks may use all of them.
+        results.context.op_resource_reservation_enabled = False
+    return results
 
 
 def _on_actors(
