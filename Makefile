@@ -33,7 +33,7 @@ OV_TEST_ARGS ?=
 OV_BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv data train export parity samples bench test lint format clean distclean web web-deps \
+.PHONY: help venv data train export bundle parity samples bench test lint format clean distclean web web-deps \
 	venv-openvino test-openvino bench-openvino
 
 help: ## Show this help
@@ -61,11 +61,14 @@ train: $(STAMP) ## Train the reference convnet (15 epochs) -> artifacts/model.pt
 export: $(STAMP) ## Export artifacts/model.pt -> artifacts/mnist.onnx + mnist.int8.onnx + pixels-in models (validated)
 	$(BIN)/mnist-export $(ARGS)
 
+bundle: $(STAMP) ## Copy the validated reference model from artifacts/ into the package (runtime/models/)
+	$(BIN)/python -m mnist_edge.export.bundle $(ARGS)
+
 parity: $(STAMP) ## Compare PyTorch, ONNX fp32 and int8 on the full test set
 	$(BIN)/mnist-export --parity-only $(ARGS)
 
 samples: $(STAMP) ## Write some test-set digits (and photo-like variants) into images/
-	$(BIN)/python -m mnist_edge.tools.samples images $(ARGS)
+	$(BIN)/mnist-samples images $(ARGS)
 
 bench: $(STAMP) ## Benchmarks: training, model-only and end-to-end inference, serving, Ray -> artifacts/bench.json
 	$(BIN)/python bench/bench_train.py $(TRAIN_BENCH_ARGS)
@@ -79,8 +82,8 @@ web-deps: web/vendor/ort-wasm-simd-threaded.wasm ## Install the page's onnxrunti
 web/vendor/ort-wasm-simd-threaded.wasm: web/package.json web/package-lock.json web/copy-runtime.mjs
 	cd web && npm ci --no-audit --no-fund
 
-web: $(STAMP) web-deps ## Serve the web page and the models in artifacts/ on 127.0.0.1 (WEB_PORT=8000)
-	$(BIN)/python -m mnist_edge.tools.webserve --web-dir web --models artifacts --port $(WEB_PORT) $(ARGS)
+web: $(STAMP) web-deps ## Serve the web page and the models (artifacts/, else the bundled ones) on 127.0.0.1 (WEB_PORT=8000)
+	$(BIN)/python -m mnist_edge.tools.webserve --web-dir web --port $(WEB_PORT) $(ARGS)
 
 # No venv stamp here: a GPU machine's own torch and onnxruntime-gpu are used as they are.
 GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
@@ -107,7 +110,7 @@ venv-openvino: ## Create .venv-openvino (the project on onnxruntime-openvino) fo
 
 # Small models for the OpenVINO tests, trained and exported by the main venv (2 epochs, 12k images).
 $(OV_MODELS)/mnist.int8.onnx: | $(STAMP)
-	$(BIN)/mnist-train --out $(OV_MODELS) --epochs 2 --train-limit 12000 --test-limit 2000 --quiet
+	$(BIN)/mnist-train --out-dir $(OV_MODELS) --epochs 2 --train-limit 12000 --test-limit 2000 --quiet
 	$(BIN)/mnist-export --checkpoint $(OV_MODELS)/model.pt --out-dir $(OV_MODELS) --no-pixels
 
 test-openvino: $(STAMP) ## OpenVINO tests (tests/test_openvino.py) in .venv-openvino, on models made by .venv
@@ -127,6 +130,7 @@ lint: $(STAMP) ## ruff check + format check + mypy type check of the package
 	@# mypy sees the installed names (mnist_edge.train, ...) through a link tree
 	@rm -rf build/typecheck && mkdir -p build/typecheck/mnist_edge
 	@for p in train export runtime; do ln -s ../../../$$p build/typecheck/mnist_edge/$$p; done
+	@ln -s ../../../package/__init__.py build/typecheck/mnist_edge/__init__.py
 	cd build/typecheck && $(abspath $(BIN))/mypy --config-file ../../pyproject.toml mnist_edge
 
 format: $(STAMP) ## Apply ruff fixes and formatting

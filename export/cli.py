@@ -16,13 +16,19 @@ from mnist_edge.export.config import (
     SUPPORTED_OPSETS,
     ExportConfig,
 )
+from mnist_edge.runtime import __version__
 from mnist_edge.runtime.errors import ConfigError, MnistEdgeError
 from mnist_edge.runtime.extras import MissingExtraError, require_extras
+from mnist_edge.runtime.frontend import AliasedOption, option_of
 from mnist_edge.runtime.layout import DEFAULT, Artifacts
 
 _D = ExportConfig()  # the options' defaults come from the config
 # ExportConfig fields whose option is not "--" + the field name with dashes
-OPTIONS = {"int8_max_accuracy_drop": "--int8-max-drop", "ort": "--ort"}
+OPTIONS = {
+    "int8_max_accuracy_drop": "--int8-max-drop",
+    "ort": "--ort",
+    "eval_limit": "--test-limit",
+}
 
 
 def _progress(line: str) -> None:
@@ -106,7 +112,7 @@ def _progress(line: str) -> None:
     type=click.IntRange(min=1),
     default=_D.pixels_images,
     help="Test digits per validation variant of the pixels-in models (16 variants; "
-    "--eval-limit caps it).",
+    "--test-limit caps it).",
 )
 @click.option(
     "--allow-mismatch",
@@ -114,7 +120,10 @@ def _progress(line: str) -> None:
     help="Write files even if validation fails (failures are reported).",
 )
 @click.option(
-    "--eval-limit",
+    "--test-limit",
+    "eval_limit",
+    cls=AliasedOption,
+    aliases=("--eval-limit",),
     type=click.IntRange(min=1),
     default=None,
     help="Compare on the first N test images only [default: all].",
@@ -124,6 +133,7 @@ def _progress(line: str) -> None:
     is_flag=True,
     help="Export nothing: compare the existing files in --out-dir with the checkpoint.",
 )
+@click.version_option(__version__, prog_name="mnist-export")
 def main(
     checkpoint: Path,
     out_dir: Path,
@@ -204,8 +214,11 @@ def main(
         raise click.ClickException(
             f"{exc.summary}{kept}. Fix the cause, or pass --allow-mismatch to write the files anyway"
         ) from exc
-    except ConfigError as exc:
-        raise click.ClickException(exc.option_hint(OPTIONS)) from exc
+    except ConfigError as exc:  # a bad option value: exit 2, naming the option
+        option = option_of(exc, OPTIONS)
+        if option is None:
+            raise click.UsageError(str(exc)) from None
+        raise click.BadParameter(str(exc), param_hint=option) from None
     except ArtifactError as exc:
         raise click.ClickException(f"{exc} (`make export`)") from exc
     except MnistEdgeError as exc:

@@ -40,6 +40,15 @@ def open_array_file(path: str | os.PathLike[str]) -> np.ndarray:
         raise ImageError(f"corrupt array file: {exc}") from None
     except OSError as exc:
         raise ImageError(f"cannot read array file: {exc.strerror or exc}") from None
+    return image_stack(array)
+
+
+def image_stack(array: np.ndarray) -> np.ndarray:
+    """An array of grayscale digits as (N, H, W): one (H, W) image or an (N, 1, H, W) stack reshaped.
+
+    Raises:
+        ImageError: a shape that is not images, or a dtype that is not numeric.
+    """
     if array.ndim == 2:
         array = array[None]
     elif array.ndim == 4 and array.shape[1] == 1:

@@ -24,6 +24,7 @@ import click
 # worker processes first, and they load those while this process does too
 # (where workers are spawned, they also re-import this module).
 from mnist_edge.runtime import __version__
+from mnist_edge.runtime.errors import ConfigError
 from mnist_edge.runtime.frontend import (
     ModelChoice,
     check_top_k,
@@ -32,7 +33,7 @@ from mnist_edge.runtime.frontend import (
     model_options,
     threads_option,
 )
-from mnist_edge.runtime.output import FORMATS, open_text_output
+from mnist_edge.runtime.output import FORMATS, open_text_output, output_format
 from mnist_edge.runtime.stream import PipelineConfig
 
 # Exit codes of a run stopped by a signal: 128 + the signal's number, as shells report it.
@@ -129,9 +130,9 @@ class InferCommand(click.Command):
     "--format",
     "fmt",
     type=click.Choice((*FORMATS, "parquet")),
-    default="table",
-    show_default=True,
-    help="Output format (parquet: --engine ray, where it is the default).",
+    default=None,
+    help="Output format (parquet: --engine ray only).  [default: from -o's extension "
+    "(.csv, .jsonl, .txt), else table; parquet with --engine ray]",
 )
 @click.option(
     "--top-k",
@@ -171,7 +172,7 @@ def main(
     workers: int | None,
     threads: int | None,
     invert: str,
-    fmt: str,
+    fmt: str | None,
     top_k: int | None,
     output: str | None,
     progress: bool | None,
@@ -185,6 +186,11 @@ def main(
     partial -o file, no worker processes left, exit 130 or 143.
     """
     choice = ModelChoice(model, int8)
+    try:
+        fmt = output_format(fmt, output)
+    except ConfigError as exc:
+        hint = "-o" if exc.field == "output" else "--format"
+        raise click.BadParameter(str(exc), param_hint=hint) from None
     if fmt not in FORMATS:
         raise click.BadParameter(f"{fmt} needs --engine ray", param_hint="--format")
     if output is not None and os.path.isdir(output):

@@ -73,7 +73,7 @@ def require_extras(command: str, *extras: str) -> None:
         spec = ",".join(lacking)
         raise MissingExtraError(
             f"{command} needs {', '.join(modules)}, which are not installed; "
-            f"install them with: pip install 'mnist-edge[{spec}]' (from a checkout: pip install '.[{spec}]')"
+            f"install them with: pip install '.[{spec}]' (in the mnist-edge checkout)"
         )
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from mnist_edge.runtime.errors import ConfigError, MnistEdgeError
-from mnist_edge.runtime.layout import DEFAULT, model_path
+from mnist_edge.runtime.layout import model_path
 from mnist_edge.runtime.metadata import INVERT_MODES
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 MODEL_HINT = "`make train export` makes the default model; --model picks another file"
+DEFAULT_MODEL_HELP = "artifacts/mnist.onnx if it exists, else the bundled reference model"
 
 # Config fields whose option is not "--" + the field with dashes.
 FIELD_OPTIONS: Mapping[str, str] = {"fmt": "--format", "max_wait_ms": "--max-wait-ms"}
@@ -49,6 +50,32 @@ def _decorate(options: list[Callable[[F], F]]) -> Callable[[F], F]:
     return decorate
 
 
+class AliasedOption(click.Option):
+    """A click option whose old spellings still parse but are shown neither in ``--help`` nor in errors.
+
+    ``click.option("--out-dir", cls=AliasedOption, aliases=("--out",), ...)``: one
+    name for one idea across the commands, without breaking scripts that use the old one.
+    """
+
+    def __init__(self, param_decls: list[str], aliases: tuple[str, ...] = (), **attrs: Any) -> None:
+        super().__init__([*param_decls, *aliases], **attrs)
+        self.aliases = tuple(aliases)
+
+    def _shown(self) -> list[str]:
+        return [o for o in self.opts if o not in self.aliases]
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        opts = self.opts
+        self.opts = self._shown()
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = opts
+
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        return " / ".join(f"'{o}'" for o in self._shown())
+
+
 def model_options(verb: str) -> Callable[[F], F]:
     """``--model``, ``--int8`` and ``--provider`` for a command that ``verb``\\ s the model ("Use", "Serve")."""
     return _decorate(
@@ -57,12 +84,13 @@ def model_options(verb: str) -> Callable[[F], F]:
                 "--model",
                 type=click.Path(dir_okay=False, path_type=Path),
                 default=None,
-                help=f"ONNX model file.  [default: {DEFAULT.model()}]",
+                help=f"ONNX model file.  [default: {DEFAULT_MODEL_HELP}]",
             ),
             click.option(
                 "--int8",
                 is_flag=True,
-                help=f"{verb} the quantized model ({DEFAULT.model('int8')}, or NAME.int8.onnx beside --model).",
+                help=f"{verb} the quantized model (mnist.int8.onnx beside the default model, "
+                "or NAME.int8.onnx beside --model).",
             ),
             click.option(
                 "--provider",
@@ -91,7 +119,9 @@ def invert_option(what: str = "pictures") -> Callable[[F], F]:
         type=click.Choice(INVERT_MODES),
         default="auto",
         show_default=True,
-        help=f"Invert {what} to white-on-black: auto (when the background is light), always, never.",
+        help=f"Make {what} white-on-black (as MNIST): auto inverts those with a light "
+        "background; always inverts every one, which turns MNIST-style (white-on-black) "
+        "input black-on-white and wrong; never leaves them as they are.",
     )
 
 

@@ -17,6 +17,12 @@ the torch-free runtime and the CLIs' option defaults import it.
       *.ort  mnist.required_operators.config    --ort
       mnist.meta.json            the models' metadata for runtimes that cannot read it (web)
       export.json                the export report
+
+The package also ships the reference recipe's files (fp32, int8, the two
+pixels-in files and ``mnist.meta.json``) in ``runtime/models/``
+(:data:`BUNDLED`), copied there by ``make bundle``. The default model is
+``artifacts/mnist.onnx`` (relative to the working folder) when it exists, else
+the bundled one (:func:`default_models`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_DIR = Path("artifacts")
+BUNDLED_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_DATA_DIR = Path("data")
 
 CHECKPOINT = "model.pt"
@@ -76,9 +83,9 @@ def int8_sibling(model: str | os.PathLike[str]) -> Path:
 
 
 def model_path(model: str | os.PathLike[str] | None, int8: bool = False) -> Path:
-    """The model a command runs: ``model`` (or the default ``artifacts/mnist.onnx``), or its int8 sibling."""
+    """The model a command runs: ``model`` or the default (:func:`default_models`), or its int8 sibling."""
     if model is None:
-        return DEFAULT_DIR / model_name("int8" if int8 else "fp32")
+        return default_models().model("int8" if int8 else "fp32")
     return int8_sibling(model) if int8 else Path(model)
 
 
@@ -145,3 +152,19 @@ class Artifacts:
 
 
 DEFAULT = Artifacts()
+BUNDLED = Artifacts(BUNDLED_DIR)
+"""The reference model files that ship inside the package (``make bundle`` copies them in)."""
+
+
+def default_models(needs: str = model_name()) -> Artifacts:
+    """Where the default models come from: ``artifacts/`` when it holds ``needs``, else :data:`BUNDLED`.
+
+    One folder for all of them, so ``--int8`` or the pixels-in files never mix
+    a freshly exported model with the bundled one. ``artifacts/`` is relative to
+    the working folder.
+
+    Args:
+        needs: the file that marks an export: ``mnist.onnx`` for the commands,
+            ``mnist.meta.json`` for the web page (it reads the pixels-in files).
+    """
+    return DEFAULT if (DEFAULT.root / needs).is_file() else BUNDLED

@@ -1,6 +1,10 @@
 """Result writers for ``mnist-infer`` (table, csv, jsonl) and the run summary.
 
 Writers stream: one line per :class:`~mnist_edge.runtime.messages.Result`, as it comes.
+Every format has the same columns in the same order: path, label, confidence,
+then the top-k labels (or the error). Printed confidences are cut, not rounded,
+at the last digit shown (:func:`confidence_text`): ``1.0000`` means a model that
+is certain, never 0.99998.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import sys
 import time
@@ -19,6 +24,54 @@ if TYPE_CHECKING:  # keep this module light: the CLI imports it before anything 
     from mnist_edge.runtime.messages import Result
 
 FORMATS = ("table", "csv", "jsonl")
+SUFFIX_FORMATS = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".txt": "table",
+    ".parquet": "parquet",
+}
+"""The format an output file's name implies (``-o results.csv``); other names imply none."""
+
+
+def output_format(
+    fmt: str | None, output: str | os.PathLike[str] | None, default: str = "table"
+) -> str:
+    """The format to write: ``fmt``, else the one ``output``'s suffix implies, else ``default``.
+
+    Raises:
+        ConfigError: ``fmt`` and the suffix disagree (field ``fmt``), or ``output`` ends
+            in ``.json``, which a stream of records is not (field ``output``).
+    """
+    from mnist_edge.runtime.errors import ConfigError
+
+    suffix = os.path.splitext(os.fspath(output))[1].lower() if output is not None else ""
+    if suffix == ".json":
+        raise ConfigError(
+            f"{output}: jsonl writes one JSON record per line, not one JSON document; "
+            "name the file .jsonl",
+            "output",
+        )
+    implied = SUFFIX_FORMATS.get(suffix)
+    if fmt is not None and implied is not None and fmt != implied:
+        raise ConfigError(
+            f"format {fmt} does not match {output} ({implied}); drop the format or rename the file",
+            "fmt",
+        )
+    return fmt or implied or default
+
+
+def confidence_text(p: float, digits: int = 4) -> str:
+    """``p`` with ``digits`` decimals, cut rather than rounded up to 1 (0.99998 -> ``0.9999``)."""
+    text = f"{p:.{digits}f}"
+    if p < 1.0 and text.startswith("1"):
+        return f"{1.0 - 10.0**-digits:.{digits}f}"
+    return text
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 image``, ``2 images``, ``1,024 images``."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 @contextlib.contextmanager
@@ -52,7 +105,11 @@ def json_record(result: Result, top_k: int = 0) -> dict[str, Any]:
 
 
 class ResultWriter:
-    """Writes results in one of :data:`FORMATS` to a text stream."""
+    """Writes results in one of :data:`FORMATS` to a text stream.
+
+    The table's path column is as wide as the first path (a longer one pushes
+    its row out), so its header is written with the first result.
+    """
 
     def __init__(self, stream: TextIO, fmt: str = "table", top_k: int = 0) -> None:
         if fmt not in FORMATS:
@@ -61,13 +118,8 @@ class ResultWriter:
         self.fmt = fmt
         self.top_k = top_k
         self._csv = csv.writer(stream, lineterminator="\n") if fmt == "csv" else None
-        self._header()
-
-    def _header(self) -> None:
-        if self.fmt == "table":
-            extra = "  top-k" if self.top_k else ""
-            self.stream.write(f"{'label':<8} {'confidence':>10}  path{extra}\n")
-        elif self._csv is not None:
+        self._width = 0  # the table's path column; 0 until the header is written
+        if self._csv is not None:
             row = ["path", "label", "confidence"]
             for i in range(1, self.top_k + 1):
                 row += [f"label_{i}", f"confidence_{i}"]
@@ -81,21 +133,32 @@ class ResultWriter:
             if result.error is not None:
                 self._csv.writerow([result.path, "", "", *[""] * (2 * self.top_k), result.error])
             else:
-                alts = [x for lab, p in result.top_k for x in (lab, f"{p:.6f}")]
+                alts = [x for lab, p in result.top_k for x in (lab, confidence_text(p, 6))]
                 alts += [""] * (2 * self.top_k - len(alts))
-                self._csv.writerow(
-                    [result.path, result.label, f"{result.confidence:.6f}", *alts, ""]
-                )
+                conf = confidence_text(_known(result.confidence), 6)
+                self._csv.writerow([result.path, result.label, conf, *alts, ""])
         else:
-            if result.error is not None:
-                self.stream.write(f"{'ERROR':<8} {'-':>10}  {result.path}: {result.error}\n")
-            else:
-                extra = ""
-                if self.top_k:
-                    extra = "  " + " ".join(f"{lab}:{p:.4f}" for lab, p in result.top_k)
-                self.stream.write(
-                    f"{result.label:<8} {result.confidence:>10.4f}  {result.path}{extra}\n"
-                )
+            self._table_row(result)
+
+    def _table_row(self, result: Result) -> None:
+        if not self._width:
+            self._width = max(len("path"), len(result.path))
+            extra = "  top-k" if self.top_k else ""
+            self.stream.write(f"{'path':<{self._width}}  {'label':<8} {'confidence':>10}{extra}\n")
+        path = f"{result.path:<{self._width}}"
+        if result.error is not None:
+            self.stream.write(f"{path}  {'ERROR':<8} {'-':>10}  {result.error}\n")
+            return
+        extra = ""
+        if self.top_k:
+            extra = "  " + " ".join(f"{lab}:{confidence_text(p)}" for lab, p in result.top_k)
+        conf = confidence_text(_known(result.confidence))
+        self.stream.write(f"{path}  {result.label:<8} {conf:>10}{extra}\n")
+
+
+def _known(confidence: float | None) -> float:
+    """A classified result's confidence (set whenever its error is not)."""
+    return math.nan if confidence is None else confidence
 
 
 @dataclass
@@ -111,6 +174,10 @@ class RunStats:
         self.failures += 0 if result.ok else 1
 
     @property
+    def classified(self) -> int:
+        return self.images - self.failures
+
+    @property
     def seconds(self) -> float:
         return time.perf_counter() - self.started
 
@@ -120,8 +187,13 @@ class RunStats:
         return self.images / elapsed if elapsed > 0 else 0.0
 
     def summary(self, provider: str, model: str) -> str:
+        """``3 images, 1 failed, 1,200 images/s (0.01 s), provider cpu, model PATH``.
+
+        No rate when nothing was classified (it would time only the failures).
+        """
+        rate = f", {self.rate:,.0f} images/s" if self.classified else ""
         return (
-            f"{self.images} images, {self.failures} failed, {self.rate:,.0f} images/s "
+            f"{plural(self.images, 'image')}, {self.failures:,} failed{rate} "
             f"({self.seconds:.2f} s), provider {provider}, model {model}"
         )
 
@@ -142,7 +214,7 @@ class Progress:
         self._last = now
         self._drawn = True
         self.stream.write(
-            f"\r{stats.images:>10,} images  {stats.failures:,} failed  {stats.rate:>8,.0f}/s"
+            f"\r{plural(stats.images, 'image'):>16}  {stats.failures:,} failed  {stats.rate:>8,.0f}/s"
         )
         self.stream.flush()
 

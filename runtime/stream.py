@@ -46,7 +46,7 @@ from mnist_edge.runtime.messages import (
 )
 from mnist_edge.runtime.metadata import INVERT_MODES
 from mnist_edge.runtime.processes import usable_cores
-from mnist_edge.runtime.workers import DecoderError, WorkerModel, WorkerPool
+from mnist_edge.runtime.workers import DecoderError, WorkerModel, WorkerPool, classify_pictures
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from mnist_edge.runtime.images import ImageOptions
     from mnist_edge.runtime.session import SessionConfig
 
-__all__ = ["Pipeline", "PipelineConfig", "Result"]
+__all__ = ["Pipeline", "PipelineConfig", "Result", "classify_chunks", "decode_here"]
 
 
 @dataclass(frozen=True)
@@ -161,13 +161,13 @@ class Pipeline:
                     worker_model if config.infer_in_workers else None,
                 )
         try:
-            self.classifier, self.options = _load(model, session, config.invert)
+            self.classifier, self.options = open_model(model, session, config.invert)
         except BaseException:
             self.close()
             raise
 
     def __iter__(self) -> Iterator[Result]:
-        return _classify(self._decode(), self.classifier, self.config)
+        return classify_chunks(self._decode(), self.classifier, self.config)
 
     def _decode(self) -> Iterator[Decoded | Classified]:
         """Step 2: units of work -> decoded (or classified) chunks, in input order."""
@@ -198,25 +198,20 @@ class Pipeline:
             return None
         if pool.runs_model:
             return pool.classify(unit.paths, self.options, self.config.batch_size)
+        if self.classifier.pixels_in:  # the graph needs the pictures, not decoded digits
+            return None
         return pool.decode(unit.paths, self.options)
 
     def _resolve(
         self, unit: Unit, task: Future[Decoded] | Future[Classified] | None
     ) -> Iterator[Decoded | Classified]:
-        from mnist_edge.runtime.images import load_batch
-
-        if task is not None:
-            try:
-                yield task.result()
-            except BrokenProcessPool:
-                raise DecoderError("a worker process died (out of memory?)") from None
-        elif isinstance(unit, Files):
-            images, errors = load_batch(unit.paths, self.options)
-            yield Decoded(unit.paths, images, errors)
-        elif isinstance(unit, ArrayFile):
-            yield from _array_chunks(unit.path, self.options, self.config.chunk_size)
-        else:
-            yield _failed(unit.source, self.options.preprocessing.size)
+        if task is None:
+            yield from _decode_unit(unit, self.classifier, self.options, self.config.chunk_size)
+            return
+        try:
+            yield task.result()
+        except BrokenProcessPool:
+            raise DecoderError("a worker process died (out of memory?)") from None
 
     def close(self) -> None:
         """Stop the worker processes (tasks not yet started are cancelled)."""
@@ -230,24 +225,32 @@ class Pipeline:
         self.close()
 
 
-def _load(
-    model: str | os.PathLike[str], session: SessionConfig, invert: str
+def open_model(
+    model: str | os.PathLike[str] | Classifier, session: SessionConfig, invert: str
 ) -> tuple[Classifier, ImageOptions]:
+    """The classifier (``model`` itself when it is one) and how pictures are made ready for it.
+
+    Raises:
+        ModelError, ProviderError: see :class:`Pipeline`.
+        ConfigError: a forced ``invert`` for a pixels-in model (its graph decides).
+    """
     from mnist_edge.runtime.classifier import Classifier
     from mnist_edge.runtime.images import ImageOptions
     from mnist_edge.runtime.session import ModelError
 
-    classifier = Classifier(model, config=session)
-    if classifier.pixels_in:
-        raise ModelError(
-            f"{model} is a pixels-in model (one picture per call); mnist-infer takes the "
-            "model without .pixels in its name"
+    classifier = model if isinstance(model, Classifier) else Classifier(model, config=session)
+    if classifier.pixels_in and invert != "auto":
+        raise ConfigError(
+            f"{classifier.path} is a pixels-in model: its graph decides the inversion itself (as invert "
+            f"'auto' does), so invert {invert!r} cannot apply; use the model without .pixels "
+            "in its name to force it",
+            "invert",
         )
     try:
         options = ImageOptions(preprocessing=classifier.metadata.preprocessing, invert=invert)
     except ValueError as exc:
         raise ModelError(
-            f"{model}: {exc}; it was made by a newer mnist-edge than this runtime"
+            f"{classifier.path}: {exc}; it was made by a newer mnist-edge than this runtime"
         ) from None
     return classifier, options
 
@@ -277,36 +280,88 @@ def _units(sources: Iterable[Source], task_size: int) -> Iterator[Unit]:
         yield Files(files)
 
 
+def decode_here(
+    inputs: Iterable[str], classifier: Classifier, options: ImageOptions, chunk_size: int = 512
+) -> Iterator[Decoded | Classified]:
+    """Step 1 and 2 in this process (no workers): inputs -> decoded chunks, in input order.
+
+    Files, folders, globs, ``.npy`` and IDX files as for :class:`Pipeline`
+    (``-`` is not read here); what :func:`mnist_edge.runtime.classify` decodes with.
+    A pixels-in ``classifier`` classifies each picture as it is (``Classified``).
+    """
+    for unit in _units(expand_inputs(inputs), chunk_size):
+        yield from _decode_unit(unit, classifier, options, chunk_size)
+
+
+def _decode_unit(
+    unit: Unit, classifier: Classifier, options: ImageOptions, chunk_size: int
+) -> Iterator[Decoded | Classified]:
+    """Decode one unit of work in this process (pixels-in models: classify its pictures)."""
+    from mnist_edge.runtime.images import load_batch
+
+    if isinstance(unit, Files) and classifier.pixels_in:
+        yield classify_pictures(unit.paths, classifier, options)
+    elif isinstance(unit, Files):
+        images, errors = load_batch(unit.paths, options)
+        yield Decoded(unit.paths, images, errors)
+    elif isinstance(unit, ArrayFile):
+        yield from _array_chunks(unit.path, classifier, options, chunk_size)
+    else:
+        yield _failed(unit.source, options.preprocessing.size)
+
+
 def _failed(source: Source, size: int) -> Decoded:
     import numpy as np
 
     return Decoded([source.path], np.zeros((1, size, size), np.uint8), [source.error])
 
 
-def _array_chunks(path: str, options: ImageOptions, chunk_size: int) -> Iterator[Decoded]:
+def _array_chunks(
+    path: str, classifier: Classifier, options: ImageOptions, chunk_size: int
+) -> Iterator[Decoded | Classified]:
     """The images of a ``.npy``/IDX file as ``path[i]`` inputs, chunk by chunk."""
-    import numpy as np
+    from mnist_edge.runtime.arrays import open_array_file
+    from mnist_edge.runtime.images import ImageError
 
-    from mnist_edge.runtime.arrays import array_to_uint8, open_array_file
-    from mnist_edge.runtime.images import ImageError, preprocess
-
-    size = options.preprocessing.size
     try:
         array = open_array_file(path)  # (N, H, W), memory-mapped for .npy
     except ImageError as exc:
-        yield _failed(Source(path, str(exc)), size)
+        yield _failed(Source(path, str(exc)), options.preprocessing.size)
         return
+    yield from array_chunks(path, array, classifier, options, chunk_size)
+
+
+def array_chunks(
+    path: str,
+    array: np.ndarray,
+    classifier: Classifier,
+    options: ImageOptions,
+    chunk_size: int = 512,
+) -> Iterator[Decoded | Classified]:
+    """The images of an (N, H, W) array as ``path[i]`` inputs, chunk by chunk.
+
+    A pixels-in ``classifier`` gets each image's pixels as they are (classified
+    here, one by one); otherwise they are preprocessed for the batched model.
+    """
+    import numpy as np
+
+    from mnist_edge.runtime.arrays import array_to_uint8
+    from mnist_edge.runtime.images import preprocess
+
     if len(array) == 0:
-        yield _failed(Source(path, "array file holds no images"), size)
+        yield _failed(Source(path, "array holds no images"), options.preprocessing.size)
     for start in range(0, len(array), chunk_size):
         part = array_to_uint8(np.asarray(array[start : start + chunk_size]))  # (k, H, W)
+        names = [f"{path}[{start + i}]" for i in range(len(part))]
+        if classifier.pixels_in:
+            probs = np.stack([classifier.classify_picture(img).probabilities[0] for img in part])
+            yield Classified(names, probs, [None] * len(part))  # probs (k, classes)
+            continue
         images = np.stack([preprocess(img, options) for img in part])  # (k, size, size)
-        yield Decoded(
-            [f"{path}[{start + i}]" for i in range(len(part))], images, [None] * len(part)
-        )
+        yield Decoded(names, images, [None] * len(part))
 
 
-def _classify(
+def classify_chunks(
     chunks: Iterable[Decoded | Classified], classifier: Classifier, config: PipelineConfig
 ) -> Iterator[Result]:
     """Step 3: batch decoded digits through ``classifier``; one :class:`Result` per input, in order."""

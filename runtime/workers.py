@@ -123,6 +123,8 @@ def classify_files(paths: list[str], options: ImageOptions, batch_size: int) -> 
 
     if _classifier is None:
         raise DecoderError(_load_error or "this worker process holds no model")
+    if _classifier.pixels_in:
+        return classify_pictures(paths, _classifier, options)
     images, errors = load_batch(paths, options)  # (k, size, size)
     ok = [i for i, e in enumerate(errors) if e is None]
     if len(ok) < len(paths):
@@ -132,6 +134,29 @@ def classify_files(paths: list[str], options: ImageOptions, batch_size: int) -> 
     for start in range(0, len(ok), step):
         rows = ok[start : start + step]
         probs[rows] = _classifier.predict(images[start : start + step]).probabilities
+    return Classified(paths, probs, errors)
+
+
+def classify_pictures(
+    paths: list[str], classifier: Classifier, options: ImageOptions
+) -> Classified:
+    """Decode picture files and hand each, as it is, to a pixels-in ``classifier`` (its graph preprocesses).
+
+    Runs in a worker task or in the caller; a file that cannot be decoded gets its error.
+    """
+    import numpy as np
+
+    from mnist_edge.runtime.images import ImageError, decode_image
+
+    probs = np.zeros((len(paths), len(classifier.classes)), np.float32)  # (k, classes)
+    errors: list[str | None] = [None] * len(paths)
+    for i, path in enumerate(paths):
+        try:
+            picture = decode_image(path, options.max_pixels)  # (H, W) uint8
+        except ImageError as exc:
+            errors[i] = str(exc)
+            continue
+        probs[i] = classifier.classify_picture(picture).probabilities[0]
     return Classified(paths, probs, errors)
 
 

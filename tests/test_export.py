@@ -342,7 +342,7 @@ def test_cli_parity_only_prints_the_table(exported, trained_checkpoint):
             str(out),
             "--data-dir",
             str(DATA_DIR),
-            "--eval-limit",
+            "--test-limit",
             str(EVAL),
             "--pixels-images",
             str(PIXELS_IMAGES),
@@ -367,6 +367,14 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, args, message):
     assert message in result.output
 
 
+def test_cli_bad_config_value_exits_2_naming_the_option(trained_checkpoint, tmp_path):
+    args = ["--checkpoint", str(trained_checkpoint), "--out-dir", str(tmp_path)]
+    result = CliRunner().invoke(main, [*args, "--fixed-batch", "64", "--calibration-images", "10"])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for --calibration-images: " in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_parity_only_without_files(trained_checkpoint, tmp_path):
     result = CliRunner().invoke(
         main, ["--checkpoint", str(trained_checkpoint), "--out-dir", str(tmp_path), "--parity-only"]
@@ -381,7 +389,7 @@ def test_cli_failed_export_leaves_earlier_files_and_says_so(trained_checkpoint, 
     args += [
         "--data-dir",
         str(DATA_DIR),
-        "--eval-limit",
+        "--eval-limit",  # the old spelling of --test-limit still works
         "200",
         "--no-int8",
         "--tolerance",

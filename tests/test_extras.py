@@ -40,7 +40,7 @@ def test_missing_extra_names_modules_and_the_fix(without) -> None:
         extras.require_extras("mnist-export", "export", "cpu")
     message = str(info.value)
     assert "mnist-export needs onnx, torch" in message
-    assert "pip install 'mnist-edge[export]'" in message  # only the extra that is missing
+    assert "pip install '.[export]'" in message  # only the extra that is missing
     assert "\n" not in message
 
 

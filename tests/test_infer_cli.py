@@ -92,8 +92,8 @@ def test_top_k_in_jsonl_and_csv(model, folder):
 
 def test_table_and_csv_formats(model, folder):
     table = _invoke(str(folder / "1.png"), "--model", str(model)).stdout.splitlines()
-    assert table[0].split() == ["label", "confidence", "path"]
-    label, conf, path = table[1].split()
+    assert table[0].split() == ["path", "label", "confidence"]  # the csv/jsonl order
+    path, label, conf = table[1].split()
     assert label == _expected_label(digit(1)) and path.endswith("1.png") and 0 < float(conf) <= 1
     rows = list(
         csv.DictReader(
@@ -109,6 +109,43 @@ def test_output_file(model, folder, tmp_path):
     assert result.exit_code == 0
     assert result.stdout == ""
     assert len(_jsonl(out.read_text())) == 6
+
+
+def test_output_file_takes_its_format_from_the_extension(model, folder, tmp_path):
+    for name in ("r.csv", "r.jsonl", "r.txt", "r.out"):
+        result = _invoke(
+            str(folder / "0.png"), "--model", str(model), "-q", "-o", str(tmp_path / name)
+        )
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "r.csv").read_text().startswith("path,label,confidence,error\n")
+    assert _jsonl((tmp_path / "r.jsonl").read_text())[0]["path"].endswith("0.png")
+    for name in ("r.txt", "r.out"):  # no known extension: the table
+        assert (tmp_path / name).read_text().split()[:3] == ["path", "label", "confidence"]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--format", "csv", "-o", "r.jsonl"], ["--format", "does not match", "(jsonl)"]),
+        (["-o", "r.json"], ["-o", "one JSON record per line", ".jsonl"]),
+        (["-o", "r.parquet"], ["--format", "parquet needs --engine ray"]),
+    ],
+    ids=["mismatch", "json", "parquet"],
+)
+def test_output_format_conflicts_exit_2(model, folder, tmp_path, args, words):
+    args = [a if not a.startswith("r.") else str(tmp_path / a) for a in args]
+    result = CliRunner().invoke(main, [str(folder / "0.png"), "--model", str(model), *args])
+    assert result.exit_code == 2, result.output
+    for word in words:
+        assert word in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_summary_of_a_run_that_classified_nothing(model, tmp_path):
+    result = _invoke(str(tmp_path / "missing.png"), "--model", str(model))
+    assert result.exit_code == 1
+    assert "1 image, 1 failed (" in result.stderr and "images/s" not in result.stderr
+    assert f"model {model} (fp32)" in result.stderr
 
 
 @pytest.mark.parametrize(

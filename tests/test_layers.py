@@ -3,7 +3,9 @@
 Layers (docs/architecture.md): ``runtime`` is the torch-free base and never
 imports ``train``, ``export``, ``tools`` or torch; ``train`` builds on ``runtime`` and
 never imports ``export``; ``export`` may import both; ``tools`` (the demo commands)
-sits on top and stays torch-free, so it runs on a runtime-only install. Every import counts, at module
+sits on top and stays torch-free, so it runs on a runtime-only install. The top
+package ``mnist_edge`` (``package/__init__.py``) holds only the version, from
+``runtime``, so ``import mnist_edge`` costs no stage. Every import counts, at module
 level, inside functions and under ``TYPE_CHECKING`` alike: a reader who opens
 a file can trust what it may touch.
 """
@@ -25,6 +27,8 @@ FORBIDDEN = {
     "export": ("mnist_edge.tools",),
     "tools": ("mnist_edge.train", *TORCH),
 }
+TOP = REPO / "package" / "__init__.py"  # the package itself: mnist_edge
+TOP_MAY_IMPORT = ("mnist_edge.runtime",)
 
 
 def _module_files() -> dict[str, Path]:
@@ -36,6 +40,7 @@ def _module_files() -> dict[str, Path]:
             if parts[-1] == "__init__":
                 parts.pop()
             modules[".".join(["mnist_edge", *parts])] = path
+    modules["mnist_edge"] = TOP
     return modules
 
 
@@ -85,6 +90,13 @@ def test_imports_only_go_down_the_layers(package: str) -> None:
         if any(target == bad or target.startswith(f"{bad}.") for bad in FORBIDDEN[package])
     ]
     assert broken == []
+
+
+def test_the_top_package_imports_only_the_runtime_package() -> None:
+    targets = {
+        target for target, _ in _imports("mnist_edge", TOP) if target.startswith("mnist_edge")
+    }
+    assert targets and targets <= set(TOP_MAY_IMPORT)
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:

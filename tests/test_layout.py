@@ -42,9 +42,12 @@ def test_int8_sibling() -> None:
     assert int8_sibling("models/m.onnx") == Path("models/m.int8.onnx")
 
 
-def test_model_path_is_what_the_clis_run() -> None:
+def test_model_path_is_what_the_clis_run(tmp_path, monkeypatch) -> None:
     from mnist_edge.runtime.layout import model_path
 
+    monkeypatch.chdir(tmp_path)  # an export here (tests/test_bundle.py: without one)
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "artifacts" / "mnist.onnx").write_bytes(b"an export")
     assert model_path(None) == Path("artifacts/mnist.onnx")
     assert model_path(None, int8=True) == Path("artifacts/mnist.int8.onnx")
     assert model_path("m/x.onnx") == Path("m/x.onnx")

@@ -14,45 +14,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from click.testing import CliRunner
-from helpers.models import WEIGHTS, linear_model
+from helpers.models import linear_model, pixels_model
 from helpers.serve_process import ServerProcess, start_server
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from mnist_edge.export.pixels import build_pixels_model
 from mnist_edge.runtime.classifier import Classifier
-from mnist_edge.runtime.metadata import ModelMetadata, Preprocessing
 from mnist_edge.runtime.serve.cli import main as mnist_serve
 from mnist_edge.runtime.session import ModelError
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def pixels_model(path: Path) -> Path:
-    """Write a pixels-in model (uint8 [height, width] -> probabilities [10], label []) to ``path``."""
-    nodes = [
-        helper.make_node("Flatten", ["image"], ["flat"], axis=1),
-        helper.make_node("MatMul", ["flat", "W"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "linear",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
-        [numpy_helper.from_array(WEIGHTS * 20, "W")],  # sharper than the linear model: clear labels
-    )
-    core = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    core.ir_version = 8
-    helper.set_model_props(core, ModelMetadata(model_version="1.0+test").to_props())
-    onnx.save(build_pixels_model(core, Preprocessing()), path)
-    return path
 
 
 def picture(

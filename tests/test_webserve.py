@@ -118,3 +118,19 @@ def test_cli_without_runtime_exits_with_one_line(site: tuple[Path, Path]) -> Non
     assert "ort.wasm.min.mjs not found" in result.output
     assert "make web-deps" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_models_fall_back_to_the_bundled_ones(tmp_path: Path, monkeypatch) -> None:
+    """``make web`` in a folder without an export serves the bundled pixels-in files."""
+    from mnist_edge.runtime import layout
+
+    web, _ = _site(tmp_path / "site")
+    monkeypatch.chdir(tmp_path)
+    assert WebConfig().models_dir == layout.BUNDLED_DIR
+    with running(WebConfig(web_dir=web, port=0, quiet=True)) as url:
+        status, _, body = _get(url + "models/mnist.meta.json")
+        assert status == 200 and body == layout.BUNDLED.meta_json.read_bytes()
+        status, _, body = _get(url + "models/mnist.pixels.int8.onnx")
+        assert body == layout.BUNDLED.model("int8", pixels=True).read_bytes()
+    monkeypatch.chdir(tmp_path / "site")  # here artifacts/ has an export: it wins
+    assert WebConfig().models_dir == Path("artifacts")

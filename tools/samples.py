@@ -1,26 +1,30 @@
-"""Write MNIST test digits as image files, so ``mnist-infer images/`` works at once.
+"""Write digit pictures, so ``mnist-infer images/`` works at once: ``mnist-samples images/``.
 
-``python -m mnist_edge.tools.samples images/`` writes the first ``--count``
-test digits as PNG (``0000-label7.png``), plus photo-like variants of a few:
-inverted (black on white), coloured RGB, larger with a margin, JPEG, and an
-RGBA drawing on a transparent background. ``--all`` writes the whole test set
-(what the end-to-end benchmark reads). Reads the IDX files in
-``data/MNIST/raw`` with numpy, so it needs no torch.
+Writes the first ``--count`` MNIST test digits as PNG (``0000-label7.png``),
+plus photo-like variants of a few: inverted (black on white), coloured RGB,
+larger with a margin, JPEG, and an RGBA drawing on a transparent background.
+``--all`` writes the whole test set (what the end-to-end benchmark reads).
+Reads the IDX files in ``data/MNIST/raw`` with numpy, so it needs no torch.
+Where there is no test set (outside the repository, or before ``make data``)
+it draws digits of its own (:func:`drawn_digits`), as ``--drawn`` always does.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 import click
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from mnist_edge.export.pictures import variants
+from mnist_edge.runtime import __version__
 from mnist_edge.runtime.atomic import atomic_path
 from mnist_edge.runtime.errors import MnistEdgeError
 from mnist_edge.runtime.idx import IdxFormatError, read_idx
+from mnist_edge.runtime.images import ImageOptions, preprocess
 
 IMAGES_FILE = "t10k-images-idx3-ubyte"
 LABELS_FILE = "t10k-labels-idx1-ubyte"
@@ -56,6 +60,76 @@ def load_test_set(
     return images, labels
 
 
+def _arc(
+    cx: float, cy: float, rx: float, ry: float, start: float, stop: float, n: int = 24
+) -> list[tuple[float, float]]:
+    """Points of an elliptic arc in a unit box (y down; degrees, 0 = right, 90 = down)."""
+    return [
+        (cx + rx * math.cos(math.radians(a)), cy + ry * math.sin(math.radians(a)))
+        for a in np.linspace(start, stop, n)
+    ]
+
+
+# Each digit as pen strokes in a unit box, written the way people write them
+# (a plain 1, open loops on 6 and 9) rather than as a typeface draws them.
+STROKES: dict[int, list[list[tuple[float, float]]]] = {
+    0: [_arc(0.5, 0.5, 0.3, 0.45, 0, 360, 40)],
+    1: [[(0.5, 0.05), (0.5, 0.95)]],
+    2: [[*_arc(0.5, 0.3, 0.28, 0.25, 200, 390), (0.2, 0.95), (0.82, 0.95)]],
+    3: [_arc(0.5, 0.28, 0.25, 0.23, 200, 450) + _arc(0.5, 0.72, 0.28, 0.23, 270, 520)],
+    4: [[(0.65, 0.95), (0.65, 0.05), (0.15, 0.65), (0.85, 0.65)]],
+    5: [[(0.78, 0.05), (0.32, 0.05), (0.28, 0.45), *_arc(0.5, 0.68, 0.28, 0.27, 225, 520)]],
+    6: [[(0.72, 0.05), (0.5, 0.2), (0.34, 0.42), *_arc(0.52, 0.72, 0.22, 0.23, 190, 550)]],
+    7: [[(0.15, 0.08), (0.85, 0.08), (0.42, 0.95)]],
+    8: [_arc(0.5, 0.27, 0.2, 0.21, 90, 450), _arc(0.5, 0.71, 0.25, 0.24, 270, 630)],
+    9: [[*_arc(0.5, 0.3, 0.23, 0.23, 0, 360), (0.73, 0.3), (0.66, 0.95)]],
+}
+
+
+def _draw(label: int, rng: np.random.Generator, side: int = 112) -> np.ndarray:
+    """One digit drawn with a random slant, width and pen, white on black -> uint8 (side, side)."""
+    angle = math.radians(rng.uniform(-12, 12))
+    shear = rng.uniform(-0.2, 0.2)
+    squeeze = rng.uniform(0.75, 1.1)
+    width = int(rng.integers(7, 12))
+    img = Image.new("L", (side, side), 0)
+    pen = ImageDraw.Draw(img)
+    for stroke in STROKES[label]:
+        points = []
+        for x, y in stroke:
+            x = (x - 0.5) * squeeze + rng.normal(0, 0.01)
+            y = y - 0.5 + rng.normal(0, 0.01)
+            x += shear * y
+            x, y = (
+                x * math.cos(angle) - y * math.sin(angle),
+                x * math.sin(angle) + y * math.cos(angle),
+            )
+            points.append((side / 2 + x * side * 0.72, side / 2 + y * side * 0.72))
+        pen.line(points, fill=255, width=width, joint="curve")
+        for px, py in (points[0], points[-1]):  # round pen ends
+            r = width / 2
+            pen.ellipse((px - r, py - r, px + r, py + r), fill=255)
+    return np.asarray(img)
+
+
+def drawn_digits(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` digits drawn here (0, 1, ..., 9, 0, ...), made MNIST-style as ``mnist-infer`` does.
+
+    For a machine without the MNIST test set: each is a pen drawing with a random
+    slant, width and wobble, cropped, fitted and centred like MNIST's own.
+
+    Returns:
+        images uint8 (count, 28, 28) white on black, and labels uint8 (count,).
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count, dtype=np.uint8) % 10
+    options = ImageOptions()
+    images = np.zeros((count, 28, 28), np.uint8)
+    for i, label in enumerate(labels):
+        images[i] = preprocess(_draw(int(label), rng), options)
+    return images, labels
+
+
 def _save(img: Image.Image, path: Path, **kwargs) -> None:
     with atomic_path(path) as tmp:
         img.save(tmp, format=kwargs.pop("format"), **kwargs)
@@ -80,32 +154,53 @@ def write_samples(
     return written
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("images"))
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("data"),
     show_default=True,
+    help="Where the MNIST test set is (data/MNIST/raw); without it, digits are drawn.",
 )
 @click.option(
     "--count",
     type=click.IntRange(0, None),
     default=20,
     show_default=True,
-    help="Test digits to write.",
+    help="Digits to write.",
 )
 @click.option("--all", "everything", is_flag=True, help="Write the whole test set (no variants).")
-def main(out_dir: Path, data_dir: Path, count: int, everything: bool) -> None:
-    """Write MNIST test digits (and photo-like variants) as image files into OUT_DIR."""
-    try:
-        images, labels = load_test_set(data_dir)
-    except SamplesError as exc:
-        raise click.ClickException(f"{exc} (`make data`)") from None
+@click.option("--drawn", is_flag=True, help="Draw the digits even when the test set is there.")
+@click.version_option(__version__, prog_name="mnist-samples")
+def main(out_dir: Path, data_dir: Path, count: int, everything: bool, drawn: bool) -> None:
+    """Write digit pictures (and photo-like variants of a few) into OUT_DIR for mnist-infer.
+
+    The MNIST test set's digits when --data-dir has it, else digits drawn here.
+    """
+    source = "drawn digits"
+    if drawn and everything:
+        raise click.BadParameter(
+            "--all writes the MNIST test set; drop --drawn", param_hint="--all"
+        )
+    if drawn:
+        images, labels = drawn_digits(count)
+    else:
+        try:
+            images, labels = load_test_set(data_dir)
+            source = "MNIST test digits"
+        except SamplesError as exc:
+            if everything:
+                raise click.BadParameter(f"{exc} (`make data`)", param_hint="--all") from None
+            images, labels = drawn_digits(count)
+            source = f"drawn digits ({data_dir} has no MNIST test set)"
     written = write_samples(
         out_dir, images, labels, len(images) if everything else count, 0 if everything else 3
     )
-    click.echo(f"wrote {len(written)} images to {out_dir}/; try: mnist-infer {out_dir}/", err=True)
+    click.echo(
+        f"wrote {len(written)} pictures of {source} to {out_dir}/; try: mnist-infer {out_dir}/",
+        err=True,
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import contextlib
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlsplit
 
 import click
 
-from mnist_edge.runtime import layout
+from mnist_edge.runtime import __version__, layout
 from mnist_edge.runtime.errors import MnistEdgeError
 
 MODELS_PREFIX = "/models/"
@@ -60,17 +60,22 @@ class WebConfig:
 
     Attributes:
         web_dir: the page's folder (``index.html``, ``app.mjs``, ``vendor/``).
-        models_dir: the artifacts folder with ``mnist.meta.json`` and the pixels-in models.
+        models_dir: the folder with ``mnist.meta.json`` and the pixels-in models:
+            ``artifacts/`` when it has them, else the bundled reference model.
         host: the address to listen on (loopback by default: the page is a local demo).
         port: the port; 0 picks a free one.
         quiet: do not log each request to stderr.
     """
 
     web_dir: Path = Path("web")
-    models_dir: Path = layout.DEFAULT_DIR
+    models_dir: Path = field(default_factory=lambda: _default_models_dir())
     host: str = "127.0.0.1"
     port: int = 8000
     quiet: bool = False
+
+
+def _default_models_dir() -> Path:
+    return layout.default_models(layout.META_JSON).root
 
 
 class PageHandler(SimpleHTTPRequestHandler):
@@ -175,9 +180,9 @@ def running(config: WebConfig) -> Iterator[str]:
     "--models",
     "models_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=WebConfig.models_dir,
-    show_default=True,
-    help="Folder with mnist.meta.json and the pixels-in models.",
+    default=None,
+    help="Folder with mnist.meta.json and the pixels-in models.  [default: artifacts/ if it "
+    "has mnist.meta.json, else the bundled reference model]",
 )
 @click.option("--host", default=WebConfig.host, show_default=True)
 @click.option(
@@ -188,8 +193,10 @@ def running(config: WebConfig) -> Iterator[str]:
     help="0 = any free port.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Do not log requests.")
-def main(web_dir: Path, models_dir: Path, host: str, port: int, quiet: bool) -> None:
+@click.version_option(__version__, prog_name="mnist-edge web")
+def main(web_dir: Path, models_dir: Path | None, host: str, port: int, quiet: bool) -> None:
     """Serve the mnist-edge web page and the models until Ctrl-C."""
+    models_dir = models_dir or _default_models_dir()
     config = WebConfig(web_dir=web_dir, models_dir=models_dir, host=host, port=port, quiet=quiet)
     try:
         server = make_server(config)

@@ -12,12 +12,15 @@ from pathlib import Path
 
 import click
 
+from mnist_edge.runtime import __version__
 from mnist_edge.runtime.errors import ConfigError, MnistEdgeError
 from mnist_edge.runtime.extras import MissingExtraError, require_extras
+from mnist_edge.runtime.frontend import AliasedOption, option_of
 from mnist_edge.runtime.layout import Artifacts
-from mnist_edge.train.config import TrainConfig
+from mnist_edge.train.config import DATASETS, TrainConfig
 
 _D = TrainConfig()  # the reference recipe: the options' defaults come from the config
+OPTIONS = {"train_limit": "--train-limit", "test_limit": "--test-limit"}
 
 
 def _err(message: str) -> None:
@@ -25,7 +28,13 @@ def _err(message: str) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--dataset", default=_D.dataset, show_default=True, help="mnist or fashion-mnist.")
+@click.option(
+    "--dataset",
+    type=click.Choice(DATASETS),
+    default=_D.dataset,
+    show_default=True,
+    help="The dataset to train on.",
+)
 @click.option(
     "--data-dir",
     type=click.Path(path_type=Path),
@@ -34,9 +43,10 @@ def _err(message: str) -> None:
     help="Where the dataset is (or is prepared).",
 )
 @click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(path_type=Path),
+    "--out-dir",
+    cls=AliasedOption,
+    aliases=("--out",),
+    type=click.Path(path_type=Path, file_okay=False),
     default=_D.out_dir,
     show_default=True,
     help="Output folder: model.pt, last.pt, metrics.json, report.",
@@ -72,7 +82,9 @@ def _err(message: str) -> None:
     show_default=True,
     help="auto (CUDA when present), cpu, cuda or cuda:N.",
 )
-@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out (its last.pt).")
+@click.option(
+    "--resume", is_flag=True, help="Continue the interrupted run in --out-dir (its last.pt)."
+)
 @click.option("--train-limit", type=int, default=None, help="Use only the first N training images.")
 @click.option("--test-limit", type=int, default=None, help="Use only the first N test images.")
 @click.option(
@@ -87,6 +99,7 @@ def _err(message: str) -> None:
     "--prepare-only", is_flag=True, help="Only prepare the dataset in --data-dir, then exit."
 )
 @click.option("-q", "--quiet", is_flag=True, help="No summary, progress bar or per-epoch lines.")
+@click.version_option(__version__, prog_name="mnist-train")
 def main(
     dataset: str,
     data_dir: Path,
@@ -108,7 +121,7 @@ def main(
 ) -> None:
     """Train the reference MNIST convnet (Keras "Simple MNIST convnet" recipe).
 
-    Writes OUT/model.pt (weights + recipe), OUT/metrics.json and a report
+    Writes OUT_DIR/model.pt (weights + recipe), OUT_DIR/metrics.json and a report
     (report.md, training.png, confusion.png). An interrupted run resumes with --resume.
     """
     # OpenMP threads sleep instead of spinning between parallel regions: spinning
@@ -149,8 +162,11 @@ def main(
         from mnist_edge.train.loop import train
 
         result = train(config, log=log)
-    except ConfigError as exc:
-        raise click.ClickException(exc.option_hint({"out_dir": "--out"})) from None
+    except ConfigError as exc:  # a bad option value: exit 2, naming the option
+        option = option_of(exc, OPTIONS)
+        if option is None:
+            raise click.UsageError(str(exc)) from None
+        raise click.BadParameter(str(exc), param_hint=option) from None
     except MnistEdgeError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:

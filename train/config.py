@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # torch loads lazily: the CLI reads these defaults before it 
     import torch
 
 DEVICES = ("auto", "cpu", "cuda")
+DATASETS = ("mnist", "fashion-mnist")
+"""The datasets :mod:`mnist_edge.train.data` knows (named here, torch-free, for the CLI's choices)."""
 # The fields of TrainConfig that define a run's result (stored as its recipe).
 RECIPE_KEYS = (
     "dataset",

@@ -89,7 +89,8 @@ def make_splits(dataset: Any, config: TrainConfig, device: torch.device) -> Spli
     cut = split_validation(len(train_y), config.val_split)
     if cut < 1:
         raise TrainError(
-            f"val_split {config.val_split} leaves no training images out of {len(train_y)}"
+            f"val_split {config.val_split} leaves no training images out of {len(train_y)}",
+            "val_split",
         )
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
 

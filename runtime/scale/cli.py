@@ -35,7 +35,7 @@ from mnist_edge.runtime.frontend import (
     model_options,
     option_of,
 )
-from mnist_edge.runtime.output import FORMATS, open_text_output
+from mnist_edge.runtime.output import FORMATS, open_text_output, output_format
 from mnist_edge.runtime.scale.config import (
     BLOCK_MAX,
     BLOCK_MIN,
@@ -124,9 +124,9 @@ def config_from(params: dict[str, Any]) -> RayConfig:
     "--format",
     "fmt",
     type=click.Choice(RAY_FORMATS),
-    default=PARQUET,
-    show_default=True,
-    help="Output format: a Parquet folder (written by the cluster), or rows through this process.",
+    default=None,
+    help="Output format: a Parquet folder (written by the cluster), or rows through this "
+    "process.  [default: from -o's extension (.csv, .jsonl, .txt), else parquet]",
 )
 @click.option(
     "--top-k",
@@ -184,7 +184,11 @@ def command(ctx: click.Context, **params: Any) -> None:
     """
     from mnist_edge.runtime.scale.engine import load_model
 
-    output = Output(params["output"], params["fmt"])
+    try:
+        fmt = output_format(params["fmt"], params["output"], default=PARQUET)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint=option_of(exc) or "--format") from None
+    output = Output(params["output"], fmt)
     output.check()
     config = config_from(params)
     choice = ModelChoice(params["model"], params["int8"])

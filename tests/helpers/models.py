@@ -82,3 +82,26 @@ def digit(seed: int = 0) -> np.ndarray:
     img[y0 : y0 + 3, x0 : x0 + 12] = 200  # and a bar
     img[y0 + 8 : y0 + 10, x0 + 2 : x0 + 10] = rng.integers(60, 255)
     return img
+
+
+def pixels_model(path: Path) -> Path:
+    """Write a pixels-in model around a linear core (uint8 [height, width] -> probabilities [10], label [])."""
+    from mnist_edge.export.pixels import build_pixels_model  # export's graph builder
+
+    nodes = [
+        helper.make_node("Flatten", ["image"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "W"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "linear",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(WEIGHTS * 20, "W")],  # sharper than the linear model: clear labels
+    )
+    core = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    core.ir_version = 8
+    helper.set_model_props(core, ModelMetadata(model_version="1.0+test").to_props())
+    onnx.save(build_pixels_model(core, Preprocessing()), path)
+    return path
