@@ -159,11 +159,13 @@ def test_dataset_of_bytes_and_uris(local_ray, model, inputs):
     rows = classify_dataset(ds, model, CONFIG).take_all()
     _check_same(rows, _local(files, model))
 
+    stack = str(inputs / "a" / "stack.npy")
     uris = [f"file://{inputs}/b/000*.png", f"file://{inputs}/nothing", f"file://{inputs}/nope"]
-    rows = classify_dataset(uris, model, CONFIG).take_all()
-    expected = {f"file://{k}": v for k, v in _local(files, model).items()}
+    rows = classify_dataset([*uris, f"file://{stack}"], model, CONFIG).take_all()
+    expected = {f"file://{k}": v for k, v in _local([*files, stack], model).items()}
     expected[uris[1]] = {"error": "empty directory (no files in it)"}
     expected[uris[2]] = {"error": "no such file or directory"}
+    assert f"file://{stack}[1]" in expected  # an array file behind a URI: a row per image
     _check_same(rows, expected)
 
     wrong = ray.data.from_items([{"data": b"x"}])
