@@ -11,7 +11,6 @@ decoded instead of read. Everything here is plain numpy/pyarrow, runnable
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Sequence
@@ -148,17 +147,14 @@ class ModelBlob:
     Attributes:
         name: the file's name, for messages.
         data: the ``.onnx`` file's bytes.
-        digest: SHA-256 of ``data`` (a worker keeps one open model per digest).
     """
 
     name: str
     data: bytes = field(repr=False)
-    digest: str = ""
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> ModelBlob:
-        data = Path(path).read_bytes()
-        return cls(Path(path).name, data, hashlib.sha256(data).hexdigest())
+        return cls(Path(path).name, Path(path).read_bytes())
 
 
 @dataclass(frozen=True)
