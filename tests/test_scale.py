@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from helpers.models import digit, linear_model
+from helpers.ray_dirs import remove_ray_dir
 from PIL import Image
 
 from mnist_edge.runtime.output import FORMATS
@@ -58,7 +58,7 @@ def local_ray(tmp_path_factory):
     context.print_on_execution_start = False
     yield
     ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
+    remove_ray_dir(temp)
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,13 @@ and a node removed mid-run loses and duplicates no input.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers.models import digit, linear_model
+from helpers.ray_dirs import remove_ray_dir
 from PIL import Image
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: `make venv` (the scale extra)")
@@ -60,7 +60,7 @@ def cluster():
             os.environ.pop("RAY_TMPDIR", None)
         else:
             os.environ["RAY_TMPDIR"] = before
-        shutil.rmtree(temp, ignore_errors=True)
+        remove_ray_dir(temp)
 
 
 @pytest.fixture(scope="module")
