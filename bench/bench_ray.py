@@ -1,19 +1,21 @@
-"""Ray Data benchmark: Ray-local images/s next to local ``mnist-infer``, the driver's memory, per-actor figures.
+"""Ray Data benchmark: the Ray engine next to the local one, on 10k and 100k inputs, in one run.
 
 Run from the repo root (after ``make train export``)::
 
     flock /tmp/mnist-bench.lock .venv/bin/python bench/bench_ray.py
 
-On the 10k MNIST test set written as PNG (as bench/bench_infer.py writes it):
+On the 10k MNIST test set written as PNG files (as bench/bench_infer.py writes
+them), and on 100k inputs (the same folder listed ten times):
 
-* ``mnist-infer`` (local engine) images/s, from its summary line;
-* the Ray engine on a local Ray (``ray.init`` on this machine's cores): wall time
-  and images/s of the whole job (read, decode, actors, Parquet written), each
-  run in a fresh driver process;
-* the driver's peak RSS for 10k and 100k inputs (the 10k folder listed 10
-  times): flat means the results stream past the driver;
-* per-actor (one ONNX Runtime thread) model throughput and per-core decode
-  throughput, from which a per-node and N-node projection follows.
+* ``mnist-infer DIR --format csv -o FILE`` (local engine) and
+  ``mnist-infer --engine ray DIR --format csv -o FILE`` (a local Ray started by
+  the command on this machine's cores), each in its own process: images/s from
+  their summary lines, the ratio Ray/local, Ray's start-up (``ray.init``) apart,
+  and the whole command's wall time;
+* the Python API writing Parquet (the cluster writes, nothing passes the
+  driver): images/s and the driver's peak RSS for 10k and 100k inputs (flat
+  means nothing is gathered on the driver);
+* one core's decode and one ONNX Runtime thread's model throughput, in-process.
 
 Merges a ``"ray"`` section into ``artifacts/bench.json`` and prints a markdown table.
 """
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import re
 import resource
@@ -32,7 +33,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from benchutil import (  # bench/ is sys.path[0] for scripts
     BENCH_JSON,
     cpu_flags,
@@ -45,25 +45,57 @@ from mnist_edge.runtime.layout import Artifacts
 from mnist_edge.runtime.processes import usable_cores
 from mnist_edge.tools.samples import SamplesError, load_test_set, write_samples
 
-SUMMARY = re.compile(r"(\d+) images, (\d+) failed, ([\d,]+) images/s")
-NODES = (1, 4, 16)
+SUMMARY = re.compile(r"(\d+) images, (\d+) failed, ([\d,]+) images/s \(([\d.]+) s\)")
+RAY_START = re.compile(r"Ray started in ([\d.]+) s")
+TIMES = (1, 10)  # 10k, and 100k (the folder listed ten times)
 
 
 class BenchError(RuntimeError):
     """A run failed or did not account for every input."""
 
 
-def local_engine(model: Path, png_dir: Path, repeats: int) -> dict:
+def cli_run(model: Path, png_dir: Path, times: int, engine: str) -> dict:
+    """One ``mnist-infer`` run writing CSV; its summary's images/s, Ray's start-up, the wall time."""
     exe = Path(sys.executable).with_name("mnist-infer")
-    best = 0.0
-    for _ in range(repeats):
-        cmd = [str(exe), str(png_dir), "--model", str(model), "--format", "csv", "-o", os.devnull]
+    with tempfile.TemporaryDirectory(prefix="mnist-ray-bench-") as out:
+        cmd = [str(exe), *([str(png_dir)] * times), "--model", str(model), "--format", "csv"]
+        cmd += ["-o", f"{out}/out.csv", *(["--engine", "ray"] if engine == "ray" else [])]
+        start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        match = SUMMARY.search(proc.stderr)
-        if proc.returncode != 0 or match is None or int(match.group(2)) != 0:
-            raise BenchError(f"mnist-infer failed ({proc.returncode}): {proc.stderr[-500:]}")
-        best = max(best, float(match.group(3).replace(",", "")))
-    return {"images_per_s": round(best)}
+        wall = time.perf_counter() - start
+        with open(f"{out}/out.csv") as f:
+            rows = sum(1 for _ in f) - 1 if proc.returncode == 0 else 0
+    match = SUMMARY.search(proc.stderr)
+    expected = times * len(list(png_dir.glob("*.png")))
+    if proc.returncode != 0 or match is None or int(match.group(2)) != 0 or rows != expected:
+        raise BenchError(
+            f"mnist-infer --engine {engine} failed ({proc.returncode}, {rows} rows for "
+            f"{expected}): {proc.stderr[-600:]}"
+        )
+    started = RAY_START.search(proc.stderr)
+    return {
+        "images": int(match.group(1)),
+        "images_per_s": float(match.group(3).replace(",", "")),
+        "job_s": float(match.group(4)),
+        "startup_s": float(started.group(1)) if started else 0.0,
+        "wall_s": round(wall, 2),
+    }
+
+
+def compare(model: Path, png_dir: Path, times: int, repeats: int) -> dict:
+    """Local and Ray, alternating (so both see the same load), best run of each."""
+    local, ray = [], []
+    for _ in range(repeats):
+        local.append(cli_run(model, png_dir, times, "local"))
+        ray.append(cli_run(model, png_dir, times, "ray"))
+    best_local = max(local, key=lambda r: r["images_per_s"])
+    best_ray = max(ray, key=lambda r: r["images_per_s"])
+    return {
+        "local": best_local,
+        "ray": best_ray,
+        "ratio": round(best_ray["images_per_s"] / best_local["images_per_s"], 3),
+        "ratio_wall": round(best_local["wall_s"] / best_ray["wall_s"], 3),
+    }
 
 
 def driver(args: argparse.Namespace) -> int:
@@ -84,7 +116,7 @@ def driver(args: argparse.Namespace) -> int:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     startup = time.perf_counter() - started
-    config = RayConfig(actors=args.actors, batch_size=512)
+    config = RayConfig()
     inputs = [str(args.png_dir)] * args.times
     with tempfile.TemporaryDirectory(prefix="mnist-ray-bench-") as out:
         start = time.perf_counter()
@@ -101,7 +133,8 @@ def driver(args: argparse.Namespace) -> int:
     return 0
 
 
-def ray_job(args: argparse.Namespace, png_dir: Path, times: int, actors: int) -> dict:
+def parquet_job(args: argparse.Namespace, png_dir: Path, times: int) -> dict:
+    """The Python API writing Parquet, in a fresh driver process (its peak RSS is the driver's)."""
     cmd = [
         sys.executable,
         __file__,
@@ -112,8 +145,6 @@ def ray_job(args: argparse.Namespace, png_dir: Path, times: int, actors: int) ->
         str(png_dir),
         "--times",
         str(times),
-        "--actors",
-        str(actors),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -126,62 +157,67 @@ def ray_job(args: argparse.Namespace, png_dir: Path, times: int, actors: int) ->
     return {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}
 
 
-def per_actor(model: Path, png_dir: Path) -> dict:
-    """One actor's model throughput (1 ORT thread) and one core's decode throughput, in-process."""
-    from mnist_edge.runtime.images import ImageOptions, load_bytes_batch
-    from mnist_edge.runtime.scale.stages import ClassifyBatch
+def per_core(model: Path, png_dir: Path) -> dict:
+    """One core's decode and one ONNX Runtime thread's model throughput, in this process."""
+    from mnist_edge.runtime.classifier import Classifier
+    from mnist_edge.runtime.images import ImageOptions, load_batch
     from mnist_edge.runtime.session import SessionConfig
 
-    files = sorted(png_dir.glob("*.png"))
-    blobs = [p.read_bytes() for p in files]
+    files = [str(p) for p in sorted(png_dir.glob("*.png"))]
+    classifier = Classifier(model, config=SessionConfig(provider="cpu", threads=1))
+    options = ImageOptions(preprocessing=classifier.metadata.preprocessing)
     start = time.perf_counter()
-    images, errors = load_bytes_batch(blobs, ImageOptions())
-    decode = len(blobs) / (time.perf_counter() - start)
-    actor = ClassifyBatch(model.read_bytes(), model.name, SessionConfig("cpu", threads=1), 0, 64)
-    batch = {
-        "path": np.asarray([str(p) for p in files], dtype=object),
-        "image": images,
-        "error": np.asarray(["" for _ in errors], dtype=object),
-    }
-    actor(batch)  # warm-up
+    images, _ = load_batch(files, options)
+    decode = len(files) / (time.perf_counter() - start)
+    classifier.predict(images[:64])  # warm-up
     start = time.perf_counter()
-    actor(batch)
+    for i in range(0, len(images), 64):
+        classifier.predict(images[i : i + 64])
     model_rate = len(files) / (time.perf_counter() - start)
-    per_core = 1.0 / (1.0 / decode + 1.0 / model_rate)  # one core decoding and classifying
     return {
-        "actor_model_images_per_s": round(model_rate),
-        "core_decode_images_per_s": round(decode),
-        "core_pipeline_images_per_s": round(per_core),
+        "decode_images_per_s": round(decode),
+        "model_images_per_s": round(model_rate),
+        "pipeline_images_per_s": round(1.0 / (1.0 / decode + 1.0 / model_rate)),
     }
 
 
 def markdown(section: dict) -> str:
-    e = section["engines"]
-    pa = section["per_actor"]
     cores = section["host"]["cores"]
     lines = [
-        f"| {section['images']:,} MNIST PNGs | images/s | wall (s) | driver peak RSS |",
-        "|---|---:|---:|---:|",
-        f"| `mnist-infer` (local engine) | {e['local']['images_per_s']:,} | | |",
+        "| inputs (MNIST PNGs) | local images/s | Ray images/s | Ray / local | "
+        "Ray start-up (s) | wall local / Ray (s) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for key, label in (("ray_10k", "10k"), ("ray_100k", "100k (the 10k listed 10 times)")):
-        r = e[key]
+    for key, label in (("10k", "10k"), ("100k", "100k (10k listed 10 times)")):
+        c = section["cli"][key]
         lines.append(
-            f"| Ray Data, local Ray, {r['actors']} actors: {label} | {r['images_per_s']:,} | "
-            f"{r['wall_s']:.1f} (+{r['startup_s']:.1f} start) | {r['peak_rss_mib']:.0f} MiB |"
+            f"| {label} | {c['local']['images_per_s']:,.0f} | {c['ray']['images_per_s']:,.0f} | "
+            f"{c['ratio']:.2f}x | {c['ray']['startup_s']:.1f} | "
+            f"{c['local']['wall_s']:.1f} / {c['ray']['wall_s']:.1f} |"
+        )
+    p = section["parquet"]
+    pc = section["per_core"]
+    lines += [
+        "",
+        "| Python API -> Parquet (written by the cluster) | images/s | job (s) | start-up (s) "
+        "| driver peak RSS |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for key in ("10k", "100k"):
+        r = p[key]
+        lines.append(
+            f"| {key} | {r['images_per_s']:,} | {r['wall_s']:.1f} | {r['startup_s']:.1f} | "
+            f"{r['peak_rss_mib']:.0f} MiB |"
         )
     lines += [
         "",
-        f"Per actor (one ONNX Runtime thread): {pa['actor_model_images_per_s']:,} images/s through the model; "
-        f"one core decodes {pa['core_decode_images_per_s']:,} PNGs/s; decode + model on one core: "
-        f"{pa['core_pipeline_images_per_s']:,} images/s. Projection for nodes of {cores} such cores: "
-        + ", ".join(
-            f"{n} node{'s' if int(n) > 1 else ''} ≈ {v:,} images/s"
-            for n, v in sorted(section["projection"].items(), key=lambda kv: int(kv[0]))
-        )
-        + " (CPU-bound; storage and network not included).",
+        f"One core decodes {pc['decode_images_per_s']:,} PNGs/s; one ONNX Runtime thread "
+        f"classifies {pc['model_images_per_s']:,} images/s; both on one core: "
+        f"{pc['pipeline_images_per_s']:,} images/s ({cores} cores here).",
         "",
-        f"Host: {section['host']['cpu']} ({cpu_flags_line(section['host']['flags'])}), {cores} cores, ray {section['host']['ray']}.",
+        f"Host: {section['host']['cpu']} ({cpu_flags_line(section['host']['flags'])}), "
+        f"{cores} cores, ray {section['host']['ray']}. Images/s are each engine's own summary "
+        "(start-up not included; Ray's start-up apart); best of the alternating repeats.",
     ]
     return "\n".join(lines)
 
@@ -193,7 +229,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png-dir", type=Path, default=None, help="reuse/keep the 10k PNGs here")
     parser.add_argument("--out", type=Path, default=BENCH_JSON)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--actors", type=int, default=2)
     parser.add_argument("--driver", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--times", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -220,20 +255,17 @@ def main(argv: list[str] | None = None) -> int:
         if not any(png_dir.glob("*.png")):
             write_samples(png_dir, pixels, labels, count=len(pixels), variant_count=0)
         try:
-            print("local engine ...", file=sys.stderr)
-            engines = {"local": local_engine(args.model, png_dir, args.repeats)}
-            print("ray, 10k ...", file=sys.stderr)
-            runs = [ray_job(args, png_dir, 1, args.actors) for _ in range(args.repeats)]
-            engines["ray_10k"] = {
-                **max(runs, key=lambda r: r["images_per_s"]),
-                "actors": args.actors,
-            }
-            print("ray, 100k ...", file=sys.stderr)
-            engines["ray_100k"] = {**ray_job(args, png_dir, 10, args.actors), "actors": args.actors}
+            cli = {}
+            for times in TIMES:
+                label = f"{10 * times}k"
+                print(f"local engine and Ray, {label} ...", file=sys.stderr)
+                cli[label] = compare(args.model, png_dir, times, args.repeats if times == 1 else 1)
+            print("Python API -> Parquet, 10k and 100k ...", file=sys.stderr)
+            parquet = {f"{10 * t}k": parquet_job(args, png_dir, t) for t in TIMES}
         except BenchError as exc:
             print(f"bench_ray: {exc}", file=sys.stderr)
             return 1
-        actor = per_actor(args.model, png_dir)
+        cores_figures = per_core(args.model, png_dir)
     cores = usable_cores()
     section = {
         "host": {
@@ -245,9 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "images": len(pixels),
-        "engines": engines,
-        "per_actor": actor,
-        "projection": {str(n): n * cores * actor["core_pipeline_images_per_s"] for n in NODES},
+        "cli": cli,
+        "parquet": parquet,
+        "per_core": cores_figures,
     }
     merge_section(args.out, "ray", section)
     print(markdown(section))

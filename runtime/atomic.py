@@ -6,12 +6,17 @@ report: the target either keeps its old content or has the whole new one.
 Temp files are named ``.NAME.PID.XXXX.tmp`` after the writing process. A
 writer killed outright (``kill -9``, the OOM killer) cannot remove its own;
 the next write to the same target removes those whose process is gone.
+
+A target that exists and is not a regular file (``/dev/null``, ``/dev/stdout``,
+a named pipe) has no content to protect and must not be replaced: it is
+written in place.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,9 +35,14 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
 
     The caller writes the temp path however it likes (``torch.save``,
     ``onnx.save``, ``Path.write_text``). If the block raises, the temp file is
-    removed and ``target`` is left untouched.
+    removed and ``target`` is left untouched. A ``target`` that exists and is
+    not a regular file (a device, a named pipe) is yielded itself: renaming a
+    file onto ``/dev/null`` would replace the device.
     """
     target = Path(target)
+    if _special(target):
+        yield target
+        return
     remove_stale_temps(target)
     fd, name = tempfile.mkstemp(
         dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp"
@@ -46,6 +56,15 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _special(target: Path) -> bool:
+    """``target`` exists and is neither a regular file nor a folder (a device, a pipe, a socket)."""
+    try:
+        mode = target.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def remove_stale_temps(target: str | os.PathLike[str]) -> list[Path]:

@@ -12,10 +12,11 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 
@@ -33,7 +34,6 @@ from mnist_edge.runtime.frontend import (
     threads_option,
 )
 from mnist_edge.runtime.output import FORMATS, open_text_output, output_format
-from mnist_edge.runtime.scale.cli import RAY_FORMATS, ray_options  # click only: Ray loads per run
 from mnist_edge.runtime.stream import PipelineConfig
 
 # Exit codes of a run stopped by a signal: 128 + the signal's number, as shells report it.
@@ -65,7 +65,49 @@ def _signals_interrupt() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+ENGINES = ("local", "ray")
+
+
+def ray_command_line(args: list[str]) -> list[str] | None:
+    """``args`` without ``--engine ray`` when they ask for the Ray engine, else ``None``.
+
+    Options after ``--`` are inputs, not options; ``--engine local`` stays for this command.
+    """
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return None
+        if arg == "--engine=ray":
+            return args[:i] + args[i + 1 :]
+        if arg == "--engine" and i + 1 < len(args) and args[i + 1] == "ray":
+            return args[:i] + args[i + 2 :]
+    return None
+
+
+class InferCommand(click.Command):
+    """``mnist-infer``; with ``--engine ray`` the Ray front end takes the whole command line.
+
+    The Ray engine's options are declared and checked there
+    (:mod:`mnist_edge.runtime.scale.cli`), which loads only for such a run.
+    """
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        ray_args = ray_command_line(argv)
+        if ray_args is None:
+            return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
+        from mnist_edge.runtime.scale.cli import PROG, command
+
+        return command.main(ray_args, PROG, complete_var, standalone_mode, **extra)
+
+
+@click.command(cls=InferCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True)
 @model_options("Use")
 @click.option(
@@ -87,7 +129,7 @@ def _signals_interrupt() -> Iterator[None]:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(RAY_FORMATS),
+    type=click.Choice((*FORMATS, "parquet")),
     default=None,
     help="Output format (parquet: --engine ray only).  [default: from -o's extension "
     "(.csv, .jsonl, .txt), else table; parquet with --engine ray]",
@@ -103,8 +145,7 @@ def _signals_interrupt() -> Iterator[None]:
     "--output",
     type=click.Path(writable=True, path_type=str),
     default=None,
-    help="Write results to FILE (atomically) instead of stdout; with --engine ray, "
-    "a folder or URI for Parquet.",
+    help="Write results to FILE (atomically) instead of stdout.",
 )
 @click.option(
     "--progress/--no-progress",
@@ -112,7 +153,15 @@ def _signals_interrupt() -> Iterator[None]:
     help="Progress line on stderr.  [default: when stderr is a terminal]",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
-@ray_options
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="local",
+    show_default=True,
+    expose_value=False,
+    help="local: processes on this machine; ray: a Ray cluster (Ray Data, needs the `scale` "
+    "extra; `mnist-infer --engine ray --help` lists its options).",
+)
 @click.version_option(__version__, prog_name="mnist-infer")
 def main(
     inputs: tuple[str, ...],
@@ -128,11 +177,6 @@ def main(
     output: str | None,
     progress: bool | None,
     quiet: bool,
-    engine: str,
-    ray_address: str | None,
-    actors: int | None,
-    cpus_per_actor: float,
-    gpus_per_actor: float | None,
 ) -> None:
     """Label each digit image in INPUTS: files, folders (recursive), globs, or - for paths on stdin.
 
@@ -142,17 +186,6 @@ def main(
     partial -o file, no worker processes left, exit 130 or 143.
     """
     choice = ModelChoice(model, int8)
-    path = choice.path
-    if engine == "ray":
-        from mnist_edge.runtime.scale.cli import RayRun, run_ray
-
-        ray_run = RayRun(
-            inputs, path, model_hint="--int8" if int8 and model is None else "--model",
-            output=output, fmt=fmt, provider=provider, batch_size=batch_size, invert=invert,
-            top_k=top_k or 0, address=ray_address, actors=actors, cpus_per_actor=cpus_per_actor,
-            gpus_per_actor=gpus_per_actor, progress=progress, quiet=quiet,
-        )  # fmt: skip
-        sys.exit(run_ray(ray_run, sys.stdin if "-" in inputs else None))
     try:
         fmt = output_format(fmt, output)
     except ConfigError as exc:

@@ -122,6 +122,10 @@ def console_commands() -> dict[str, set[str]]:
             command = ep.load()
             assert isinstance(command, click.Command), ep.name
             found[ep.name] = click_options(command)
+    # `mnist-infer --engine ray ...` hands its command line to the Ray front end
+    from mnist_edge.runtime.scale.cli import command as ray_command
+
+    found["mnist-infer"] |= click_options(ray_command)
     assert {"mnist-train", "mnist-export", "mnist-infer", "mnist-serve"} <= set(found)
     return found
 

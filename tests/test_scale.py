@@ -1,9 +1,10 @@
 """Scale-out on Ray Data (runtime/scale/), on a local Ray started here.
 
-The guarantees of the local CLI, checked against its own building blocks
-(expand_inputs + load_batch + Classifier): every input exactly once, in a
-result row or an error row; labels identical, confidences within 1e-6; an actor
-that dies mid-run is replaced and its batch retried.
+The guarantees of the local engine, checked against its Pipeline on the same
+inputs: every input exactly once, in a result row or an error row (``.npy``
+files: one row per image); labels identical, confidences within 1e-6; a file
+deleted after listing gives an error row; a worker (task process or actor) that
+dies mid-run is replaced and its block run again.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from helpers.models import digit, linear_model
+from helpers.ray_dirs import remove_ray_dir
 from PIL import Image
 
-from mnist_edge.runtime.classifier import Classifier
-from mnist_edge.runtime.images import load_batch
-from mnist_edge.runtime.inputs import expand_inputs
 from mnist_edge.runtime.output import FORMATS
 from mnist_edge.runtime.session import SessionConfig
+from mnist_edge.runtime.stream import Pipeline, PipelineConfig
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: `make venv` (the scale extra)")
 
@@ -35,7 +35,7 @@ from mnist_edge.runtime.scale.engine import RayConfig, classify_dataset  # noqa:
 pytestmark = pytest.mark.timeout(180)
 
 IMAGES = 5000
-CONFIG = RayConfig(actors=1, batch_size=512)  # small runs: one actor starts sooner
+CONFIG = RayConfig(batch_size=512)
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,7 @@ def local_ray(tmp_path_factory):
     context.print_on_execution_start = False
     yield
     ray.shutdown()
+    remove_ray_dir(temp)
 
 
 @pytest.fixture(scope="module")
@@ -86,28 +87,20 @@ def inputs(tmp_path_factory) -> Path:
 
 
 def _local(specs: list[str], model: Path, top_k: int = 0) -> dict[str, dict]:
-    """What the local engine gives: expand_inputs + load_batch + Classifier, as records by path."""
-    classifier = Classifier(model, config=SessionConfig(provider="cpu", threads=1))
+    """What the local engine gives (its Pipeline, in this process), as records by path."""
+    config = PipelineConfig(workers=0, top_k=top_k)
     records: dict[str, dict] = {}
-    files = []
-    for source in expand_inputs(specs):
-        if source.error is not None:
-            records[source.path] = {"error": source.error}
-        else:
-            files.append(source.path)
-    images, errors = load_batch(files)
-    ok = [i for i, e in enumerate(errors) if e is None]
-    predictions = classifier.predict(images[ok])
-    for i, error in enumerate(errors):
-        if error is not None:
-            records[files[i]] = {"error": error}
-    top = predictions.top_k(top_k)
-    for row, i in enumerate(ok):
-        records[files[i]] = {
-            "label": predictions.labels[row],
-            "confidence": float(predictions.confidences[row]),
-            "top_k": [predictions.classes[j] for j in top[row]],
-        }
+    with Pipeline(model, specs, config, SessionConfig(provider="cpu", threads=1)) as pipeline:
+        for result in pipeline:
+            assert result.path not in records
+            if result.error is not None:
+                records[result.path] = {"error": result.error}
+            else:
+                records[result.path] = {
+                    "label": result.label,
+                    "confidence": result.confidence,
+                    "top_k": [label for label, _ in result.top_k],
+                }
     return records
 
 
@@ -147,11 +140,12 @@ def test_runtime_imports_without_ray():
 def test_every_input_once_and_equal_to_local(local_ray, model, inputs):
     specs = [str(inputs / "a"), str(inputs / "b" / "*.png"), str(inputs / "nothing"),
              str(inputs / "missing.png"), str(inputs / "b" / "*.jpg")]  # fmt: skip
-    rows = classify_dataset(specs, model, RayConfig(actors=2, batch_size=512, top_k=3)).take_all()
+    rows = classify_dataset(specs, model, RayConfig(batch_size=512, top_k=3)).take_all()
     expected = _local(specs, model, top_k=3)
-    expected[str(inputs / "a" / "stack.npy")] = {"error": stages.ARRAY_FILE_ERROR}
-    assert len(rows) == IMAGES + 4 + 3  # 4 bad files; empty folder, missing, glob without match
+    # 3 bad files, 2 images in stack.npy; empty folder, missing, glob without match
+    assert len(rows) == IMAGES + 3 + 2 + 3
     _check_same(rows, expected)
+    assert {f"{inputs}/a/stack.npy[{i}]" for i in (0, 1)} <= {r["path"] for r in rows}
     errors = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
     assert errors["empty.png"] == "empty file (0 bytes)"
     assert errors["nothing"] == "empty directory (no files in it)"
@@ -165,11 +159,13 @@ def test_dataset_of_bytes_and_uris(local_ray, model, inputs):
     rows = classify_dataset(ds, model, CONFIG).take_all()
     _check_same(rows, _local(files, model))
 
+    stack = str(inputs / "a" / "stack.npy")
     uris = [f"file://{inputs}/b/000*.png", f"file://{inputs}/nothing", f"file://{inputs}/nope"]
-    rows = classify_dataset(uris, model, CONFIG).take_all()
-    expected = {f"file://{k}": v for k, v in _local(files, model).items()}
+    rows = classify_dataset([*uris, f"file://{stack}"], model, CONFIG).take_all()
+    expected = {f"file://{k}": v for k, v in _local([*files, stack], model).items()}
     expected[uris[1]] = {"error": "empty directory (no files in it)"}
     expected[uris[2]] = {"error": "no such file or directory"}
+    assert f"file://{stack}[1]" in expected  # an array file behind a URI: a row per image
     _check_same(rows, expected)
 
     wrong = ray.data.from_items([{"data": b"x"}])
@@ -177,35 +173,54 @@ def test_dataset_of_bytes_and_uris(local_ray, model, inputs):
         classify_dataset(wrong, model, CONFIG).take_all()
 
 
-def test_a_killed_actor_is_replaced_and_its_batch_retried(local_ray, model, inputs, monkeypatch):
-    marker = inputs.parent / f"killed-{os.getpid()}"
+def test_a_file_deleted_after_listing_is_an_error_row(local_ray, model, tmp_path):
+    folder = tmp_path / "vanishing"
+    folder.mkdir()
+    for i in range(20):
+        Image.fromarray(digit(i)).save(folder / f"{i:02d}.png")
+    np.save(folder / "gone.npy", np.stack([digit(1), digit(2)]))
+    results = classify_dataset([str(folder)], model, RayConfig(batch_size=8))  # listed, lazy
+    (folder / "03.png").unlink()
+    (folder / "gone.npy").unlink()
+    rows = results.take_all()
+    assert len(rows) == 21
+    gone = ("03.png", "gone.npy")
+    _check_same([r for r in rows if Path(r["path"]).name not in gone], _local([str(folder)], model))
+    errors = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
+    assert errors == {
+        "03.png": "cannot read image: No such file or directory",
+        "gone.npy": "cannot read array file: No such file or directory",
+    }
 
-    class DiesOnce(stages.ClassifyBatch):
-        """Exits hard (like an OOM kill) on its third batch, the first time in the run."""
 
-        calls = 0
+@pytest.mark.parametrize("actors", [None, 2], ids=["tasks", "actors"])
+def test_a_killed_worker_is_replaced_and_its_block_run_again(
+    local_ray, model, inputs, monkeypatch, actors
+):
+    marker = inputs.parent / f"killed-{os.getpid()}-{actors}"
+
+    class DiesOnce(stages.ClassifyFiles):
+        """Exits hard (like an OOM kill) on its third block, the first time in the run."""
 
         def __call__(self, batch):
-            type(self).calls += 1
-            if type(self).calls == 3 and not marker.exists():
+            self.calls = getattr(self, "calls", 0) + 1  # per worker (the class travels by value)
+            if self.calls == 3 and not marker.exists():
                 marker.write_text(str(os.getpid()))
                 os._exit(1)
             return super().__call__(batch)
 
-    monkeypatch.setattr(stages, "ClassifyBatch", DiesOnce)
+    monkeypatch.setattr(stages, "ClassifyFiles", DiesOnce)
     files = sorted(str(p) for p in (inputs / "a").glob("0*.png"))[:1500]
-    config = RayConfig(actors=2, batch_size=100)
+    config = RayConfig(actors=actors, batch_size=100)
     rows = classify_dataset(files, model, config).take_all()
-    assert marker.exists(), "no actor died: the test did not test anything"
+    assert marker.exists(), "no worker died: the test did not test anything"
     _check_same(rows, _local(files, model))
 
 
 def _invoke(*args: str):
     from mnist_edge.runtime.cli import main
 
-    return CliRunner().invoke(
-        main, ["--engine", "ray", "--actors", "1", *args], catch_exceptions=False
-    )
+    return CliRunner().invoke(main, ["--engine", "ray", *args], catch_exceptions=False)
 
 
 def test_cli_parquet_folder_and_exit_codes(local_ray, model, inputs, tmp_path):
@@ -266,3 +281,55 @@ def test_cli_usage_errors_exit_2(local_ray, model, inputs, tmp_path):
     result = _invoke(png, "--model", str(model), "--gpus-per-actor", "1", "--format", "jsonl")
     assert result.exit_code == 2 and "--gpus-per-actor" in result.output
     assert "no node of the cluster has that many" in result.output
+    pixels = Path("artifacts/mnist.pixels.onnx")
+    if pixels.is_file():  # made by `make export`
+        result = _invoke(png, "--model", str(pixels), "--format", "jsonl")
+        assert result.exit_code == 2 and "is a pixels-in model" in result.output
+    result = _invoke(png, "--model", str(model), "--workers", "2", "--format", "jsonl")
+    assert result.exit_code == 2 and "No such option '--workers'" in result.output
+
+
+def test_ray_options_belong_to_the_ray_command(model, inputs):
+    """`--engine ray` hands the command line to the Ray front end; its options are its own."""
+    from mnist_edge.runtime.cli import main, ray_command_line
+
+    assert ray_command_line(["x", "--engine", "ray", "-q"]) == ["x", "-q"]
+    assert ray_command_line(["--engine=ray", "x"]) == ["x"]
+    assert ray_command_line(["x", "--engine", "local"]) is None
+    assert ray_command_line(["--", "--engine", "ray"]) is None
+    ray_help = CliRunner().invoke(main, ["--engine", "ray", "--help"])
+    assert ray_help.exit_code == 0
+    assert "mnist-infer --engine ray [OPTIONS] INPUTS" in ray_help.output
+    assert "--cpus-per-actor" in ray_help.output and "--workers" not in ray_help.output
+    local_help = CliRunner().invoke(main, ["--help"])
+    assert "--engine" in local_help.output and "--actors" not in local_help.output
+    png = str(inputs / "a" / "00000.png")
+    local = CliRunner().invoke(main, [png, "--model", str(model), "--actors", "2"])
+    assert local.exit_code == 2 and "No such option '--actors'" in local.output
+    parquet = CliRunner().invoke(main, [png, "--model", str(model), "--format", "parquet"])
+    assert parquet.exit_code == 2 and "needs --engine ray" in parquet.output
+
+
+def test_config_errors_name_their_field():
+    from mnist_edge.runtime.errors import ConfigError
+
+    for kwargs, field in [
+        ({"batch_size": 0}, "batch_size"),
+        ({"actors": 0}, "actors"),
+        ({"provider": "cuda", "gpus_per_actor": 0}, "gpus_per_actor"),
+        ({"gpus_per_actor": 1}, "gpus_per_actor"),
+        ({"invert": "sometimes"}, "invert"),
+        ({"provider": "auto"}, "provider"),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            RayConfig(**kwargs)
+        assert caught.value.field == field, kwargs
+
+
+def test_block_size_follows_the_input_and_the_cluster():
+    config = RayConfig()
+    assert config.block_size(10_000, 2) == 1250  # four blocks per CPU
+    assert config.block_size(100, 2) == 256  # never tiny tasks
+    assert config.block_size(10_000_000, 2) == 4096  # never huge blocks
+    assert config.block_size(100_000, 64) == 391
+    assert RayConfig(batch_size=100).block_size(10_000, 2) == 100

@@ -1,8 +1,9 @@
-"""``mnist-infer --engine ray``: the click options and the handler the CLI calls.
+"""``mnist-infer --engine ray``: the Ray engine's own command (options, checks, output).
 
-Importing this module costs only click (Ray loads inside :func:`run_ray`). The
-CLI adds the options with :func:`ray_options` and, for ``--engine ray``, hands
-its parsed values to :func:`run_ray` as a :class:`RayRun`.
+``mnist-infer`` hands its whole command line here when it holds ``--engine ray``
+(see :mod:`mnist_edge.runtime.cli`), so the Ray settings are declared and
+checked in this module only, and :class:`RayConfig` is built once from them.
+Ray itself loads when the command runs, not when it is parsed.
 
 Exit status as for the local engine: 0 every input succeeded, 1 any input
 failed (the others are still written) or the job failed, 2 usage error (bad
@@ -17,16 +18,31 @@ import os
 import shutil
 import sys
 import tempfile
-import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from mnist_edge.runtime.errors import first_line
-from mnist_edge.runtime.output import FORMATS, open_text_output
+from mnist_edge.runtime.errors import ConfigError, first_line
+from mnist_edge.runtime.frontend import (
+    ModelChoice,
+    check_top_k,
+    invert_option,
+    model_errors,
+    model_options,
+    option_of,
+)
+from mnist_edge.runtime.output import FORMATS, open_text_output, output_format
+from mnist_edge.runtime.scale.config import (
+    BLOCK_MAX,
+    BLOCK_MIN,
+    RayConfig,
+    RayEngineError,
+    import_ray,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -34,207 +50,207 @@ if TYPE_CHECKING:
 
     from mnist_edge.runtime.classifier import Classifier
     from mnist_edge.runtime.output import RunStats
-    from mnist_edge.runtime.scale.config import RayConfig
 
-ENGINES = ("local", "ray")
 PARQUET = "parquet"
 RAY_FORMATS = (PARQUET, *FORMATS)
 """Formats of ``--engine ray``: a Parquet folder (the default), or the local engine's."""
-DEFAULT_CPUS_PER_ACTOR = 0.5  # RayConfig.cpus_per_actor (spelt out: no numpy at CLI import)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def ray_options(f: F) -> F:
-    """Add ``--engine``, ``--ray-address``, ``--actors``, ``--cpus-per-actor`` and
-    ``--gpus-per-actor`` to a click command."""
-    options = [
-        click.option(
-            "--engine",
-            type=click.Choice(ENGINES),
-            default="local",
-            show_default=True,
-            help="local: processes on this machine; ray: a Ray cluster (Ray Data, "
-            "writes a Parquet folder by default; needs the `scale` extra).",
-        ),
-        click.option(
-            "--ray-address",
-            default=None,
-            metavar="ADDRESS",
-            help="(--engine ray) the cluster: auto (one started with `ray start --head`), "
-            "HOST:6379 or ray://HOST:10001.  [default: $RAY_ADDRESS, else a Ray started "
-            "on this machine for the run]",
-        ),
-        click.option(
-            "--actors",
-            type=click.IntRange(1, None),
-            default=None,
-            help="(--engine ray) model actors.  [default: autoscale with the cluster]",
-        ),
-        click.option(
-            "--cpus-per-actor",
-            type=click.FloatRange(0, None, min_open=True),
-            default=DEFAULT_CPUS_PER_ACTOR,
-            show_default=True,
-            help="(--engine ray) CPUs each model actor reserves; fractions leave CPUs "
-            "for reading and decoding.",
-        ),
-        click.option(
-            "--gpus-per-actor",
-            type=click.FloatRange(0, None),
-            default=None,
-            help="(--engine ray) GPUs each model actor reserves.  [default: 1 with "
-            "--provider cuda, else 0]",
-        ),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+PROG = "mnist-infer --engine ray"
+_CONFIG_FIELDS = {f.name for f in fields(RayConfig)}
 
 
 @dataclass(frozen=True)
-class RayRun:
-    """What ``mnist-infer --engine ray`` was asked to do (the CLI's parsed options).
+class Output:
+    """Where and how the results go.
 
     Attributes:
-        inputs: files, folders, globs, ``-`` or URIs.
-        model: the ONNX file (``--model``/``--int8`` already resolved).
-        model_hint: the option to blame for a bad model (``--model`` or ``--int8``).
-        output: ``-o``: a folder or URI for Parquet, a file for the others; ``None`` = stdout.
-        fmt: one of :data:`RAY_FORMATS`; ``None`` = Parquet.
-        provider: ``auto`` (cuda with ``gpus_per_actor``, else cpu), ``cpu``, ``cuda``, ...
-        batch_size, invert, top_k: as for the local engine.
-        address: ``--ray-address``.
-        actors, cpus_per_actor, gpus_per_actor: the actor pool.
-        progress: Ray Data's progress bars on stderr (``None`` = when it is a terminal).
-        quiet: no summary line.
+        target: ``-o``: a folder or URI for Parquet, a file for the others; ``None`` = stdout.
+        fmt: one of :data:`RAY_FORMATS`.
     """
 
-    inputs: tuple[str, ...]
-    model: Path
-    model_hint: str = "--model"
-    output: str | None = None
-    fmt: str | None = None
-    provider: str = "auto"
-    batch_size: int = 256
-    invert: str = "auto"
-    top_k: int = 0
-    address: str | None = None
-    actors: int | None = None
-    cpus_per_actor: float = DEFAULT_CPUS_PER_ACTOR
-    gpus_per_actor: float | None = None
-    progress: bool | None = None
-    quiet: bool = False
+    target: str | None
+    fmt: str
+
+    def check(self) -> None:
+        """Refuse an output the run could not write, before any cluster work.
+
+        Raises:
+            click.UsageError, click.BadParameter: the target does not suit the format.
+        """
+        if self.fmt == PARQUET and self.target is None:
+            raise click.UsageError(
+                "--engine ray writes a Parquet folder: give -o FOLDER (or --format jsonl|csv|table "
+                "for standard output)"
+            )
+        remote = self.target is not None and "://" in self.target
+        if self.fmt == PARQUET and self.target is not None and not remote:
+            _check_parquet_target(Path(self.target))
+        if self.fmt != PARQUET and remote:
+            raise click.BadParameter(
+                f"{self.target}: --format {self.fmt} writes a local file; "
+                "use --format parquet for URIs",
+                param_hint="-o",
+            )
 
 
-def run_ray(run: RayRun, stdin: TextIO | None = None) -> int:
-    """Run ``mnist-infer --engine ray``; returns the exit status (0 or 1).
+def config_from(params: dict[str, Any]) -> RayConfig:
+    """The :class:`RayConfig` of parsed options named as its fields (``None`` = its default).
 
     Raises:
-        click.UsageError, click.BadParameter: bad options, model or cluster (exit 2).
-        click.ClickException: the job failed (exit 1).
+        click.BadParameter: a value the config refuses, blamed on its option.
     """
-    fmt = run.fmt or PARQUET
-    if fmt not in RAY_FORMATS:
-        raise click.BadParameter(f"choose one of {', '.join(RAY_FORMATS)}", param_hint="--format")
-    if fmt == PARQUET and run.output is None:
-        raise click.UsageError(
-            "--engine ray writes a Parquet folder: give -o FOLDER (or --format jsonl|csv|table "
-            "for standard output)"
-        )
-    if fmt == PARQUET and run.output is not None and "://" not in run.output:
-        _check_parquet_target(Path(run.output))
-    if fmt != PARQUET and run.output is not None and "://" in run.output:
-        raise click.BadParameter(
-            f"{run.output}: --format {fmt} writes a local file; use --format parquet for URIs",
-            param_hint="-o",
-        )
+    given = {k: v for k, v in params.items() if k in _CONFIG_FIELDS and v is not None}
+    provider = str(given.get("provider", "auto")).strip().lower()
+    if provider == "auto":  # a GPU share was asked for: CUDA, else the CPU
+        given["provider"] = "cuda" if given.get("gpus_per_actor") else "cpu"
+    try:
+        config = RayConfig(**given)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint=option_of(exc) or "--provider") from None
+    return config
+
+
+@click.command(PROG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("inputs", nargs=-1, required=True)
+@model_options("Use")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 1 << 20),
+    default=None,
+    help="Inputs per Ray task: each reads, decodes and classifies its block of files.  "
+    f"[default: about 4 blocks per CPU of the cluster, {BLOCK_MIN} to {BLOCK_MAX} inputs each]",
+)
+@invert_option()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(RAY_FORMATS),
+    default=None,
+    help="Output format: a Parquet folder (written by the cluster), or rows through this "
+    "process.  [default: from -o's extension (.csv, .jsonl, .txt), else parquet]",
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(1, None),
+    default=None,
+    help="Also report the K most probable labels.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=str),
+    default=None,
+    help="A folder or URI for Parquet (replaced whole), a file for the other formats.",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    metavar="ADDRESS",
+    help="The cluster: auto (one started with `ray start --head`), HOST:6379 or "
+    "ray://HOST:10001.  [default: $RAY_ADDRESS, else a Ray started on this machine for the run]",
+)
+@click.option(
+    "--actors",
+    type=click.IntRange(1, None),
+    default=None,
+    help="Run the model in a pool of N Ray actors.  [default: Ray tasks on CPU (one CPU "
+    "each), an autoscaled pool on GPUs]",
+)
+@click.option(
+    "--cpus-per-actor",
+    type=click.FloatRange(0, None, min_open=True),
+    default=RayConfig.cpus_per_actor,
+    show_default=True,
+    help="CPUs each model actor reserves; fractions leave CPUs for the other tasks.",
+)
+@click.option(
+    "--gpus-per-actor",
+    type=click.FloatRange(0, None),
+    default=None,
+    help="GPUs each model actor reserves.  [default: 1 with --provider cuda, else 0]",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Ray Data's progress bars on stderr.  [default: when stderr is a terminal]",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
+@click.pass_context
+def command(ctx: click.Context, **params: Any) -> None:
+    """Label each digit image in INPUTS on a Ray cluster (Ray Data).
+
+    INPUTS: files, folders (recursive), globs, - for paths on stdin, or URIs that
+    pyarrow reads (s3://bucket/scans/, gs://..., file:///...). Every input gives
+    one row (a label or an error); .npy and IDX files one per image in them.
+    """
+    from mnist_edge.runtime.scale.engine import load_model
+
+    try:
+        fmt = output_format(params["fmt"], params["output"], default=PARQUET)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint=option_of(exc) or "--format") from None
+    output = Output(params["output"], fmt)
+    output.check()
+    config = config_from(params)
+    choice = ModelChoice(params["model"], params["int8"])
+    with model_errors(choice):  # a bad model is a usage error before any cluster work
+        classifier = load_model(choice.path)
+    check_top_k(config.top_k, classifier.classes)
+    stdin = sys.stdin if "-" in params["inputs"] else None
+    stats, started = _run(params, config, classifier, output, stdin)
+    if not params["quiet"]:
+        provider = f"{config.provider} (ray, {_pool(config)}; Ray started in {started:.1f} s)"
+        model = f"{choice.path} ({classifier.metadata.precision})"
+        click.echo(stats.summary(provider, model), err=True)
+    ctx.exit(1 if stats.failures else 0)
+
+
+def _run(
+    params: dict[str, Any],
+    config: RayConfig,
+    classifier: Classifier,
+    output: Output,
+    stdin: Any,
+) -> tuple[RunStats, float]:
+    """Start (or join) Ray, run the job and write its rows; returns the counts and Ray's start-up time."""
     from mnist_edge.runtime.output import RunStats
     from mnist_edge.runtime.scale import engine as ray_engine
 
-    config = _config(run)
-    classifier = _load(run)
-    if run.top_k > len(classifier.classes):
-        raise click.BadParameter(
-            f"{run.top_k} is more than the model's {len(classifier.classes)} classes",
-            param_hint="--top-k",
-        )
-    with _ray_session(run) as ray:
+    begun = time.perf_counter()
+    with _ray_session(params["ray_address"], params["progress"]) as ray:
+        started = time.perf_counter() - begun
         stats = RunStats()
         try:
             results = ray_engine.classify_dataset(
-                run.inputs, run.model, config, stdin=stdin, classifier=classifier
+                params["inputs"], classifier.path, config, stdin=stdin, classifier=classifier
             )
-            if fmt == PARQUET and run.output is not None:  # no output was refused above
-                _write_parquet(results, run.output, config.rows_per_file, stats)
+            if output.fmt == PARQUET and output.target is not None:  # checked by Output.check
+                _write_parquet(results, output.target, config.rows_per_file, stats)
             else:
-                _write_rows(results, run.output, fmt, run.top_k, stats)
-        except ray_engine.RayEngineError as exc:
-            hint = "--gpus-per-actor" if "GPU" in str(exc) else "--cpus-per-actor"
-            raise click.BadParameter(str(exc), param_hint=hint) from None
+                _write_rows(results, output.target, output.fmt, config.top_k, stats)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint=option_of(exc) or "--actors") from None
         except ray.exceptions.RayError as exc:
             raise click.ClickException(f"the Ray job failed: {_reason(exc)}") from None
-    if not run.quiet:
-        provider = f"{config.provider} (ray, {_pool(config)})"
-        model = f"{run.model} ({classifier.metadata.precision})"
-        click.echo(stats.summary(provider, model), err=True)
-    return 1 if stats.failures else 0
-
-
-def _config(run: RayRun) -> RayConfig:
-    from mnist_edge.runtime.scale.config import RayConfig
-
-    provider = run.provider.strip().lower()
-    if provider == "auto":
-        provider = "cuda" if run.gpus_per_actor else "cpu"
-    try:
-        return RayConfig(
-            provider=provider,
-            batch_size=run.batch_size,
-            actors=run.actors,
-            cpus_per_actor=run.cpus_per_actor,
-            gpus_per_actor=run.gpus_per_actor,
-            invert=run.invert,
-            top_k=run.top_k,
-        )
-    except ValueError as exc:
-        hint = "--gpus-per-actor" if "gpus_per_actor" in str(exc) else "--provider"
-        raise click.BadParameter(str(exc), param_hint=hint) from None
+    return stats, started
 
 
 def _pool(config: RayConfig) -> str:
+    if not config.uses_actors:
+        return "tasks, 1 CPU"
     actors = f"{config.actors} actors" if config.actors else "autoscaled actors"
     return f"{actors}, {config.cpus_per_actor:g} CPU" + (
         f" + {config.gpus:g} GPU" if config.gpus else ""
     )
 
 
-def _load(run: RayRun) -> Classifier:
-    """Open the model here first: a bad file is a usage error before any cluster work."""
-    from mnist_edge.runtime.scale.engine import load_model
-    from mnist_edge.runtime.session import ModelError, ProviderError
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            classifier = load_model(run.model)
-        except (ModelError, ProviderError) as exc:
-            raise click.BadParameter(str(exc), param_hint=run.model_hint) from None
-    for warning in caught:
-        click.echo(f"warning: {warning.message}", err=True)
-    return classifier
-
-
 @contextlib.contextmanager
-def _ray_session(run: RayRun) -> Iterator[Any]:
+def _ray_session(address: str | None, progress: bool | None) -> Iterator[Any]:
     """Connect to (or start) Ray for this run; a Ray the caller started is used and left running."""
-    from mnist_edge.runtime.scale.config import RayEngineError, import_ray
-
     try:
         ray = import_ray()
     except RayEngineError as exc:
         raise click.UsageError(str(exc)) from None
-    show = run.progress if run.progress is not None else sys.stderr.isatty()
+    show = progress if progress is not None else sys.stderr.isatty()
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = show
     context.print_on_execution_start = show
@@ -244,13 +260,13 @@ def _ray_session(run: RayRun) -> Iterator[Any]:
     if not ray.is_initialized():
         try:
             ray.init(
-                address=run.address,
+                address=address,
                 include_dashboard=False,
                 logging_level=logging.WARNING,
                 log_to_driver=show,
             )
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = run.address or os.environ.get("RAY_ADDRESS") or "a local Ray"
+            where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
             raise click.BadParameter(
                 f"cannot connect to {where}: {first_line(exc)}", param_hint="--ray-address"
             ) from None
@@ -332,14 +348,13 @@ def _write_rows(
     with open_text_output(output) as stream:
         writer = ResultWriter(stream, fmt, top_k)
         for batch in results.iter_batches(batch_format="pyarrow", batch_size=None):
-            for row in cast("pa.Table", batch).to_pylist():
-                alts = tuple((a["label"], a["confidence"]) for a in row["top_k"] or ())
-                result = Result(
-                    row["path"],
-                    error=row["error"],
-                    label=row["label"],
-                    confidence=row["confidence"],
-                    top_k=alts,
-                )
-                writer.write(result)
-                stats.add(result)
+            table = cast("pa.Table", batch)
+            columns = [
+                table.column(c).to_pylist() for c in ("path", "error", "label", "confidence")
+            ]
+            alternatives = table.column("top_k").to_pylist() if top_k else [None] * len(table)
+            for path, error, label, confidence, alts in zip(*columns, alternatives, strict=True):
+                top = tuple((a["label"], a["confidence"]) for a in alts or ())
+                writer.write(Result(path, error, label, confidence, top))
+            stats.images += len(table)
+            stats.failures += len(table) - table.column("error").null_count

@@ -5,16 +5,21 @@ pyarrow-filesystem URIs such as ``s3://bucket/scans/``), or a Ray Dataset of
 bytes, into a lazy Ray Dataset of result rows. The plan, executed in a stream
 by Ray Data when the caller consumes or writes it::
 
-    read_binary_files(include_paths=True)       read tasks, where the data is
-      -> map_batches(decode_batch)               our decode + MNIST-style preprocessing
-      -> map_batches(ClassifyBatch, compute=ActorPoolStrategy(...))
-                                                 one Classifier per actor (1 ORT thread on CPU,
-                                                 num_gpus + CUDA on GPU nodes)
+    blocks of file names (RayConfig.block_size each, listed here, read nowhere yet)
+      -> map_batches(ClassifyFiles)      one step per block where Ray runs it: read,
+                                         decode + MNIST-style preprocessing, classify
+                                         (Ray tasks on CPU, each worker process keeping
+                                         its model; an actor pool on GPUs or when asked)
       -> union(error rows for inputs that were never readable)
 
+Reading, decoding and classifying in one step keeps the blocks that cross the
+object store small (file names in, result rows out) and needs one Ray task per
+block instead of one per file.
+
 Every input gives exactly one row (see :data:`RESULT_COLUMNS`): a prediction, or
-an error. An actor that dies is restarted and its batch retried (Ray Data's
-actor-pool defaults, which this module relies on and the tests check).
+an error. A worker that dies (a task's process, an actor, a whole node) has its
+block run again elsewhere: Ray Data retries tasks and restarts actors by
+default, which this module relies on and the tests check.
 
 Ray is imported lazily: this package (and the rest of :mod:`mnist_edge.runtime`)
 imports without it; the functions that need it raise :class:`RayEngineError`
@@ -26,40 +31,40 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from mnist_edge.runtime.errors import ConfigError
 from mnist_edge.runtime.images import ImageOptions
 from mnist_edge.runtime.inputs import Source
 from mnist_edge.runtime.scale import stages
 from mnist_edge.runtime.scale.config import RayConfig, RayEngineError, import_ray
 from mnist_edge.runtime.scale.inputs import InputPlan, plan_inputs
-from mnist_edge.runtime.scale.stages import RESULT_COLUMNS, decode_batch, error_table
+from mnist_edge.runtime.scale.stages import RESULT_COLUMNS, error_table
 from mnist_edge.runtime.session import SessionConfig
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from ray.data import Dataset
 
     from mnist_edge.runtime.classifier import Classifier
 
+BYTES_BLOCK = 1024  # rows per block of a Dataset of bytes given without a batch_size
+
 __all__ = ["RESULT_COLUMNS", "RayConfig", "RayEngineError", "classify_dataset", "load_model"]
-
-
-def _add_scheme(batch: dict[str, np.ndarray], scheme: str) -> dict[str, np.ndarray]:
-    batch["path"] = np.asarray([scheme + str(p) for p in batch["path"]], dtype=object)
-    return batch
 
 
 def _remember_missing_http_filesystem() -> None:
     """Make a failing ``import fsspec.implementations.http`` fail fast from now on.
 
-    Ray 2.60 tries that import once per path it resolves; where fsspec (which
+    Ray tries that import once per path it resolves; where fsspec (which
     ``ray[data]`` requires) is installed without aiohttp, each try re-runs the
-    module until it fails: 2-4 ms per path, 20 s for 5,000 files on a loaded
-    2-core machine. A ``None`` entry in ``sys.modules`` makes the retries
-    immediate ``ImportError`` s, which Ray takes as "no HTTP filesystem".
+    module until it fails, milliseconds per path. A ``None`` entry in
+    ``sys.modules`` makes the retries immediate ``ImportError`` s, which Ray
+    takes as "no HTTP filesystem".
     """
     try:
         import fsspec.implementations.http  # noqa: F401
@@ -67,31 +72,45 @@ def _remember_missing_http_filesystem() -> None:
         sys.modules.setdefault("fsspec.implementations.http", None)  # type: ignore[arg-type]
 
 
-def read_inputs(plan: InputPlan, ray: Any) -> Dataset | None:
-    """The readable files of ``plan`` as one Dataset of ``{bytes, path}`` (``None`` if there are none)."""
-    _remember_missing_http_filesystem()
-    parts: list[Dataset] = []
-    if plan.local:
-        parts.append(ray.data.read_binary_files(plan.local, include_paths=True))
-    for remote in plan.remote:
-        ds = ray.data.read_binary_files(
-            remote.paths, include_paths=True, filesystem=remote.filesystem
-        )
-        parts.append(ds.map_batches(functools.partial(_add_scheme, scheme=remote.scheme)))
-    if not parts:
-        return None
-    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+def file_blocks(plan: InputPlan, block: int) -> tuple[list[pa.Table], tuple[stages.Remote, ...]]:
+    """The readable files of ``plan`` as tables of ``block`` rows ``{path, source}``, and the
+    filesystems that ``source`` 1, 2, ... name."""
+    import pyarrow as pa
+
+    remotes = tuple(stages.Remote(r.scheme, r.filesystem) for r in plan.remote)
+    groups = [(stages.LOCAL, plan.local)]
+    groups += [(k, r.paths) for k, r in enumerate(plan.remote, start=1)]
+    tables = []
+    for source, paths in groups:
+        for start in range(0, len(paths), block):
+            part = paths[start : start + block]
+            tables.append(
+                pa.table(
+                    {
+                        "path": pa.array(part, pa.string()),
+                        "source": pa.array(np.full(len(part), source, np.int16)),
+                    }
+                )
+            )
+    return tables, remotes
 
 
 def load_model(model: str | os.PathLike[str]) -> Classifier:
     """Open ``model`` here (CPU, one thread) to check it and read its metadata before any job starts.
 
     Raises:
-        ModelError: missing or unusable model file.
+        ModelError: missing or unusable model file, or a pixels-in model.
     """
     from mnist_edge.runtime.classifier import Classifier
+    from mnist_edge.runtime.session import ModelError
 
-    return Classifier(model, config=SessionConfig(provider="cpu", threads=1))
+    classifier = Classifier(model, config=SessionConfig(provider="cpu", threads=1))
+    if classifier.pixels_in:
+        raise ModelError(
+            f"{model} is a pixels-in model (one picture per call); classify_dataset takes "
+            "the model without .pixels in its name"
+        )
+    return classifier
 
 
 def classify_dataset(
@@ -105,7 +124,8 @@ def classify_dataset(
     """Classify digit images on Ray Data; returns a lazy Dataset of result rows.
 
     Nothing runs until the Dataset is consumed (``write_parquet``, ``iter_batches``,
-    ...); it streams, so neither the inputs nor the results are gathered anywhere.
+    ...); it streams, so neither the pictures nor the results are gathered anywhere
+    (only the list of file names passes through this process).
     Rows come in no particular order; every input gives exactly one (see
     :data:`RESULT_COLUMNS`), and results equal the local CLI's on the same files.
 
@@ -114,7 +134,7 @@ def classify_dataset(
             URIs that pyarrow's filesystems read (``s3://bucket/dir``, ``gs://...``,
             ``file:///...``), or a ``ray.data.Dataset`` with ``bytes`` and ``path`` columns
             (e.g. from ``read_binary_files(..., include_paths=True)``).
-        model: the ``.onnx`` file (read here and shipped to the actors as bytes).
+        model: the ``.onnx`` file (read here and shipped to the workers as bytes).
         config: the job's settings (default :class:`RayConfig`).
         stdin: where ``-`` reads paths from.
         classifier: ``model`` already opened by :func:`load_model` (saves opening it twice).
@@ -123,12 +143,12 @@ def classify_dataset(
         A ``ray.data.Dataset`` with columns :data:`RESULT_COLUMNS`.
 
     Raises:
-        RayEngineError: Ray is not installed, or no node can hold an actor.
+        RayEngineError: Ray is not installed.
+        ConfigError: no node can hold a worker as configured (``field`` names the setting).
         ModelError: the model file is missing or unusable.
     """
     config = config or RayConfig()
     ray = import_ray()
-    from ray.data import ActorPoolStrategy
 
     if not ray.is_initialized():
         ray.init()  # as Ray Data would: RAY_ADDRESS, else a local Ray
@@ -140,59 +160,100 @@ def classify_dataset(
         max_pixels=config.max_pixels,
     )
     errors: list[Source] = []
+    remotes: tuple[stages.Remote, ...] = ()
+    block = config.batch_size or BYTES_BLOCK
     if isinstance(inputs, ray.data.Dataset):
         files: Dataset | None = inputs
     else:
         specs = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else inputs
         plan = plan_inputs([os.fspath(s) for s in specs], stdin)
-        files, errors = read_inputs(plan, ray), plan.errors
+        errors = plan.errors
+        listed = len(plan.local) + sum(len(r.paths) for r in plan.remote)
+        block = config.block_size(listed, ray.cluster_resources().get("CPU", 1.0))
+        blocks, remotes = file_blocks(plan, block)
+        del plan  # the names now live in the blocks
+        # from_blocks, not from_arrow: from_arrow waits here for a remote task that
+        # reads each table's metadata (a worker start-up before the job even begins)
+        files = ray.data.from_blocks(blocks) if blocks else None
     failed = (
-        ray.data.from_arrow(error_table([s.path for s in errors], [s.error or "" for s in errors]))
+        ray.data.from_blocks(
+            [error_table([s.path for s in errors], [s.error or "" for s in errors])]
+        )
         if errors
         else None
     )
     if files is None:
-        return failed if failed is not None else ray.data.from_arrow(error_table([], []))
-    decoded = files.map_batches(
-        functools.partial(decode_batch, options=options), batch_size=config.batch_size
+        return failed if failed is not None else ray.data.from_blocks([error_table([], [])])
+    job = stages.Job(
+        model=stages.ModelBlob.read(classifier.path),
+        session=SessionConfig(provider=config.provider_name, threads=1),
+        options=options,
+        top_k=config.top_k,
+        model_batch=config.model_batch,
+        remotes=remotes,
     )
-    session = SessionConfig(provider=config.provider_name, threads=1)
+    stage = stages.ClassifyFiles  # looked up at call time (tests swap in one that dies)
+    results = (
+        _on_actors(ray, files, stage, job, config, block)
+        if config.uses_actors
+        else files.map_batches(
+            functools.partial(stages.classify_block, job=job, stage=stage, run=uuid.uuid4().hex),
+            batch_size=block,
+            num_cpus=1,
+            # Ray Data retries a task whose worker or node died (max_retries=-1).
+        )
+    )
+    results = results.union(failed) if failed is not None else results
+    if not config.uses_actors:
+        # One operator does all the work: Ray Data's per-operator reservation (half
+        # the CPUs) only keeps CPUs idle, so the tasks may use all of them.
+        results.context.op_resource_reservation_enabled = False
+    return results
+
+
+def _on_actors(
+    ray: Any,
+    files: Dataset,
+    stage: type[stages.ClassifyFiles],
+    job: stages.Job,
+    config: RayConfig,
+    block: int,
+) -> Dataset:
+    from ray.data import ActorPoolStrategy
+
     # min_size 1: a small input need not feed every actor (Ray warns when it cannot)
     most = config.actors if config.actors is not None else _max_actors(ray, config)
     pool = ActorPoolStrategy(min_size=1, max_size=most, initial_size=config.actors or 1)
-    results = decoded.map_batches(
-        stages.ClassifyBatch,  # looked up at call time (tests swap in one that dies)
-        fn_constructor_kwargs={
-            "model": classifier.path.read_bytes(),
-            "name": classifier.path.name,
-            "session": session,
-            "top_k": config.top_k,
-            "model_batch": config.model_batch,
-        },
-        batch_size=config.batch_size,
+    return files.map_batches(
+        stage,
+        fn_constructor_kwargs={"job": job},
+        batch_size=block,
         compute=pool,
         num_cpus=config.cpus_per_actor,
         num_gpus=config.gpus,
         # No max_restarts/max_task_retries: Ray Data's defaults for actor pools (-1, -1)
         # restart a dead actor and retry its batch on the replacement, and passing
-        # them (as ray_remote_args) is deprecated in Ray 2.60.
+        # them (as ray_remote_args) is deprecated.
     )
-    return results.union(failed) if failed is not None else results
 
 
 def check_resources(ray: Any, config: RayConfig) -> None:
-    """Refuse a job whose actors fit nowhere in the cluster (Ray would wait for them forever).
+    """Refuse a job whose workers fit nowhere in the cluster (Ray would wait for them forever).
 
     Raises:
-        RayEngineError: no node has the CPUs or GPUs one actor asks for.
+        ConfigError: no node has the CPUs or GPUs one worker asks for (``field`` says which).
     """
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    for name, amount in (("CPU", config.cpus_per_actor), ("GPU", config.gpus)):
+    cpus = config.cpus_per_actor if config.uses_actors else 1.0
+    asks = (("CPU", cpus, "cpus_per_actor"), ("GPU", config.gpus, "gpus_per_actor"))
+    for name, amount, field in asks:
         if amount > 0 and not any(r.get(name, 0) >= amount for r in nodes):
             most = max((r.get(name, 0) for r in nodes), default=0)
-            raise RayEngineError(
-                f"each actor asks for {amount:g} {name}, but no node of the cluster has that "
-                f"many (the most is {most:g}); ask for less per actor, or add such nodes"
+            who = "actor" if config.uses_actors else "task"
+            raise ConfigError(
+                f"each {who} asks for {amount:g} {name}, but no node of the cluster has that "
+                f"many (the most is {most:g}); ask for less per actor, or add such nodes",
+                field,
             )
 
 
