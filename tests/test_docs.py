@@ -529,6 +529,23 @@ def test_links_resolve(page: Path) -> None:
     assert not bad, f"{ids(page)}: broken links: {bad}"
 
 
+def test_the_layout_lists_every_module() -> None:
+    """docs/architecture.md's layout names every module of the packages, the bench scripts and
+    the test helpers, and names no module that does not exist."""
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    folders = ["runtime", "runtime/serve", "runtime/scale", "train", "export", "tools", "bench"]
+    files = {p for f in folders for p in (REPO / f).glob("*.py") if p.name != "__init__.py"}
+    files |= set((REPO / "tests" / "helpers").glob("*.py")) - {REPO / "tests/helpers/__init__.py"}
+    named = set(re.findall(r"`([\w/]*?\w+\.py)`", text))
+    missing = sorted(
+        str(p.relative_to(REPO)) for p in files if p.name not in {Path(n).name for n in named}
+    )
+    assert not missing, f"docs/architecture.md's layout leaves out {missing}"
+    existing = {p.name for p in files} | {p.name for p in (REPO / "tests").glob("*.py")}
+    stale = sorted(n for n in named if Path(n).name not in existing and not (REPO / n).exists())
+    assert not stale, f"docs/architecture.md names modules that do not exist: {stale}"
+
+
 @pages
 def test_repository_paths_exist(page: Path) -> None:
     bad = []
