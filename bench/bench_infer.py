@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from benchutil import (  # bench/ is sys.path[0] for scripts
     cpu_flags_line,
     cpu_name,
     merge_section,
+    parse_summary,
 )
 from PIL import Image
 
@@ -52,7 +52,6 @@ from mnist_edge.runtime.session import OPENVINO, SessionConfig
 from mnist_edge.tools.samples import SamplesError, load_test_set, write_samples
 
 BATCHES = (1, 32, 256, 1024)
-SUMMARY = re.compile(r"(\d+) images, (\d+) failed, ([\d,]+) images/s")
 
 
 class BenchError(RuntimeError):
@@ -227,12 +226,17 @@ def end_to_end(args, pixels: np.ndarray, labels: np.ndarray, png_dir: Path) -> d
     runs = []
     for _ in range(args.repeats):
         wall, err = _mnist_infer(args, [str(png_dir)], ["--provider", args.provider])
-        match = SUMMARY.search(err)
-        if match is None or int(match.group(1)) != len(files) or int(match.group(2)) != 0:
+        summary = parse_summary(err)
+        if (
+            summary is None
+            or summary.images != len(files)
+            or summary.failed
+            or not summary.images_per_s
+        ):
             raise BenchError(
                 f"mnist-infer did not account for all {len(files)} images: {err.strip()}"
             )
-        runs.append((float(match.group(3).replace(",", "")), wall))
+        runs.append((summary.images_per_s, wall))
     rate, wall = max(runs)
     decode = decoding(files, usable_cores())
     # Naive loop: what a first script would do.

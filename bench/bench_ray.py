@@ -39,13 +39,13 @@ from benchutil import (  # bench/ is sys.path[0] for scripts
     cpu_flags_line,
     cpu_name,
     merge_section,
+    parse_summary,
 )
 
 from mnist_edge.runtime.layout import Artifacts
 from mnist_edge.runtime.processes import usable_cores
 from mnist_edge.tools.samples import SamplesError, load_test_set, write_samples
 
-SUMMARY = re.compile(r"(\d+) images, (\d+) failed, ([\d,]+) images/s \(([\d.]+) s\)")
 RAY_START = re.compile(r"Ray started in ([\d.]+) s")
 TIMES = (1, 10)  # 10k, and 100k (the folder listed ten times)
 
@@ -65,18 +65,24 @@ def cli_run(model: Path, png_dir: Path, times: int, engine: str) -> dict:
         wall = time.perf_counter() - start
         with open(f"{out}/out.csv") as f:
             rows = sum(1 for _ in f) - 1 if proc.returncode == 0 else 0
-    match = SUMMARY.search(proc.stderr)
+    summary = parse_summary(proc.stderr)
     expected = times * len(list(png_dir.glob("*.png")))
-    if proc.returncode != 0 or match is None or int(match.group(2)) != 0 or rows != expected:
+    if (
+        proc.returncode != 0
+        or summary is None
+        or summary.failed
+        or summary.images != expected
+        or rows != expected
+    ):
         raise BenchError(
             f"mnist-infer --engine {engine} failed ({proc.returncode}, {rows} rows for "
             f"{expected}): {proc.stderr[-600:]}"
         )
     started = RAY_START.search(proc.stderr)
     return {
-        "images": int(match.group(1)),
-        "images_per_s": float(match.group(3).replace(",", "")),
-        "job_s": float(match.group(4)),
+        "images": summary.images,
+        "images_per_s": summary.images_per_s,
+        "job_s": summary.seconds,
         "startup_s": float(started.group(1)) if started else 0.0,
         "wall_s": round(wall, 2),
     }

@@ -4,12 +4,41 @@ from __future__ import annotations
 
 import json
 import platform
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from mnist_edge.runtime.atomic import atomic_write_text
 
 BENCH_JSON = Path("artifacts") / "bench.json"
 """Where every benchmark merges its section (``--out`` changes it)."""
+
+# The summary line of mnist-infer (both engines): "10,000 images, 0 failed, 15,140 images/s (0.66 s), ..."
+_SUMMARY = re.compile(r"([\d,]+) images?, ([\d,]+) failed(?:, ([\d,]+) images/s)? \(([\d.]+) s\)")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a mnist-infer run says of itself (``images_per_s`` is None when nothing was classified)."""
+
+    images: int
+    failed: int
+    images_per_s: float | None
+    seconds: float
+
+
+def parse_summary(text: str) -> Summary | None:
+    """The last mnist-infer summary line in ``text`` (its stderr), or None."""
+    found = _SUMMARY.findall(text)
+    if not found:
+        return None
+    images, failed, rate, seconds = found[-1]
+    return Summary(
+        int(images.replace(",", "")),
+        int(failed.replace(",", "")),
+        float(rate.replace(",", "")) if rate else None,
+        float(seconds),
+    )
 
 
 def cpu_name() -> str:

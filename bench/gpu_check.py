@@ -39,11 +39,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchutil import parse_summary  # bench/ is sys.path[0] for scripts
+
 REPO = Path(__file__).resolve().parents[1]
 GPU_CHECK_JSON = "gpu-check.json"  # in the artifacts folder, beside bench.json
 GPU_BATCHES = (1, 256, 4096, 65536)
-SUMMARY = re.compile(r"(\d+) images, (\d+) failed, ([\d,]+) images/s")
-# Goals on an H100-class GPU (issue 9).
+# Goals on an H100-class GPU.
 GOAL_TRAIN_SECONDS = 15.0
 GOAL_CUDA_VS_CPU = 10.0
 GOAL_DECODE_BOUND = 0.8  # end to end reaches >= 80 % of the decode-only rate
@@ -225,14 +226,14 @@ def end_to_end(model: Path, data_dir: Path, png_dir: Path, env: dict[str, str]) 
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
         wall = time.perf_counter() - start
-        match = SUMMARY.search(proc.stderr)
-        if proc.returncode != 0 or match is None:
+        summary = parse_summary(proc.stderr)
+        if proc.returncode != 0 or summary is None:
             out[provider] = {"status": "failed", "error": proc.stderr.strip()[-400:]}
             continue
         out[provider] = {
-            "images": int(match.group(1)),
-            "failed": int(match.group(2)),
-            "images_per_s": int(match.group(3).replace(",", "")),
+            "images": summary.images,
+            "failed": summary.failed,
+            "images_per_s": summary.images_per_s,
             "wall_seconds": round(wall, 2),
         }
     return out

@@ -19,7 +19,7 @@ from mnist_edge.export.config import (
 from mnist_edge.runtime import __version__
 from mnist_edge.runtime.errors import ConfigError, MnistEdgeError
 from mnist_edge.runtime.extras import MissingExtraError, require_extras
-from mnist_edge.runtime.frontend import AliasedOption, option_of
+from mnist_edge.runtime.frontend import AliasedOption, config_error
 from mnist_edge.runtime.layout import DEFAULT, Artifacts
 
 _D = ExportConfig()  # the options' defaults come from the config
@@ -215,10 +215,7 @@ def main(
             f"{exc.summary}{kept}. Fix the cause, or pass --allow-mismatch to write the files anyway"
         ) from exc
     except ConfigError as exc:  # a bad option value: exit 2, naming the option
-        option = option_of(exc, OPTIONS)
-        if option is None:
-            raise click.UsageError(str(exc)) from None
-        raise click.BadParameter(str(exc), param_hint=option) from None
+        raise config_error(exc, OPTIONS) from None
     except ArtifactError as exc:
         raise click.ClickException(f"{exc} (`make export`)") from exc
     except MnistEdgeError as exc:

@@ -32,6 +32,7 @@ from mnist_edge.runtime.frontend import (
     model_errors,
     model_options,
     threads_option,
+    top_k_option,
 )
 from mnist_edge.runtime.output import FORMATS, open_text_output, output_format
 from mnist_edge.runtime.stream import PipelineConfig
@@ -134,12 +135,7 @@ class InferCommand(click.Command):
     help="Output format (parquet: --engine ray only).  [default: from -o's extension "
     "(.csv, .jsonl, .txt), else table; parquet with --engine ray]",
 )
-@click.option(
-    "--top-k",
-    type=click.IntRange(1, None),
-    default=None,
-    help="Also report the K most probable labels.",
-)
+@top_k_option()
 @click.option(
     "-o",
     "--output",

@@ -125,6 +125,16 @@ def invert_option(what: str = "pictures") -> Callable[[F], F]:
     )
 
 
+def top_k_option() -> Callable[[F], F]:
+    """``--top-k K``: also report the K most probable labels (checked against the model by :func:`check_top_k`)."""
+    return click.option(
+        "--top-k",
+        type=click.IntRange(1, None),
+        default=None,
+        help="Also report the K most probable labels.",
+    )
+
+
 @dataclass(frozen=True)
 class ModelChoice:
     """The model a command was asked to run: ``--model`` and ``--int8`` as parsed.
@@ -155,6 +165,21 @@ def option_of(exc: ConfigError, options: Mapping[str, str] | None = None) -> str
     return {**FIELD_OPTIONS, **(options or {})}.get(exc.field, "--" + exc.field.replace("_", "-"))
 
 
+def config_error(
+    exc: ConfigError, options: Mapping[str, str] | None = None, default: str | None = None
+) -> click.UsageError:
+    """The click error (exit 2) for a bad config value: it names the option of ``exc.field``.
+
+    Args:
+        options: fields whose option is not ``--`` + the field with dashes.
+        default: the option to name when ``exc`` has no field; without one, a plain usage error.
+    """
+    option = option_of(exc, options) or default
+    if option is None:
+        return click.UsageError(str(exc))
+    return click.BadParameter(str(exc), param_hint=option)
+
+
 @contextlib.contextmanager
 def model_errors(choice: ModelChoice, options: Mapping[str, str] | None = None) -> Iterator[None]:
     """Open a model inside this block: library errors become click errors, warnings go to stderr.
@@ -179,10 +204,7 @@ def model_errors(choice: ModelChoice, options: Mapping[str, str] | None = None) 
         except ModelError as exc:
             raise click.BadParameter(f"{exc}; {MODEL_HINT}", param_hint=choice.option) from None
         except ConfigError as exc:
-            option = option_of(exc, options)
-            if option is None:
-                raise click.UsageError(str(exc)) from None
-            raise click.BadParameter(str(exc), param_hint=option) from None
+            raise config_error(exc, options) from None
         except MnistEdgeError as exc:
             raise click.ClickException(str(exc)) from None
         finally:

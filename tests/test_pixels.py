@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers.models import WEIGHTS, digit
-from onnx import TensorProto, helper, numpy_helper
+from helpers.models import digit, linear_core
+from onnx import TensorProto, helper
 from PIL import Image
 
 from mnist_edge.export import pixels_export
@@ -45,22 +45,7 @@ PRE = Preprocessing()
 
 def tiny_core() -> onnx.ModelProto:
     """An opset-18 core: image (batch, 1, 28, 28) -> softmax(flatten @ W), with mnist-edge metadata."""
-    nodes = [
-        helper.make_node("Flatten", ["image"], ["flat"], axis=1),
-        helper.make_node("MatMul", ["flat", "W"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "linear",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
-        [numpy_helper.from_array(WEIGHTS, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    helper.set_model_props(model, ModelMetadata(source_sha256="ab" * 32).to_props())
-    return model
+    return linear_core(ModelMetadata(source_sha256="ab" * 32))
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:

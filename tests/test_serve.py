@@ -22,7 +22,7 @@ import pytest
 import tritonclient.http as triton
 from click.testing import CliRunner
 from helpers.models import digit, linear_model
-from helpers.serve_process import ServerProcess, start_server
+from helpers.serve_process import ServerProcess, serving
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
@@ -38,10 +38,10 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("serve-log") / "server.log"
-    proc = start_server(model, log, "--max-body-mb", str(BODY_LIMIT_MB))
-    yield proc
-    assert proc.terminate() == 0, log.read_text()
+    with serving(
+        model, tmp_path_factory.mktemp("serve-log"), "--max-body-mb", str(BODY_LIMIT_MB)
+    ) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

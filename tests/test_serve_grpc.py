@@ -24,7 +24,7 @@ import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from click.testing import CliRunner
 from helpers.models import linear_model
-from helpers.serve_process import ServerProcess, start_server
+from helpers.serve_process import ServerProcess, serving, start_server
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
@@ -42,10 +42,8 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("grpc-log") / "server.log"
-    proc = start_server(model, log, "--max-wait-ms", HOLD_MS)
-    yield proc
-    assert proc.terminate() == 0, log.read_text()
+    with serving(model, tmp_path_factory.mktemp("grpc-log"), "--max-wait-ms", HOLD_MS) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

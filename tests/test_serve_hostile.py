@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from helpers.models import linear_model
-from helpers.serve_process import ServerProcess, start_server
+from helpers.serve_process import ServerProcess, serving
 
 from mnist_edge.runtime.serve.headers import MAX_HEAD_BYTES
 
@@ -31,11 +31,9 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("hostile-log") / "server.log"
-    proc = start_server(model, log, "--no-grpc")
-    yield proc
-    assert proc.terminate() == 0, log.read_text()
-    assert "Traceback" not in log.read_text()
+    with serving(model, tmp_path_factory.mktemp("hostile-log"), "--no-grpc") as proc:
+        yield proc
+    assert "Traceback" not in proc.log.read_text()  # after the shutdown, too
 
 
 def good_body(seed: int = 0) -> tuple[bytes, np.ndarray]:

@@ -20,7 +20,7 @@ import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from click.testing import CliRunner
 from helpers.models import linear_model, pixels_model
-from helpers.serve_process import ServerProcess, start_server
+from helpers.serve_process import ServerProcess, serving
 from PIL import Image
 
 from mnist_edge.runtime.classifier import Classifier
@@ -61,10 +61,8 @@ def session(model: Path) -> ort.InferenceSession:
 
 @pytest.fixture(scope="module")
 def server(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("pixels-log") / "server.log"
-    proc = start_server(model, log)
-    yield proc
-    assert proc.terminate() == 0, log.read_text()
+    with serving(model, tmp_path_factory.mktemp("pixels-log")) as proc:
+        yield proc
 
 
 # ---------------------------------------------------------------- the library piece

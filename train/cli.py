@@ -15,7 +15,7 @@ import click
 from mnist_edge.runtime import __version__
 from mnist_edge.runtime.errors import ConfigError, MnistEdgeError
 from mnist_edge.runtime.extras import MissingExtraError, require_extras
-from mnist_edge.runtime.frontend import AliasedOption, option_of
+from mnist_edge.runtime.frontend import AliasedOption, config_error
 from mnist_edge.runtime.layout import Artifacts
 from mnist_edge.train.config import DATASETS, TrainConfig
 
@@ -163,10 +163,7 @@ def main(
 
         result = train(config, log=log)
     except ConfigError as exc:  # a bad option value: exit 2, naming the option
-        option = option_of(exc, OPTIONS)
-        if option is None:
-            raise click.UsageError(str(exc)) from None
-        raise click.BadParameter(str(exc), param_hint=option) from None
+        raise config_error(exc, OPTIONS) from None
     except MnistEdgeError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:

@@ -30,10 +30,11 @@ from mnist_edge.runtime.errors import ConfigError, first_line
 from mnist_edge.runtime.frontend import (
     ModelChoice,
     check_top_k,
+    config_error,
     invert_option,
     model_errors,
     model_options,
-    option_of,
+    top_k_option,
 )
 from mnist_edge.runtime.output import FORMATS, open_text_output, output_format
 from mnist_edge.runtime.scale.config import (
@@ -105,7 +106,7 @@ def config_from(params: dict[str, Any]) -> RayConfig:
     try:
         config = RayConfig(**given)
     except ConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint=option_of(exc) or "--provider") from None
+        raise config_error(exc, default="--provider") from None
     return config
 
 
@@ -128,12 +129,7 @@ def config_from(params: dict[str, Any]) -> RayConfig:
     help="Output format: a Parquet folder (written by the cluster), or rows through this "
     "process.  [default: from -o's extension (.csv, .jsonl, .txt), else parquet]",
 )
-@click.option(
-    "--top-k",
-    type=click.IntRange(1, None),
-    default=None,
-    help="Also report the K most probable labels.",
-)
+@top_k_option()
 @click.option(
     "-o",
     "--output",
@@ -187,7 +183,7 @@ def command(ctx: click.Context, **params: Any) -> None:
     try:
         fmt = output_format(params["fmt"], params["output"], default=PARQUET)
     except ConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint=option_of(exc) or "--format") from None
+        raise config_error(exc, default="--format") from None
     output = Output(params["output"], fmt)
     output.check()
     config = config_from(params)
@@ -228,7 +224,7 @@ def _run(
             else:
                 _write_rows(results, output.target, output.fmt, config.top_k, stats)
         except ConfigError as exc:
-            raise click.BadParameter(str(exc), param_hint=option_of(exc) or "--actors") from None
+            raise config_error(exc, default="--actors") from None
         except ray.exceptions.RayError as exc:
             raise click.ClickException(f"the Ray job failed: {_reason(exc)}") from None
     return stats, started

@@ -84,10 +84,13 @@ def digit(seed: int = 0) -> np.ndarray:
     return img
 
 
-def pixels_model(path: Path) -> Path:
-    """Write a pixels-in model around a linear core (uint8 [height, width] -> probabilities [10], label [])."""
-    from mnist_edge.export.pixels import build_pixels_model  # export's graph builder
+def linear_core(metadata: ModelMetadata, sharpness: float = 1.0) -> onnx.ModelProto:
+    """The core a pixels-in model wraps, at opset 18: image (batch, 1, 28, 28) -> softmax(flatten @ W).
 
+    Args:
+        metadata: written into metadata_props.
+        sharpness: W is scaled by it (larger: clearer labels).
+    """
     nodes = [
         helper.make_node("Flatten", ["image"], ["flat"], axis=1),
         helper.make_node("MatMul", ["flat", "W"], ["logits"]),
@@ -98,10 +101,18 @@ def pixels_model(path: Path) -> Path:
         "linear",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 28, 28])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
-        [numpy_helper.from_array(WEIGHTS * 20, "W")],  # sharper than the linear model: clear labels
+        [numpy_helper.from_array(WEIGHTS * np.float32(sharpness), "W")],
     )
     core = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     core.ir_version = 8
-    helper.set_model_props(core, ModelMetadata(model_version="1.0+test").to_props())
+    helper.set_model_props(core, metadata.to_props())
+    return core
+
+
+def pixels_model(path: Path) -> Path:
+    """Write a pixels-in model around a sharp linear core (uint8 [height, width] -> probabilities [10], label [])."""
+    from mnist_edge.export.pixels import build_pixels_model  # export's graph builder
+
+    core = linear_core(ModelMetadata(model_version="1.0+test"), sharpness=20)
     onnx.save(build_pixels_model(core, Preprocessing()), path)
     return path

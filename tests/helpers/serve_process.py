@@ -6,6 +6,7 @@ so two test runs never race for a port.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 PORT_LINE = re.compile(r"on http://127\.0\.0\.1:(\d+) (?:and grpc://127\.0\.0\.1:(\d+) )?")
@@ -103,3 +105,12 @@ def start_server(
     proc.kill()
     proc.wait()
     raise RuntimeError(f"mnist-serve not ready after {startup_timeout} s:\n{log.read_text()}")
+
+
+@contextlib.contextmanager
+def serving(model: Path, log_dir: Path, *args: str) -> Iterator[ServerProcess]:
+    """:func:`start_server` for a block (a module's fixture); at its end SIGTERM must exit 0 (else: the log)."""
+    log = log_dir / "server.log"
+    proc = start_server(model, log, *args)
+    yield proc
+    assert proc.terminate() == 0, log.read_text()
