@@ -48,14 +48,14 @@ def _reference_recipe() -> dict:
 
 
 @pytest.fixture(scope="module")
-def test_set() -> tuple[np.ndarray, np.ndarray]:
-    """The MNIST test digits uint8 (10000, 28, 28) and labels, read from data/ (numpy only)."""
-    from mnist_edge.tools.samples import SamplesError, load_test_set
+def test_set(mnist) -> tuple[np.ndarray, np.ndarray]:
+    """The MNIST test digits uint8 (10000, 28, 28) and labels, read from data/ (numpy only).
 
-    try:
-        return load_test_set(DATA_DIR)
-    except SamplesError:
-        pytest.skip("the MNIST test set is not in data/ (`make data`)")
+    ``mnist`` (conftest) prepares data/ first, from the verified mirror when offline.
+    """
+    from mnist_edge.tools.samples import load_test_set
+
+    return load_test_set(DATA_DIR)
 
 
 @pytest.fixture(scope="module")
