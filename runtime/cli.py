@@ -254,6 +254,7 @@ def _run(
                     stats.add(result)
                     if bar is not None:
                         bar.update(stats)
+            stats.stop()  # before the pipeline closes
         except DecoderError as exc:
             raise click.ClickException(f"{exc}; rerun with --workers 0") from None
         except BrokenPipeError:

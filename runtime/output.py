@@ -168,10 +168,19 @@ class RunStats:
     images: int = 0
     failures: int = 0
     started: float = field(default_factory=time.perf_counter)
+    ended: float | None = None
 
     def add(self, result: Result) -> None:
         self.images += 1
         self.failures += 0 if result.ok else 1
+
+    def stop(self) -> None:
+        """The run's work is done: its time stops here (closing things down is not the run)."""
+        self.ended = time.perf_counter()
+
+    def leave_out(self, seconds: float) -> None:
+        """Keep ``seconds`` spent on start-up during the run out of its time and rate."""
+        self.started += seconds
 
     @property
     def classified(self) -> int:
@@ -179,7 +188,7 @@ class RunStats:
 
     @property
     def seconds(self) -> float:
-        return time.perf_counter() - self.started
+        return (self.ended if self.ended is not None else time.perf_counter()) - self.started
 
     @property
     def rate(self) -> float:

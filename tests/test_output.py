@@ -115,3 +115,15 @@ def test_summary_has_no_rate_when_nothing_was_classified() -> None:
     assert stats.summary("cpu", "m").startswith(
         "2 images, 1 failed, "
     ) and "images/s (" in stats.summary("cpu", "m")
+
+
+def test_run_time_stops_with_the_work_and_leaves_start_up_out() -> None:
+    stats = RunStats(started=100.0)
+    stats.add(RESULTS[0])
+    stats.leave_out(2.0)  # start-up inside the run
+    stats.ended = 103.0  # as stop() sets it
+    assert stats.seconds == 1.0 and stats.rate == 1.0
+    stats = RunStats()
+    stats.stop()
+    stopped = stats.seconds
+    assert stats.seconds == stopped  # a stopped clock stays put

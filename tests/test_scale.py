@@ -4,13 +4,15 @@ The guarantees of the local engine, checked against its Pipeline on the same
 inputs: every input exactly once, in a result row or an error row (``.npy``
 files: one row per image); labels identical, confidences within 1e-6; a file
 deleted after listing gives an error row; a worker (task process or actor) that
-dies mid-run is replaced and its block run again.
+dies mid-run is replaced and its block run again; after a warm-up, the job's
+tasks find the model open in a worker process per CPU.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +31,7 @@ from mnist_edge.runtime.stream import Pipeline, PipelineConfig
 ray = pytest.importorskip("ray", reason="Ray is not installed: `make venv` (the scale extra)")
 
 from mnist_edge.runtime.scale import stages  # noqa: E402  (after the skip: needs ray to run)
-from mnist_edge.runtime.scale.engine import RayConfig, classify_dataset  # noqa: E402
+from mnist_edge.runtime.scale.engine import RayConfig, classify_dataset, plan_job  # noqa: E402
 
 # A hung Ray job (e.g. actors starving the read tasks, ray-project/ray#44687) fails, never blocks.
 pytestmark = pytest.mark.timeout(180)
@@ -217,6 +219,36 @@ def test_a_killed_worker_is_replaced_and_its_block_run_again(
     _check_same(rows, _local(files, model))
 
 
+def test_warm_up_opens_the_model_in_a_worker_per_cpu_for_the_job(
+    local_ray, model, inputs, tmp_path, monkeypatch
+):
+    import onnx
+
+    fresh = onnx.load(model)  # bytes no worker of this module has opened yet
+    fresh.doc_string = f"warm-up test {tmp_path.name}"
+    onnx.save(fresh, tmp_path / "fresh.onnx")
+    log = tmp_path / "opens"
+    log.mkdir()
+
+    class LogsOpen(stages.ClassifyFiles):
+        """Writes, per stage made in a task, whether its process had the model open already."""
+
+        def __init__(self, job):
+            before = stages._OPEN.get("key")
+            super().__init__(job)
+            with open(log / str(os.getpid()), "a") as f:
+                f.write("open\n" if before == stages._OPEN["key"] else "opened-in-job\n")
+
+    monkeypatch.setattr(stages, "ClassifyFiles", LogsOpen)
+    files = sorted(str(p) for p in (inputs / "b").glob("0*.png"))[:2000]
+    job = plan_job(files, tmp_path / "fresh.onnx", RayConfig(batch_size=250))
+    warm = job.warm_up()
+    assert warm.workers == 2, "the local Ray has 2 CPUs: a worker process each"
+    _check_same(job.dataset.take_all(), _local(files, tmp_path / "fresh.onnx"))
+    seen = [line for path in log.iterdir() for line in path.read_text().split()]
+    assert seen and set(seen) == {"open"}, seen
+
+
 def _invoke(*args: str):
     from mnist_edge.runtime.cli import main
 
@@ -231,6 +263,8 @@ def test_cli_parquet_folder_and_exit_codes(local_ray, model, inputs, tmp_path):
     result = _invoke(*good, "--model", str(model), "-o", str(out))
     assert result.exit_code == 0, result.output
     assert f"{len(good)} images, 0 failed" in result.stderr
+    # one block of files: one worker warmed up for it
+    assert re.search(r"Ray started in [\d.]+ s, 1 worker in [\d.]+ s\)", result.stderr)
     table = pq.read_table(out)
     assert table.column_names == list(stages.RESULT_COLUMNS)
     _check_same(table.to_pylist(), _local(good, model))

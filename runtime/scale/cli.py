@@ -36,7 +36,7 @@ from mnist_edge.runtime.frontend import (
     model_options,
     top_k_option,
 )
-from mnist_edge.runtime.output import FORMATS, open_text_output, output_format
+from mnist_edge.runtime.output import FORMATS, open_text_output, output_format, plural
 from mnist_edge.runtime.scale.config import (
     BLOCK_MAX,
     BLOCK_MIN,
@@ -194,7 +194,7 @@ def command(ctx: click.Context, **params: Any) -> None:
     stdin = sys.stdin if "-" in params["inputs"] else None
     stats, started = _run(params, config, classifier, output, stdin)
     if not params["quiet"]:
-        provider = f"{config.provider} (ray, {_pool(config)}; Ray started in {started:.1f} s)"
+        provider = f"{config.provider} (ray, {_pool(config)}; {started})"
         model = f"{choice.path} ({classifier.metadata.precision})"
         click.echo(stats.summary(provider, model), err=True)
     ctx.exit(1 if stats.failures else 0)
@@ -206,8 +206,8 @@ def _run(
     classifier: Classifier,
     output: Output,
     stdin: Any,
-) -> tuple[RunStats, float]:
-    """Start (or join) Ray, run the job and write its rows; returns the counts and Ray's start-up time."""
+) -> tuple[RunStats, str]:
+    """Start (or join) Ray, run the job and write its rows; returns the counts and the start-up."""
     from mnist_edge.runtime.output import RunStats
     from mnist_edge.runtime.scale import engine as ray_engine
 
@@ -216,18 +216,22 @@ def _run(
         started = time.perf_counter() - begun
         stats = RunStats()
         try:
-            results = ray_engine.classify_dataset(
+            job = ray_engine.plan_job(
                 params["inputs"], classifier.path, config, stdin=stdin, classifier=classifier
             )
+            warm = job.warm_up()
+            stats.leave_out(warm.seconds)  # start-up, reported apart
             if output.fmt == PARQUET and output.target is not None:  # checked by Output.check
-                _write_parquet(results, output.target, config.rows_per_file, stats)
+                _write_parquet(job.dataset, output.target, config.rows_per_file, stats)
             else:
-                _write_rows(results, output.target, output.fmt, config.top_k, stats)
+                _write_rows(job.dataset, output.target, output.fmt, config.top_k, stats)
+            stats.stop()  # before Ray shuts down
         except ConfigError as exc:
             raise config_error(exc, default="--actors") from None
         except ray.exceptions.RayError as exc:
             raise click.ClickException(f"the Ray job failed: {_reason(exc)}") from None
-    return stats, started
+    workers = plural(warm.workers, "worker") if warm.workers else "Ray Data"
+    return stats, f"Ray started in {started:.1f} s, {workers} in {warm.seconds:.1f} s"
 
 
 def _pool(config: RayConfig) -> str:

@@ -16,6 +16,11 @@ Reading, decoding and classifying in one step keeps the blocks that cross the
 object store small (file names in, result rows out) and needs one Ray task per
 block instead of one per file.
 
+:func:`plan_job` returns the same Dataset as a :class:`RayJob`, whose
+:meth:`~RayJob.warm_up` starts the worker processes (the model open in each)
+and Ray Data's services before the job runs, so that the job's time is its own
+work; ``mnist-infer --engine ray`` reports the two apart.
+
 Every input gives exactly one row (see :data:`RESULT_COLUMNS`): a prediction, or
 an error. A worker that dies (a task's process, an actor, a whole node) has its
 block run again elsewhere: Ray Data retries tasks and restarts actors by
@@ -31,8 +36,10 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
@@ -53,8 +60,18 @@ if TYPE_CHECKING:
     from mnist_edge.runtime.classifier import Classifier
 
 BYTES_BLOCK = 1024  # rows per block of a Dataset of bytes given without a batch_size
+WARM_UP_PATIENCE = 10.0  # seconds a warm-up step waits for the others to start
 
-__all__ = ["RESULT_COLUMNS", "RayConfig", "RayEngineError", "classify_dataset", "load_model"]
+__all__ = [
+    "RESULT_COLUMNS",
+    "RayConfig",
+    "RayEngineError",
+    "RayJob",
+    "WarmUp",
+    "classify_dataset",
+    "load_model",
+    "plan_job",
+]
 
 
 def _remember_missing_http_filesystem() -> None:
@@ -128,6 +145,7 @@ def classify_dataset(
     (only the list of file names passes through this process).
     Rows come in no particular order; every input gives exactly one (see
     :data:`RESULT_COLUMNS`), and results equal the local CLI's on the same files.
+    ``plan_job(...).dataset`` is the same Dataset, with :meth:`RayJob.warm_up` beside it.
 
     Args:
         inputs: local files, folders (recursive), globs, ``-`` (paths on ``stdin``),
@@ -147,11 +165,106 @@ def classify_dataset(
         ConfigError: no node can hold a worker as configured (``field`` names the setting).
         ModelError: the model file is missing or unusable.
     """
+    return plan_job(inputs, model, config, stdin=stdin, classifier=classifier).dataset
+
+
+@dataclass(frozen=True)
+class WarmUp:
+    """What :meth:`RayJob.warm_up` started.
+
+    Attributes:
+        workers: worker processes that hold the model open (0 with an actor pool).
+        seconds: how long it took.
+    """
+
+    workers: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RayJob:
+    """A classification job, planned: inputs listed, settings and model checked; nothing ran yet.
+
+    Attributes:
+        dataset: the lazy Dataset of result rows (see :func:`classify_dataset`).
+        job: what every worker of the job gets.
+        config: the job's settings.
+        blocks: blocks of files the job has (``None`` for a Dataset of bytes).
+    """
+
+    dataset: Dataset
+    job: stages.Job
+    config: RayConfig
+    blocks: int | None
+
+    def warm_up(self) -> WarmUp:
+        """Start what the job's first tasks would otherwise wait for, before the job runs.
+
+        A fresh driver's tasks wait for worker processes to start, import the runtime
+        and open the model, and its first Ray Data job for Ray Data's services (actors
+        that outlive the job). This runs one small Ray Data job with a step per CPU
+        free in the cluster (at most one per block of this job): each opens the model
+        in a worker process of its own, where the job's tasks find it open. With an
+        actor pool the actors open the model when the job starts, and this only starts
+        the services. The job then times its own work alone.
+        """
+        ray = import_ray()
+        from ray.experimental.internal_kv import _internal_kv_del
+
+        start = time.perf_counter()
+        run = uuid.uuid4().hex
+        if self.config.uses_actors:
+            steps, step = 1, stages.process_id
+        else:
+            free = int(ray.available_resources().get("CPU", 1))  # CPUs other jobs leave
+            steps = max(1, min(free, self.blocks if self.blocks is not None else free))
+            step = functools.partial(
+                stages.warm_worker,
+                model=self.job.model,
+                session=self.job.session,
+                run=run,
+                steps=steps,
+                deadline=time.time() + WARM_UP_PATIENCE,
+            )
+        warm = ray.data.range(steps, override_num_blocks=steps).map_batches(
+            step, batch_size=1, num_cpus=1
+        )
+        warm.context.op_resource_reservation_enabled = False  # a step per CPU, all at once
+        try:
+            pids = {
+                int(pid)
+                for batch in warm.iter_batches(batch_format="numpy", batch_size=None)
+                for pid in batch["pid"]
+            }
+        finally:
+            _internal_kv_del(f"{run}/", del_by_prefix=True, namespace=stages.WARM_UP_NAMESPACE)
+        workers = 0 if self.config.uses_actors else len(pids)
+        return WarmUp(workers, time.perf_counter() - start)
+
+
+def plan_job(
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Dataset,
+    model: str | os.PathLike[str],
+    config: RayConfig | None = None,
+    *,
+    stdin: TextIO | None = None,
+    classifier: Classifier | None = None,
+) -> RayJob:
+    """List the inputs and check the job (see :func:`classify_dataset` for the arguments).
+
+    Starts a local Ray if none is connected (as Ray Data would: ``RAY_ADDRESS``, else
+    one on this machine). Nothing is read or classified until ``dataset`` is consumed.
+
+    Raises:
+        RayEngineError: Ray is not installed.
+        ConfigError: no node can hold a worker as configured (``field`` names the setting).
+        ModelError: the model file is missing or unusable.
+    """
     config = config or RayConfig()
     ray = import_ray()
 
     if not ray.is_initialized():
-        ray.init()  # as Ray Data would: RAY_ADDRESS, else a local Ray
+        ray.init()
     check_resources(ray, config)
     classifier = classifier or load_model(model)
     options = ImageOptions(
@@ -162,6 +275,7 @@ def classify_dataset(
     errors: list[Source] = []
     remotes: tuple[stages.Remote, ...] = ()
     block = config.batch_size or BYTES_BLOCK
+    blocks: int | None = None
     if isinstance(inputs, ray.data.Dataset):
         files: Dataset | None = inputs
     else:
@@ -170,20 +284,12 @@ def classify_dataset(
         errors = plan.errors
         listed = len(plan.local) + sum(len(r.paths) for r in plan.remote)
         block = config.block_size(listed, ray.cluster_resources().get("CPU", 1.0))
-        blocks, remotes = file_blocks(plan, block)
+        tables, remotes = file_blocks(plan, block)
         del plan  # the names now live in the blocks
+        blocks = len(tables)
         # from_blocks, not from_arrow: from_arrow waits here for a remote task that
         # reads each table's metadata (a worker start-up before the job even begins)
-        files = ray.data.from_blocks(blocks) if blocks else None
-    failed = (
-        ray.data.from_blocks(
-            [error_table([s.path for s in errors], [s.error or "" for s in errors])]
-        )
-        if errors
-        else None
-    )
-    if files is None:
-        return failed if failed is not None else ray.data.from_blocks([error_table([], [])])
+        files = ray.data.from_blocks(tables) if tables else None
     job = stages.Job(
         model=stages.ModelBlob.read(classifier.path),
         session=SessionConfig(provider=config.provider_name, threads=1),
@@ -192,6 +298,16 @@ def classify_dataset(
         model_batch=config.model_batch,
         remotes=remotes,
     )
+    failed = (
+        ray.data.from_blocks(
+            [error_table([s.path for s in errors], [s.error or "" for s in errors])]
+        )
+        if errors
+        else None
+    )
+    if files is None:
+        empty = failed if failed is not None else ray.data.from_blocks([error_table([], [])])
+        return RayJob(empty, job, config, 0)
     stage = stages.ClassifyFiles  # looked up at call time (tests swap in one that dies)
     results = (
         _on_actors(ray, files, stage, job, config, block)
@@ -208,7 +324,7 @@ def classify_dataset(
         # One operator does all the work: Ray Data's per-operator reservation (half
         # the CPUs) only keeps CPUs idle, so the tasks may use all of them.
         results.context.op_resource_reservation_enabled = False
-    return results
+    return RayJob(results, job, config, blocks)
 
 
 def _on_actors(

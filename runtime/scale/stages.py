@@ -11,8 +11,10 @@ decoded instead of read. Everything here is plain numpy/pyarrow, runnable
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,14 +149,18 @@ class ModelBlob:
     Attributes:
         name: the file's name, for messages.
         data: the ``.onnx`` file's bytes.
+        digest: their SHA-256 (hex): a worker that has this model open opens it again only
+            for other bytes.
     """
 
     name: str
     data: bytes = field(repr=False)
+    digest: str = ""
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> ModelBlob:
-        return cls(Path(path).name, Path(path).read_bytes())
+        data = Path(path).read_bytes()
+        return cls(Path(path).name, data, hashlib.sha256(data).hexdigest())
 
 
 @dataclass(frozen=True)
@@ -196,12 +202,7 @@ class ClassifyFiles:
     """
 
     def __init__(self, job: Job) -> None:
-        from mnist_edge.runtime.classifier import Classifier
-
-        with tempfile.TemporaryDirectory(prefix="mnist-edge-worker-") as tmp:
-            path = Path(tmp) / job.model.name
-            path.write_bytes(job.model.data)
-            self.classifier: Classifier = Classifier(path, config=job.session)
+        self.classifier = open_model(job.model, job.session)
         self.job = job
         self.top_k = min(job.top_k, len(self.classifier.classes))
 
@@ -305,7 +306,61 @@ class ClassifyFiles:
             return np.array(open_array_file(local))  # a copy: the file goes with `tmp`
 
 
+_OPEN: dict[
+    str, Any
+] = {}  # this process's open model: {"key": (digest, session), "classifier": ...}
 _WORKER: dict[str, Any] = {}  # this process's stage for the current run: {"key": ..., "stage": ...}
+
+
+def open_model(model: ModelBlob, session: SessionConfig) -> Classifier:
+    """``model`` opened in this process with ``session``; opened again only for another
+    model or other settings (the process keeps the latest one open)."""
+    from mnist_edge.runtime.classifier import Classifier
+
+    key = (model.digest or hashlib.sha256(model.data).hexdigest(), session)
+    if _OPEN.get("key") != key:
+        _OPEN.clear()
+        with tempfile.TemporaryDirectory(prefix="mnist-edge-worker-") as tmp:
+            path = Path(tmp) / model.name
+            path.write_bytes(model.data)
+            _OPEN.update(key=key, classifier=Classifier(path, config=session))
+    classifier: Classifier = _OPEN["classifier"]
+    return classifier
+
+
+WARM_UP_NAMESPACE = "mnist-edge-warm-up"
+"""Where warm-up steps meet: Ray's key-value store (the GCS), one key per step's worker."""
+
+
+def warm_worker(
+    batch: dict[str, np.ndarray],
+    model: ModelBlob,
+    session: SessionConfig,
+    run: str,
+    steps: int,
+    deadline: float,
+) -> dict:
+    """A warm-up step (a Ray task): open ``model`` in this worker process, where the job's
+    tasks will find it open, then hold the worker until all ``steps`` steps of ``run`` hold
+    one (or until ``deadline``, a ``time.time()``): a step that ended at once would leave
+    its process to the next step, and a CPU without a ready worker. Returns one row
+    naming the process (``pid``)."""
+    import ray
+    from ray.experimental.internal_kv import _internal_kv_list, _internal_kv_put
+
+    open_model(model, session)
+    worker = ray.get_runtime_context().get_worker_id()
+    _internal_kv_put(f"{run}/{worker}", b"", namespace=WARM_UP_NAMESPACE)
+    while time.time() < deadline:
+        if len(_internal_kv_list(f"{run}/", namespace=WARM_UP_NAMESPACE)) >= steps:
+            break
+        time.sleep(0.02)
+    return {"pid": np.array([os.getpid()], np.int64)}
+
+
+def process_id(batch: dict[str, np.ndarray]) -> dict:
+    """A step that only names its process (``pid``): a job that starts Ray Data's services."""
+    return {"pid": np.array([os.getpid()], np.int64)}
 
 
 def classify_block(
