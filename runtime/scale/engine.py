@@ -36,7 +36,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from mnist_edge.runtime.scale import stages
 from mnist_edge.runtime.scale.config import RayConfig, RayEngineError, import_ray
 from mnist_edge.runtime.scale.inputs import InputPlan, plan_inputs
 from mnist_edge.runtime.scale.stages import RESULT_COLUMNS, error_table
+from mnist_edge.runtime.scale.warmup import WarmUp, warm_up
 from mnist_edge.runtime.session import SessionConfig
 
 if TYPE_CHECKING:
@@ -60,7 +60,6 @@ if TYPE_CHECKING:
     from mnist_edge.runtime.classifier import Classifier
 
 BYTES_BLOCK = 1024  # rows per block of a Dataset of bytes given without a batch_size
-WARM_UP_PATIENCE = 10.0  # seconds a warm-up step waits for the others to start
 
 __all__ = [
     "RESULT_COLUMNS",
@@ -169,19 +168,6 @@ def classify_dataset(
 
 
 @dataclass(frozen=True)
-class WarmUp:
-    """What :meth:`RayJob.warm_up` started.
-
-    Attributes:
-        workers: worker processes that hold the model open (0 with an actor pool).
-        seconds: how long it took.
-    """
-
-    workers: int
-    seconds: float
-
-
-@dataclass(frozen=True)
 class RayJob:
     """A classification job, planned: inputs listed, settings and model checked; nothing ran yet.
 
@@ -208,38 +194,7 @@ class RayJob:
         actor pool the actors open the model when the job starts, and this only starts
         the services. The job then times its own work alone.
         """
-        ray = import_ray()
-        from ray.experimental.internal_kv import _internal_kv_del
-
-        start = time.perf_counter()
-        run = uuid.uuid4().hex
-        if self.config.uses_actors:
-            steps, step = 1, stages.process_id
-        else:
-            free = int(ray.available_resources().get("CPU", 1))  # CPUs other jobs leave
-            steps = max(1, min(free, self.blocks if self.blocks is not None else free))
-            step = functools.partial(
-                stages.warm_worker,
-                model=self.job.model,
-                session=self.job.session,
-                run=run,
-                steps=steps,
-                deadline=time.time() + WARM_UP_PATIENCE,
-            )
-        warm = ray.data.range(steps, override_num_blocks=steps).map_batches(
-            step, batch_size=1, num_cpus=1
-        )
-        warm.context.op_resource_reservation_enabled = False  # a step per CPU, all at once
-        try:
-            pids = {
-                int(pid)
-                for batch in warm.iter_batches(batch_format="numpy", batch_size=None)
-                for pid in batch["pid"]
-            }
-        finally:
-            _internal_kv_del(f"{run}/", del_by_prefix=True, namespace=stages.WARM_UP_NAMESPACE)
-        workers = 0 if self.config.uses_actors else len(pids)
-        return WarmUp(workers, time.perf_counter() - start)
+        return warm_up(self.job, self.config, self.blocks)
 
 
 def plan_job(

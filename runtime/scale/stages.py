@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,41 +325,6 @@ def open_model(model: ModelBlob, session: SessionConfig) -> Classifier:
             _OPEN.update(key=key, classifier=Classifier(path, config=session))
     classifier: Classifier = _OPEN["classifier"]
     return classifier
-
-
-WARM_UP_NAMESPACE = "mnist-edge-warm-up"
-"""Where warm-up steps meet: Ray's key-value store (the GCS), one key per step's worker."""
-
-
-def warm_worker(
-    batch: dict[str, np.ndarray],
-    model: ModelBlob,
-    session: SessionConfig,
-    run: str,
-    steps: int,
-    deadline: float,
-) -> dict:
-    """A warm-up step (a Ray task): open ``model`` in this worker process, where the job's
-    tasks will find it open, then hold the worker until all ``steps`` steps of ``run`` hold
-    one (or until ``deadline``, a ``time.time()``): a step that ended at once would leave
-    its process to the next step, and a CPU without a ready worker. Returns one row
-    naming the process (``pid``)."""
-    import ray
-    from ray.experimental.internal_kv import _internal_kv_list, _internal_kv_put
-
-    open_model(model, session)
-    worker = ray.get_runtime_context().get_worker_id()
-    _internal_kv_put(f"{run}/{worker}", b"", namespace=WARM_UP_NAMESPACE)
-    while time.time() < deadline:
-        if len(_internal_kv_list(f"{run}/", namespace=WARM_UP_NAMESPACE)) >= steps:
-            break
-        time.sleep(0.02)
-    return {"pid": np.array([os.getpid()], np.int64)}
-
-
-def process_id(batch: dict[str, np.ndarray]) -> dict:
-    """A step that only names its process (``pid``): a job that starts Ray Data's services."""
-    return {"pid": np.array([os.getpid()], np.int64)}
 
 
 def classify_block(
