@@ -323,6 +323,25 @@ def test_cli_usage_errors_exit_2(local_ray, model, inputs, tmp_path):
     assert result.exit_code == 2 and "No such option '--workers'" in result.output
 
 
+def test_cli_refuses_an_address_where_no_cluster_listens(model, inputs, monkeypatch):
+    """Ray would retry such an address for minutes; the command says so at once, exit 2."""
+    import socket
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = Path(sys.executable).with_name("mnist-infer")  # a process of its own: no Ray yet
+    png = str(inputs / "a" / "00000.png")
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        args = [png, "--model", str(model), "--ray-address", address, "--format", "jsonl"]
+        proc = subprocess.run(
+            [str(exe), "--engine", "ray", *args], capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert f"cannot connect to {address}: nothing answers there" in proc.stderr
+
+
 def test_ray_options_belong_to_the_ray_command(model, inputs):
     """`--engine ray` hands the command line to the Ray front end; its options are its own."""
     from mnist_edge.runtime.cli import main, ray_command_line

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -258,6 +259,7 @@ def _ray_session(address: str | None, progress: bool | None) -> Iterator[Any]:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     started = False
     if not ray.is_initialized():
+        _check_reachable(address or os.environ.get("RAY_ADDRESS"))
         try:
             ray.init(
                 address=address,
@@ -276,6 +278,30 @@ def _ray_session(address: str | None, progress: bool | None) -> Iterator[Any]:
     finally:
         if started:
             ray.shutdown()
+
+
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Refuse a ``HOST:PORT`` (or ``ray://HOST:PORT``) where nothing listens, in seconds:
+    Ray itself keeps retrying such an address for minutes.
+
+    Raises:
+        click.BadParameter: nothing accepts a connection there.
+    """
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if "://" in hostport or not host or not port.isdigit():
+        return  # not a form we can probe; Ray says what it makes of it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise click.BadParameter(
+            f"cannot connect to {address}: nothing answers there ({why}); start the cluster "
+            "(`ray start --head`) or check the address",
+            param_hint="--ray-address",
+        ) from None
 
 
 def _reason(exc: BaseException) -> str:
