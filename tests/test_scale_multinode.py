@@ -24,7 +24,7 @@ ray = pytest.importorskip("ray", reason="Ray is not installed: `make venv` (the 
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from mnist_edge.runtime.scale import stages  # noqa: E402
-from mnist_edge.runtime.scale.engine import RayConfig, classify_dataset  # noqa: E402
+from mnist_edge.runtime.scale.engine import RayConfig, classify_dataset, plan_job  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -120,7 +120,11 @@ def test_work_lands_on_more_than_one_node(cluster, model, files, tmp_path, monke
     log.mkdir()
     monkeypatch.setattr(stages, "ClassifyFiles", _logging_stage(log))
     config = RayConfig(batch_size=50, actors=actors, cpus_per_actor=0.5)
-    rows = classify_dataset(files, model, config).take_all()
+    job = plan_job(files, model, config)
+    warm = job.warm_up()
+    if actors is None:  # a worker per free CPU, on every node that has one
+        assert warm.nodes > 1 and warm.workers >= warm.nodes, warm
+    rows = job.dataset.take_all()
     expected = _expected(files, model)
     assert sorted(r["path"] for r in rows) == sorted(expected)
     assert all(r["label"] == expected[r["path"]] for r in rows)

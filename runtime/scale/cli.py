@@ -232,6 +232,7 @@ def _run(
         except ray.exceptions.RayError as exc:
             raise click.ClickException(f"the Ray job failed: {_reason(exc)}") from None
     workers = plural(warm.workers, "worker") if warm.workers else "Ray Data"
+    workers += f" on {warm.nodes} nodes" if warm.nodes > 1 else ""
     return stats, f"Ray started in {started:.1f} s, {workers} in {warm.seconds:.1f} s"
 
 

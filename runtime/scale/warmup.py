@@ -14,6 +14,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -38,18 +39,31 @@ def warm_worker(
     tasks will find it open, then hold the worker until all ``steps`` steps of ``run`` hold
     one (or until ``deadline``, a ``time.time()``): a step that ended at once would leave
     its process to the next step, and a CPU without a ready worker. Returns one row
-    naming the process (``pid``)."""
+    naming the process and its node (``pid``, ``node``)."""
     import ray
-    from ray.experimental.internal_kv import _internal_kv_list, _internal_kv_put
 
     open_model(model, session)
-    worker = ray.get_runtime_context().get_worker_id()
-    _internal_kv_put(f"{run}/{worker}", b"", namespace=WARM_UP_NAMESPACE)
-    while time.time() < deadline:
-        if len(_internal_kv_list(f"{run}/", namespace=WARM_UP_NAMESPACE)) >= steps:
-            break
-        time.sleep(0.02)
-    return {"pid": np.array([os.getpid()], np.int64)}
+    node = ray.get_runtime_context().get_node_id()
+    kv = _key_value_store()
+    if kv is not None:
+        kv._internal_kv_put(
+            f"{run}/{ray.get_runtime_context().get_worker_id()}", b"", namespace=WARM_UP_NAMESPACE
+        )
+        while time.time() < deadline:
+            if len(kv._internal_kv_list(f"{run}/", namespace=WARM_UP_NAMESPACE)) >= steps:
+                break
+            time.sleep(0.02)
+    return {"pid": np.array([os.getpid()], np.int64), "node": np.array([node])}
+
+
+def _key_value_store() -> Any:
+    """Ray's key-value store API (``ray.experimental``), or ``None`` where a Ray lacks it:
+    the steps then run without meeting (fewer CPUs may get a worker ready)."""
+    try:
+        from ray.experimental import internal_kv
+    except ImportError:
+        return None
+    return internal_kv if hasattr(internal_kv, "_internal_kv_list") else None
 
 
 def process_id(batch: dict[str, np.ndarray]) -> dict:
@@ -63,10 +77,12 @@ class WarmUp:
 
     Attributes:
         workers: worker processes that hold the model open (0 with an actor pool).
+        nodes: the nodes they run on.
         seconds: how long it took.
     """
 
     workers: int
+    nodes: int
     seconds: float
 
 
@@ -74,8 +90,6 @@ def warm_up(job: Job, config: RayConfig, blocks: int | None) -> WarmUp:
     """Start a worker process per free CPU (at most ``blocks``) with ``job``'s model open,
     and Ray Data's services; with an actor pool (``config``) only the services."""
     ray = import_ray()
-    from ray.experimental.internal_kv import _internal_kv_del
-
     start = time.perf_counter()
     run = uuid.uuid4().hex
     if config.uses_actors:
@@ -95,13 +109,14 @@ def warm_up(job: Job, config: RayConfig, blocks: int | None) -> WarmUp:
         step, batch_size=1, num_cpus=1
     )
     warm.context.op_resource_reservation_enabled = False  # a step per CPU, all at once
+    workers: set[tuple[str, int]] = set()
     try:
-        pids = {
-            int(pid)
-            for batch in warm.iter_batches(batch_format="numpy", batch_size=None)
-            for pid in batch["pid"]
-        }
+        for batch in warm.iter_batches(batch_format="numpy", batch_size=None):
+            if "node" in batch:  # the model-opening steps, not the services-only one
+                workers.update(zip(map(str, batch["node"]), map(int, batch["pid"]), strict=True))
     finally:
-        _internal_kv_del(f"{run}/", del_by_prefix=True, namespace=WARM_UP_NAMESPACE)
-    workers = 0 if config.uses_actors else len(pids)
-    return WarmUp(workers, time.perf_counter() - start)
+        kv = _key_value_store()
+        if kv is not None and not config.uses_actors:
+            kv._internal_kv_del(f"{run}/", del_by_prefix=True, namespace=WARM_UP_NAMESPACE)
+    nodes = {node for node, _ in workers}
+    return WarmUp(len(workers), len(nodes), time.perf_counter() - start)
