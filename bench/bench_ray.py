@@ -47,7 +47,9 @@ from mnist_edge.runtime.layout import Artifacts
 from mnist_edge.runtime.processes import usable_cores
 from mnist_edge.tools.samples import SamplesError, load_test_set, write_samples
 
-RAY_START = re.compile(r"Ray started in ([\d.]+) s, (?:[\d,]+ workers?(?: on \d+ nodes)?|Ray Data) in ([\d.]+) s")
+RAY_START = re.compile(
+    r"Ray started in ([\d.]+) s, (?:[\d,]+ workers?(?: on \d+ nodes)?|Ray Data) in ([\d.]+) s"
+)
 TIMES = (1, 10)  # 10k, and 100k (the folder listed ten times)
 
 
