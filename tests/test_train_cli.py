@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,6 +140,13 @@ def test_old_option_spelling_still_works_but_is_not_shown(runner, tmp_path, no_d
     result = runner.invoke(cli.main, ["--out", str(blocker / "out")])
     assert result.exit_code == 2, result.output
     assert "Invalid value for --out-dir: output folder" in result.output
+
+
+def test_help_and_option_errors_come_before_torch_loads() -> None:
+    """``mnist-train --help`` answers at once: importing the command loads no torch."""
+    code = "import sys, mnist_edge.train.cli; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
 
 
 def test_dataset_names_match_the_data_module() -> None:

@@ -91,12 +91,10 @@ class TrainConfig:
         Raises:
             TrainError: the first bad value, named with the fix.
         """
-        from mnist_edge.train.data import DataConfig, DataError
-
-        try:
-            _ = DataConfig(dataset=self.dataset).spec
-        except DataError as exc:
-            raise TrainError(str(exc), "dataset") from None
+        if self.dataset not in DATASETS:  # the names train.data knows, without loading torch
+            raise TrainError(
+                f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}", "dataset"
+            )
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if value < 1:
