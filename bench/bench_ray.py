@@ -48,7 +48,7 @@ from mnist_edge.runtime.processes import usable_cores
 from mnist_edge.tools.samples import SamplesError, load_test_set, write_samples
 
 RAY_START = re.compile(
-    r"Ray started in ([\d.]+) s, (?:[\d,]+ workers?(?: on \d+ nodes)?|Ray Data) in ([\d.]+) s"
+    r"Ray started in ([\d.]+) s(?:, (?:[\d,]+ workers?(?: on \d+ nodes)?|Ray Data) in ([\d.]+) s)?"
 )
 TIMES = (1, 10)  # 10k, and 100k (the folder listed ten times)
 
@@ -87,7 +87,7 @@ def cli_run(model: Path, png_dir: Path, times: int, engine: str) -> dict:
         "images_per_s": summary.images_per_s,
         "job_s": summary.seconds,
         "startup_s": float(started.group(1)) if started else 0.0,
-        "workers_s": float(started.group(2)) if started else 0.0,
+        "workers_s": float(started.group(2)) if started and started.group(2) else 0.0,
         "wall_s": round(wall, 2),
     }
 

@@ -275,6 +275,12 @@ def test_cli_parquet_folder_and_exit_codes(local_ray, model, inputs, tmp_path):
     assert "7 images, 2 failed" in result.stderr
     _check_same(pq.read_table(out).to_pylist(), _local(bad, model))
 
+    missing = [str(inputs / "missing.png")]  # nothing to read: no worker is started for it
+    result = _invoke(*missing, "--model", str(model), "--format", "jsonl")
+    assert result.exit_code == 1, result.output
+    assert "1 image, 1 failed" in result.stderr and "worker" not in result.stderr
+    assert json.loads(result.stdout)["error"] == "no such file or directory"
+
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_cli_text_formats_match_the_local_cli(local_ray, model, inputs, tmp_path, fmt):

@@ -231,9 +231,13 @@ def _run(
             raise config_error(exc, default="--actors") from None
         except ray.exceptions.RayError as exc:
             raise click.ClickException(f"the Ray job failed: {_reason(exc)}") from None
-    workers = plural(warm.workers, "worker") if warm.workers else "Ray Data"
-    workers += f" on {warm.nodes} nodes" if warm.nodes > 1 else ""
-    return stats, f"Ray started in {started:.1f} s, {workers} in {warm.seconds:.1f} s"
+    startup = f"Ray started in {started:.1f} s"
+    if warm.workers:
+        nodes = f" on {warm.nodes} nodes" if warm.nodes > 1 else ""
+        startup += f", {plural(warm.workers, 'worker')}{nodes} in {warm.seconds:.1f} s"
+    elif config.uses_actors:
+        startup += f", Ray Data in {warm.seconds:.1f} s"
+    return stats, startup
 
 
 def _pool(config: RayConfig) -> str:

@@ -88,7 +88,10 @@ class WarmUp:
 
 def warm_up(job: Job, config: RayConfig, blocks: int | None) -> WarmUp:
     """Start a worker process per free CPU (at most ``blocks``) with ``job``'s model open,
-    and Ray Data's services; with an actor pool (``config``) only the services."""
+    and Ray Data's services; with an actor pool (``config``) only the services; nothing
+    for a job of no blocks."""
+    if blocks == 0:  # every input failed before reading: no task will run
+        return WarmUp(0, 0, 0.0)
     ray = import_ray()
     start = time.perf_counter()
     run = uuid.uuid4().hex
