@@ -13,6 +13,12 @@ data extension as tritonclient sends it, one image per request):
 * one client, one request at a time (no batching possible);
 * ``--clients`` (64) concurrent clients, so the server coalesces requests.
 
+The same two phases run over gRPC (``grpc.aio`` clients on one channel, the
+tensor in ``raw_input_contents`` as tritonclient sends it) against one more
+server with the default settings, in the same rounds, so HTTP and gRPC are
+compared side by side; the server's CPU time per request is the figure the
+clients' own cost does not blur.
+
 Each phase is bounded in requests and in seconds. Reports requests/s, p50/p99
 latency and the mean rows per model call (the server's statistics), checks that
 every answer is the local model's label, checks the goals (one client: p50 at
@@ -134,13 +140,59 @@ async def _phase(
     return load
 
 
-def _run(coroutine: Coroutine[Any, Any, Load]) -> Load:
-    """Run the load generator on uvloop when it is there (it is, with the serve extra)."""
+def _grpc_request(x: np.ndarray) -> Any:
+    """An infer request with the tensor in ``raw_input_contents`` (as tritonclient sends it)."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name="mnist")
+    request.inputs.add(name="image", datatype="FP32", shape=list(x.shape))
+    request.raw_input_contents.append(x.tobytes())
+    return request
+
+
+async def _grpc_client(
+    stub: Any, requests: list[Any], labels: list[int], load: Load, k: int
+) -> None:
+    import grpc
+
+    i = k
+    while load.take():
+        start = time.perf_counter()
+        try:
+            reply = await stub.ModelInfer(requests[i % INPUTS])
+        except grpc.aio.AioRpcError:
+            load.wrong += 1
+        else:
+            load.latencies.append(time.perf_counter() - start)
+            probs = np.frombuffer(reply.raw_output_contents[0], "<f4")
+            if len(probs) == 0 or int(probs.argmax()) != labels[i % INPUTS]:
+                load.wrong += 1
+        i += 1
+
+
+async def _grpc_phase(
+    port: int, requests: list[Any], labels: list[int], clients: int, count: int, seconds: float
+) -> Load:
+    import grpc
+    from tritonclient.grpc import service_pb2_grpc
+
+    load = Load(count, seconds)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        await asyncio.gather(
+            *(_grpc_client(stub, requests, labels, load, k) for k in range(clients))
+        )
+    return load
+
+
+def _run(coroutine: Coroutine[Any, Any, Load], uvloop_ok: bool = True) -> Load:
+    """Run the load generator on uvloop when it is there (it is, with the serve extra);
+    gRPC's asyncio clients on the standard loop (``uvloop_ok=False``)."""
     try:
         import uvloop
     except ImportError:
         return asyncio.run(coroutine)
-    return uvloop.run(coroutine)
+    return uvloop.run(coroutine) if uvloop_ok else asyncio.run(coroutine)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -159,18 +211,24 @@ def _stats(server: ServerProcess) -> tuple[int, int]:
 
 def run_phase(
     server: ServerProcess,
-    requests: list[bytes],
+    requests: list[Any],
     labels: list[int],
     clients: int,
     count: int,
     seconds: float,
     with_latencies: bool = False,
+    grpc: bool = False,
 ) -> Any:
-    """One phase's figures (and, ``with_latencies``, its latencies in seconds)."""
+    """One phase's figures (and, ``with_latencies``, its latencies in seconds); over gRPC
+    with ``grpc`` (``requests`` are then ``ModelInferRequest`` messages)."""
     rows0, calls0 = _stats(server)
     cpu0, own0 = _cpu_seconds(server.pid), time.process_time()
     start = time.perf_counter()
-    load = _run(_phase(server.port, requests, labels, clients, count, seconds))
+    if grpc:
+        port, phase = server.grpc_port, _grpc_phase
+    else:
+        port, phase = server.port, _phase
+    load = _run(phase(port, requests, labels, clients, count, seconds), uvloop_ok=not grpc)
     wall = time.perf_counter() - start
     cpu1, own1 = _cpu_seconds(server.pid), time.process_time()
     rows1, calls1 = _stats(server)
@@ -193,14 +251,15 @@ def run_phase(
 
 def markdown(section: dict) -> str:
     rows = [
-        "| --max-wait-ms | clients | requests | requests/s | p50 (ms) | p99 (ms) "
+        "| protocol | --max-wait-ms | clients | requests | requests/s | p50 (ms) | p99 (ms) "
         "| images per model call | server CPU per request (ms) | client CPU per request (ms) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in section["runs"]:
         for phase in run["phases"]:
             rows.append(
-                f"| {run['max_wait_ms']:g} | {phase['clients']} | {phase['requests']:,} | "
+                f"| {run['protocol']} | {run['max_wait_ms']:g} | {phase['clients']} | "
+                f"{phase['requests']:,} | "
                 f"{phase['requests_per_s']:,.0f} | {phase['p50_ms']:.2f} | {phase['p99_ms']:.2f} | "
                 f"{phase['mean_batch']:.1f} | {phase['server_cpu_ms']:.3f} | "
                 f"{phase['client_cpu_ms']:.3f} |"
@@ -210,6 +269,17 @@ def markdown(section: dict) -> str:
     rows += [""]
     for goal in section["goals"]:
         rows.append(f"- {goal['goal']}: {goal['measured']} ({'met' if goal['met'] else 'NOT met'})")
+    grpc = next((r for r in section["runs"] if r["protocol"] == "grpc"), None)
+    http = next(
+        (r for r in section["runs"] if r["protocol"] == "http" and r["max_wait_ms"] == 0), None
+    )
+    if grpc is not None and http is not None:
+        for g, h in zip(grpc["phases"], http["phases"], strict=True):
+            rows.append(
+                f"- gRPC vs HTTP, {g['clients']} client(s), --max-wait-ms 0: "
+                f"{g['requests_per_s'] / h['requests_per_s']:.2f}x the requests/s, "
+                f"{g['server_cpu_ms'] / h['server_cpu_ms']:.2f}x the server CPU per request."
+            )
     rows += [
         f"- Throughput at {first['phases'][-1]['clients']} clients, --max-wait-ms "
         f"{first['max_wait_ms']:g}: {first['speedup']:.1f}x the one-at-a-time rate.",
@@ -244,13 +314,16 @@ def _merge(parts: list[dict[str, float | int]], latencies: list[np.ndarray]) -> 
 def measure_side_by_side(
     args: argparse.Namespace, xs: list[np.ndarray], labels: list[int]
 ) -> list[dict]:
-    """One server per ``--max-wait-ms`` setting, all started at once; their phases interleaved
-    over ``--rounds`` rounds, so a change in the machine's load falls on every setting alike."""
-    waits = list(args.max_wait_ms)
+    """One HTTP server per ``--max-wait-ms`` setting and one more with the default setting
+    for gRPC, all started at once; their phases interleaved over ``--rounds`` rounds, so a
+    change in the machine's load falls on every setting and protocol alike."""
+    # (protocol, --max-wait-ms) of each server; gRPC at the server's default wait
+    setups = [("http", wait) for wait in args.max_wait_ms] + [("grpc", 0.0)]
+    threads = ["--threads", str(args.threads)] if args.threads else []
     with tempfile.TemporaryDirectory(prefix="mnist-serve-bench-") as tmp:
         servers: list[ServerProcess] = []
         try:
-            for i, wait in enumerate(waits):
+            for i, (protocol, wait) in enumerate(setups):
                 servers.append(
                     start_server(
                         args.model,
@@ -259,39 +332,45 @@ def measure_side_by_side(
                         str(args.max_batch),
                         "--max-wait-ms",
                         str(wait),
-                        "--no-grpc",
-                        *(["--threads", str(args.threads)] if args.threads else []),
+                        *(["--no-grpc"] if protocol == "http" else []),
+                        *threads,
                     )
                 )
-            requests = {id(s): [_request(s.port, x) for x in xs] for s in servers}
-            for server in servers:
-                run_phase(server, requests[id(server)], labels, 8, 400, args.seconds)  # warm-up
+            requests = [
+                [_grpc_request(x) if protocol == "grpc" else _request(s.port, x) for x in xs]
+                for (protocol, _), s in zip(setups, servers, strict=True)
+            ]
+            for i, server in enumerate(servers):  # warm-up
+                grpc = setups[i][0] == "grpc"
+                run_phase(server, requests[i], labels, 8, 400, args.seconds, grpc=grpc)
             parts: dict[tuple[int, int], list[tuple[dict, np.ndarray]]] = {}
             per_round = args.seconds / args.rounds
             plan = [(1, args.serial_requests), (args.clients, args.concurrent_requests)]
             for r in range(args.rounds):
                 for i, server in enumerate(servers):
+                    protocol, wait = setups[i]
                     for clients, count in plan:
                         print(
-                            f"round {r + 1}/{args.rounds}: --max-wait-ms {waits[i]:g}, "
+                            f"round {r + 1}/{args.rounds}: {protocol}, --max-wait-ms {wait:g}, "
                             f"{clients} client(s) ...",
                             file=sys.stderr,
                         )
                         phase, latencies = run_phase(
-                            server, requests[id(server)], labels, clients,
-                            count // args.rounds, per_round, with_latencies=True,
+                            server, requests[i], labels, clients, count // args.rounds,
+                            per_round, with_latencies=True, grpc=protocol == "grpc",
                         )  # fmt: skip
                         parts.setdefault((i, clients), []).append((phase, latencies))
         finally:
             codes = [s.terminate() for s in servers]
     runs = []
-    for i, wait in enumerate(waits):
+    for i, (protocol, wait) in enumerate(setups):
         phases = [
             _merge([p for p, _ in parts[(i, c)]], [lat for _, lat in parts[(i, c)]])
             for c, _ in plan
         ]
         runs.append(
             {
+                "protocol": protocol,
                 "max_wait_ms": wait,
                 "exit_code": codes[i],
                 "phases": phases,
@@ -303,8 +382,9 @@ def measure_side_by_side(
 
 def goals(runs: list[dict], goal_p50_ms: float) -> list[dict]:
     """The serving goals, checked on the runs (the first run is the no-wait default)."""
-    no_wait = next((r for r in runs if r["max_wait_ms"] == 0), None)
-    waited = next((r for r in runs if r["max_wait_ms"] > 0), None)
+    http = [r for r in runs if r["protocol"] == "http"]
+    no_wait = next((r for r in http if r["max_wait_ms"] == 0), None)
+    waited = next((r for r in http if r["max_wait_ms"] > 0), None)
     out = []
     if no_wait is not None:
         p50 = no_wait["phases"][0]["p50_ms"]
