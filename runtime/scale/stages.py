@@ -305,10 +305,10 @@ class ClassifyFiles:
             return np.array(open_array_file(local))  # a copy: the file goes with `tmp`
 
 
-_OPEN: dict[
-    str, Any
-] = {}  # this process's open model: {"key": (digest, session), "classifier": ...}
-_WORKER: dict[str, Any] = {}  # this process's stage for the current run: {"key": ..., "stage": ...}
+# This process's open model ({"key": (digest, session), "classifier": ...}) and its stage
+# for the current run ({"key": run, "stage": ...}).
+_OPEN: dict[str, Any] = {}
+_WORKER: dict[str, Any] = {}
 
 
 def open_model(model: ModelBlob, session: SessionConfig) -> Classifier:
