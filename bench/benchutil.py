@@ -13,7 +13,7 @@ from mnist_edge.runtime.atomic import atomic_write_text
 BENCH_JSON = Path("artifacts") / "bench.json"
 """Where every benchmark merges its section (``--out`` changes it)."""
 
-# The summary line of mnist-infer (both engines): "10,000 images, 0 failed, 15,140 images/s (0.66 s), ..."
+# The summary line of mnist-infer (both engines): "N images, F failed, R images/s (T s), ..."
 _SUMMARY = re.compile(r"([\d,]+) images?, ([\d,]+) failed(?:, ([\d,]+) images/s)? \(([\d.]+) s\)")
 
 
