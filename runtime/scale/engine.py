@@ -184,16 +184,8 @@ class RayJob:
     blocks: int | None
 
     def warm_up(self) -> WarmUp:
-        """Start what the job's first tasks would otherwise wait for, before the job runs.
-
-        A fresh driver's tasks wait for worker processes to start, import the runtime
-        and open the model, and its first Ray Data job for Ray Data's services (actors
-        that outlive the job). This runs one small Ray Data job with a step per CPU
-        free in the cluster (at most one per block of this job): each opens the model
-        in a worker process of its own, where the job's tasks find it open. With an
-        actor pool the actors open the model when the job starts, and this only starts
-        the services. The job then times its own work alone.
-        """
+        """Start a worker per free CPU with the model open, and Ray Data's services, before
+        the job runs, so that the job times its own work (see :mod:`.warmup`)."""
         return warm_up(self.job, self.config, self.blocks)
 
 

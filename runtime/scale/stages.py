@@ -148,18 +148,14 @@ class ModelBlob:
     Attributes:
         name: the file's name, for messages.
         data: the ``.onnx`` file's bytes.
-        digest: their SHA-256 (hex): a worker that has this model open opens it again only
-            for other bytes.
     """
 
     name: str
     data: bytes = field(repr=False)
-    digest: str = ""
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> ModelBlob:
-        data = Path(path).read_bytes()
-        return cls(Path(path).name, data, hashlib.sha256(data).hexdigest())
+        return cls(Path(path).name, Path(path).read_bytes())
 
 
 @dataclass(frozen=True)
@@ -305,7 +301,7 @@ class ClassifyFiles:
             return np.array(open_array_file(local))  # a copy: the file goes with `tmp`
 
 
-# This process's open model ({"key": (digest, session), "classifier": ...}) and its stage
+# This process's open model ({"key": (sha256, session), "classifier": ...}) and its stage
 # for the current run ({"key": run, "stage": ...}).
 _OPEN: dict[str, Any] = {}
 _WORKER: dict[str, Any] = {}
@@ -316,7 +312,7 @@ def open_model(model: ModelBlob, session: SessionConfig) -> Classifier:
     model or other settings (the process keeps the latest one open)."""
     from mnist_edge.runtime.classifier import Classifier
 
-    key = (model.digest or hashlib.sha256(model.data).hexdigest(), session)
+    key = (hashlib.sha256(model.data).hexdigest(), session)
     if _OPEN.get("key") != key:
         _OPEN.clear()
         with tempfile.TemporaryDirectory(prefix="mnist-edge-worker-") as tmp:
