@@ -38,7 +38,7 @@ OV_BENCH_ARGS ?=
 
 help: ## Show this help
 	@echo "mnist-edge — make targets (a fresh clone needs nothing but python3):"
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "Variables: DATASET=mnist|fashion-mnist  DEVICE=auto|cpu|cuda  ARGS='extra CLI options'"
 
 $(STAMP): pyproject.toml
@@ -118,6 +118,14 @@ test-openvino: $(STAMP) ## OpenVINO tests (tests/test_openvino.py) in .venv-open
 	  $(MAKE) --no-print-directory $(OV_MODELS)/mnist.int8.onnx && \
 	  MNIST_EDGE_OPENVINO_MODELS=$(OV_MODELS) $(OV_BIN)/python -m pytest tests/test_openvino.py $(OV_TEST_ARGS); \
 	else echo "test-openvino: skipped, onnxruntime-openvino cannot be installed here (pip's message above)"; fi
+
+# The runtime on aarch64 Linux: an arm64 Debian root (debootstrap + qemu-user-static, cached in
+# ~/.cache/mnist-edge), the project installed there with '.[cpu,serve]', answers compared with this
+# machine's (tests/arm64/run.sh). Needs root; not part of `make test`.
+.PHONY: test-arm64
+test-arm64: $(STAMP) ## aarch64: mnist-infer, the Python API and mnist-serve in an emulated arm64 Debian, vs x86's answers
+	@test -e data/MNIST/raw/t10k-images-idx3-ubyte || $(BIN)/mnist-train --dataset mnist --prepare-only
+	HOST_PYTHON=$(BIN)/python tests/arm64/run.sh
 
 bench-openvino: $(STAMP) ## CPU vs OpenVINO provider, fp32 and int8 files, paired (in .venv-openvino) -> artifacts/bench.json
 	@if $(MAKE) --no-print-directory $(OV_STAMP); then \
