@@ -190,3 +190,10 @@ t2=$SECONDS
 # shellcheck disable=SC2086 # ARGS: pytest options, split on purpose
 in_root env MNIST_EDGE_ARM64_CASE=/opt/case sh -c 'cd /opt/mnist-edge && exec python -m pytest -p no:cacheprovider tests/arm64/test_arm64.py "$@"' pytest $ARGS
 echo "test-arm64: tests took $((SECONDS - t2)) s; $((SECONDS - t0)) s in all"
+"$HOST_PYTHON" - "$ROOT/opt/case/measured.json" <<'PY'
+import json, sys
+worst = json.load(open(sys.argv[1]))
+print("test-arm64: labels equal to x86's; max |dp| per check:")
+for check, dp in worst.items():
+    print(f"  {check:42} {dp:.1e}")
+PY

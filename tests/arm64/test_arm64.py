@@ -42,8 +42,24 @@ def inputs() -> list[str]:
     return ["digits.npy", *EXPECTED["pictures"]]
 
 
-def assert_same(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
-    """Same paths and labels in the same order; each of the ten probabilities within PROB_ATOL."""
+@pytest.fixture(scope="module")
+def measured() -> Iterator[dict[str, float]]:
+    """The largest |dp| per check, written to the case's ``measured.json`` for run.sh's summary."""
+    from mnist_edge.runtime.atomic import atomic_write_text
+
+    worst: dict[str, float] = {}
+    yield worst
+    if CASE is not None and worst:
+        atomic_write_text(
+            CASE / "measured.json", json.dumps(worst, indent=1, sort_keys=True) + "\n"
+        )
+
+
+def assert_same(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> float:
+    """Same paths and labels in the same order; each of the ten probabilities within PROB_ATOL.
+
+    Returns the largest |dp|.
+    """
     assert [(r["path"], r.get("label"), r.get("error")) for r in got] == [
         (r["path"], r.get("label"), r.get("error")) for r in want
     ]
@@ -54,6 +70,7 @@ def assert_same(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
         assert gp.keys() == wp.keys(), g["path"]
         worst = max(worst, *(abs(gp[k] - wp[k]) for k in wp))
     assert worst <= PROB_ATOL, f"max |dp| {worst:.2e} > {PROB_ATOL:.0e}"
+    return worst
 
 
 def test_runs_on_aarch64() -> None:
@@ -62,7 +79,7 @@ def test_runs_on_aarch64() -> None:
 
 
 @pytest.mark.parametrize("name", EXPECTED["models"])
-def test_mnist_infer(name: str) -> None:
+def test_mnist_infer(name: str, measured: dict[str, float]) -> None:
     """``mnist-infer`` end to end: the .npy digits and the pictures, jsonl with all ten probabilities."""
     assert CASE is not None
     mnist_infer = str(Path(sys.executable).with_name("mnist-infer"))  # the venv's console script
@@ -76,18 +93,18 @@ def test_mnist_infer(name: str) -> None:
     )
     assert out.returncode == 0, out.stderr
     got = [json.loads(line) for line in out.stdout.splitlines()]
-    assert_same(got, EXPECTED["infer"][name])
+    measured[f"mnist-infer {name}"] = assert_same(got, EXPECTED["infer"][name])
 
 
 @pytest.mark.parametrize("name", EXPECTED["models"])
-def test_python_api(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_python_api(name: str, monkeypatch: pytest.MonkeyPatch, measured: dict[str, float]) -> None:
     """``mnist_edge.runtime.classify`` in this process gives the same records."""
     from mnist_edge.runtime import classify
 
     assert CASE is not None
     monkeypatch.chdir(CASE)
     got = classify(inputs(), model=Path("models") / name, top_k=10, provider="cpu")
-    assert_same(got, EXPECTED["infer"][name])
+    measured[f"classify {name}"] = assert_same(got, EXPECTED["infer"][name])
 
 
 @pytest.fixture(scope="module", params=sorted(EXPECTED["served"]))
@@ -108,16 +125,18 @@ def digits():
     return np.load(CASE / "digits.npy")[:, None].astype(np.float32) / 255.0  # (N, 1, 28, 28)
 
 
-def assert_served(name: str, probabilities: Any) -> None:
+def assert_served(name: str, probabilities: Any) -> float:
+    """The served model's labels equal x86's and its probabilities are within PROB_ATOL; returns max |dp|."""
     import numpy as np
 
     want = np.asarray(EXPECTED["served"][name], dtype=np.float32)
     got = np.asarray(probabilities, dtype=np.float32).reshape(want.shape)
     assert got.argmax(1).tolist() == want.argmax(1).tolist()
     np.testing.assert_allclose(got, want, rtol=0, atol=PROB_ATOL)
+    return float(np.abs(got - want).max())
 
 
-def test_serve_http(server: Any) -> None:
+def test_serve_http(server: Any, measured: dict[str, float]) -> None:
     """``POST /v2/models/mnist/infer`` with a JSON tensor (the Open Inference Protocol's REST form)."""
     name, proc = server
     x = digits()
@@ -133,10 +152,10 @@ def test_serve_http(server: Any) -> None:
         conn.close()
     assert reply.status == 200, data
     (output,) = [o for o in data["outputs"] if o["name"] == "probabilities"]
-    assert_served(name, output["data"])
+    measured[f"mnist-serve HTTP {name}"] = assert_served(name, output["data"])
 
 
-def test_serve_grpc(server: Any) -> None:
+def test_serve_grpc(server: Any, measured: dict[str, float]) -> None:
     """``ModelInfer`` over gRPC with tritonclient (tensors as raw bytes, its default)."""
     import tritonclient.grpc as tgrpc
 
@@ -149,4 +168,4 @@ def test_serve_grpc(server: Any) -> None:
         result = client.infer("mnist", [tensor], client_timeout=120)
     finally:
         client.close()
-    assert_served(name, result.as_numpy("probabilities"))
+    measured[f"mnist-serve gRPC {name}"] = assert_served(name, result.as_numpy("probabilities"))
