@@ -74,6 +74,7 @@ bench: $(STAMP) ## Benchmarks: training, model-only and end-to-end inference, se
 	$(BIN)/python bench/bench_train.py $(TRAIN_BENCH_ARGS)
 	$(BIN)/python bench/bench_infer.py $(INFER_BENCH_ARGS)
 	@$(MAKE) --no-print-directory bench-openvino
+	@$(MAKE) --no-print-directory venv-mlserver || echo "bench: MLServer peer skipped (pip's message above)"
 	$(BIN)/python bench/bench_serve.py $(SERVE_BENCH_ARGS)
 	$(BIN)/python bench/bench_ray.py $(RAY_BENCH_ARGS)
 
@@ -131,6 +132,17 @@ bench-openvino: $(STAMP) ## CPU vs OpenVINO provider, fp32 and int8 files, paire
 	@if $(MAKE) --no-print-directory $(OV_STAMP); then \
 	  $(OV_BIN)/python bench/bench_infer.py --providers-only $(OV_BENCH_ARGS); \
 	else echo "bench-openvino: skipped, onnxruntime-openvino cannot be installed here (pip's message above)"; fi
+
+# .venv-mlserver: Seldon MLServer, the peer bench_serve.py measures mnist-serve against (bench/mlserver/).
+ML_VENV  ?= .venv-mlserver
+ML_STAMP := $(ML_VENV)/.installed
+$(ML_STAMP):
+	@test -x $(ML_VENV)/bin/python || $(PYTHON) -m venv $(ML_VENV)
+	$(ML_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'mlserver>=1.7,<1.8' 'uvloop<0.21' onnxruntime
+	@touch $@
+
+.PHONY: venv-mlserver
+venv-mlserver: $(ML_STAMP) ## Create .venv-mlserver (Seldon MLServer + onnxruntime) for bench_serve.py's paired figures
 
 lint: $(STAMP) ## ruff check + format check + mypy type check of the package
 	$(BIN)/ruff check .
