@@ -67,6 +67,10 @@ bundle: $(STAMP) ## Copy the validated reference model from artifacts/ into the 
 parity: $(STAMP) ## Compare PyTorch, ONNX fp32 and int8 on the full test set
 	$(BIN)/mnist-export --parity-only $(ARGS)
 
+.PHONY: c
+c: $(STAMP) ## C99 libraries for microcontrollers from the .onnx files -> artifacts/c/fp32, artifacts/c/int8 (validated)
+	$(BIN)/mnist-export --c $(ARGS)
+
 samples: $(STAMP) ## Write some test-set digits (and photo-like variants) into images/
 	$(BIN)/mnist-samples images $(ARGS)
 

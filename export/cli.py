@@ -133,6 +133,13 @@ def _progress(line: str) -> None:
     is_flag=True,
     help="Export nothing: compare the existing files in --out-dir with the checkpoint.",
 )
+@click.option(
+    "--c",
+    "c_library",
+    is_flag=True,
+    help="Export nothing else: write the C libraries (--out-dir/c/fp32 and c/int8) from the "
+    ".onnx files in --out-dir, validated against ONNX Runtime (docs/c.md).",
+)
 @click.version_option(__version__, prog_name="mnist-export")
 def main(
     checkpoint: Path,
@@ -152,6 +159,7 @@ def main(
     allow_mismatch: bool,
     eval_limit: int | None,
     parity_only: bool,
+    c_library: bool,
 ) -> None:
     """Export artifacts/model.pt to a validated ONNX model (fp32 and int8).
 
@@ -167,6 +175,9 @@ def main(
     from mnist_edge.export.report import parity_table
     from mnist_edge.export.verify import ValidationError
 
+    if c_library:
+        _export_c(out_dir, data_dir, eval_limit, pixels_images)
+        return
     if not checkpoint.is_file():
         raise click.BadParameter(
             f"{checkpoint} does not exist; run `make train` first or pass --checkpoint PATH",
@@ -238,3 +249,34 @@ def main(
             f"WARNING: {len(report.failures)} validation failures; files written because of --allow-mismatch",
             err=True,
         )
+
+
+def _export_c(out_dir: Path, data_dir: Path, eval_limit: int | None, pixels_images: int) -> None:
+    """``--c``: the C libraries from the files already in ``out_dir``."""
+    from mnist_edge.export.c.build import BuildError
+    from mnist_edge.export.c.check import CConfig, CExportError, export_c
+    from mnist_edge.export.c.network import NetworkError
+
+    config = CConfig(data_dir=data_dir, digit_limit=eval_limit, pictures_per_variant=pixels_images)
+    try:
+        written = export_c(out_dir, out_dir / "c", config, _progress)
+    except CExportError as exc:
+        for failure in exc.failures:
+            click.echo(f"  - {failure}", err=True)
+        raise click.ClickException(exc.summary) from exc
+    except (BuildError, NetworkError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for lib, check in written:
+        t = lib.target
+        m4 = (
+            f"; Cortex-M4: flash {t.flash / 1024:.1f} KiB, static RAM {t.static_ram} B, "
+            f"stack <= {lib.stack_bound} B"
+            if t
+            else ""
+        )
+        click.echo(
+            f"wrote {lib.folder}/ ({lib.precision}: {check.digits} digits, labels "
+            f"{check.agreement:.2%} equal to ONNX Runtime, max |dp| {check.max_abs_diff:.1e}; "
+            f"{check.pictures} frames {check.frame_agreement:.2%} equal to the pixels-in file{m4})"
+        )
+    click.echo(f"wrote {out_dir / 'c' / 'c.json'}")

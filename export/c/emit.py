@@ -93,7 +93,8 @@ def weights(net: Network, input_table: np.ndarray | None) -> str:
     if net.precision == "fp32":
         parts.append(f"static const float pixel_divisor = {c_float(net.divisor)};\n")
     else:
-        assert input_table is not None  # noqa: S101 - emit_library always passes it for int8
+        if input_table is None:
+            raise ValueError("an int8 network needs its input table")
         parts.append("/* QuantizeLinear(pixel / divisor) for every pixel value, by ONNX Runtime. */\n")  # fmt: skip
         parts.append(c_array("input_table", input_table.astype(np.uint8), "256"))
     for i, c in enumerate(net.convs, 1):
@@ -127,8 +128,8 @@ def classify(net: Network) -> str:
         src, dst = ("a", "b") if i % 2 else ("b", "a")
         args = f"{src}, {h}, {w}, CONV{i}_IN_C, conv{i}_weights, conv{i}_bias"
         if int8:
-            assert c.out_quant is not None  # noqa: S101 - read_network sets it for int8
-            call = f"conv_relu_pool_q({args}, conv{i}_scales,\n                     CONV{i}_OUT_C, CONV{i}_K, POOL{i}, {c.out_quant.zero_point}, {dst});"  # fmt: skip
+            zero = c.out_quant.zero_point if c.out_quant else 0
+            call = f"conv_relu_pool_q({args}, conv{i}_scales,\n                     CONV{i}_OUT_C, CONV{i}_K, POOL{i}, {zero}, {dst});"  # fmt: skip
         else:
             call = f"conv_relu_pool({args},\n                   CONV{i}_OUT_C, CONV{i}_K, POOL{i}, {dst});"
         body.append(f"    {call}")
@@ -154,7 +155,7 @@ def model_source(net: Network, source: str, input_table: np.ndarray | None) -> s
         [
             f"/* mnist_model.c: {source} ({net.precision}) as C99, written by `mnist-export --c`.\n"
             " * The weights, shapes and scales are the ONNX file's; regenerate rather than edit. */\n",
-            "#include <math.h>\n#include <stdint.h>\n\n#include \"mnist.h\"\n",
+            '#include <math.h>\n#include <stdint.h>\n\n#include "mnist.h"\n',
             sizes_enum(net, plan(net)),
             weights(net, input_table),
             kernels,

@@ -42,26 +42,32 @@ class CLibrary:
     files: list[Path] = field(default_factory=list)
 
     @property
+    def stack_bound(self) -> int | None:
+        """Bytes of stack one call needs at most (Cortex-M4), or None when not measured."""
+        return None if self.target is None else self.target.stack + LIBM_STACK
+
+    @property
     def reentrant(self) -> bool | None:
         return None if self.target is None else self.target.static_ram == 0
 
     def to_dict(self) -> dict[str, object]:
         t = self.target
+        m4: dict[str, object] | None = None
+        if t is not None:
+            m4 = {"flash": t.flash, "static_ram": t.static_ram, "stack_bound": self.stack_bound}
+            m4["compiler"] = t.compiler
         return {
             "folder": str(self.folder),
             "precision": self.precision,
             "model": self.model.name,
             "weight_bytes": self.weight_bytes,
             "buffer_bytes": self.buffer_bytes,
-            "cortex_m4": None
-            if t is None
-            else {"flash": t.flash, "static_ram": t.static_ram, "stack_bound": t.stack + LIBM_STACK, "compiler": t.compiler},  # fmt: skip
+            "cortex_m4": m4,
         }
 
 
 def input_table(quant: Quant, divisor: float) -> np.ndarray:
     """QuantizeLinear(pixel / divisor) for pixels 0..255, computed by ONNX Runtime itself."""
-    import onnx
     from onnx import TensorProto, helper
 
     from mnist_edge.export.parity import open_session

@@ -122,7 +122,9 @@ class _Graph:
             return name, None
         q = self.producer.get(dq.input[0])
         if q is None or q.op_type != "QuantizeLinear":
-            raise NetworkError(f"{dq.name or name}: DequantizeLinear of a non-constant, non-Q input")
+            raise NetworkError(
+                f"{dq.name or name}: DequantizeLinear of a non-constant, non-Q input"
+            )
         return q.input[0], self.quant(q)
 
     def constant(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
