@@ -3,8 +3,8 @@
  * read outside it (tests/test_c_frame.py builds this with -fsanitize=address,undefined).
  *
  * stdin, per frame: int32 height, int32 width, int32 flags (1: pass NULL pixels, 2: pass
- * NULL digit and probabilities), then height * width bytes when both are positive and
- * pixels are not NULL.
+ * NULL digit and probabilities, 4: no pixels follow, pass a 1-byte buffer), then
+ * height * width bytes when both are positive and neither flag 1 nor 4 is set.
  * stdout, per frame: int32 status of mnist_frame_to_digit, int32 of mnist_classify_frame,
  * the 784 digit bytes, the 10 float probabilities. */
 #include <stdint.h>
@@ -25,7 +25,7 @@ int main(void)
     int32_t header[3];
     while (read_exact(header, sizeof header)) {
         const int32_t height = header[0], width = header[1], flags = header[2];
-        const size_t n = height > 0 && width > 0 && !(flags & 1) ? (size_t)height * (size_t)width : 0;
+        const size_t n = height > 0 && width > 0 && !(flags & 5) ? (size_t)height * (size_t)width : 0;
         unsigned char *pixels = (flags & 1) ? NULL : malloc(n ? n : 1);
         unsigned char *digit = malloc(784);
         float *probabilities = malloc(10 * sizeof(float));
