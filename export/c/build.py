@@ -48,7 +48,18 @@ def build_shared(
     ``extra`` adds flags, e.g. ``-fsanitize=address,undefined``.
     """
     files = list(sources) if sources is not None else sorted(p.name for p in folder.glob("*.c"))
-    cmd = [host_cc(), *WARNINGS, "-O2", "-fPIC", "-shared", *extra, *files, "-o", str(out), "-lm"]
+    cmd = [
+        host_cc(),
+        *WARNINGS,
+        "-O2",
+        "-fPIC",
+        "-shared",
+        *extra,
+        *files,
+        "-o",
+        str(out.resolve()),
+        "-lm",
+    ]
     _run(cmd, folder)
     return out
 
@@ -73,7 +84,7 @@ def measure_cortex_m4(folder: Path) -> TargetSize | None:
         objs = []
         for src in sorted(folder.glob("*.c")):
             obj = work / (src.stem + ".o")
-            _run([gcc, *CORTEX_M4, *WARNINGS, "-O2", "-fstack-usage", "-c", str(src), "-o", str(obj)], work)  # fmt: skip
+            _run([gcc, *CORTEX_M4, *WARNINGS, "-O2", "-fstack-usage", "-c", str(src.resolve()), "-o", str(obj)], work)  # fmt: skip
             objs.append(str(obj))
         done = subprocess.run([size, "-B", "-t", *objs], capture_output=True, text=True, check=True)
         text, data, bss = (int(v) for v in done.stdout.strip().splitlines()[-1].split()[:3])
