@@ -263,6 +263,6 @@ def _run(
             if bar is not None:
                 bar.close()
     chosen = short_name(pipeline.classifier.provider)
-    chosen += " (auto)" if provider.strip().lower() == "auto" else ""
+    chosen += " (auto)" if session.auto else ""
     model = f"{path} ({pipeline.classifier.metadata.precision})"
     return _Run(stats.summary(chosen, model), stats.failures)

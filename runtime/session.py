@@ -92,6 +92,11 @@ def short_name(provider: str) -> str:
     return provider
 
 
+def is_auto(requested: str) -> bool:
+    """Whether a requested provider name means ``auto``."""
+    return requested.strip().lower() == "auto"
+
+
 def auto_provider(available: Sequence[str], precision: str = "fp32") -> str | None:
     """What ``auto`` picks among ``available`` for a file of ``precision`` (``None``: nothing usable)."""
     for short in AUTO_ORDER.get(precision, AUTO_ORDER["fp32"]):
@@ -120,7 +125,7 @@ def resolve_provider(
         ["auto", *(short_name(p) for p in available if p != "AzureExecutionProvider")]
     )
     key = requested.strip()
-    if key.lower() == "auto":
+    if is_auto(key):
         if conflict:
             warnings.warn(conflict, OrtConflictWarning, stacklevel=2)
         chosen = auto_provider(available, precision)
@@ -206,6 +211,11 @@ class SessionConfig:
     cudnn_conv_algo_search: str = "HEURISTIC"
     openvino: OpenVINOConfig = OpenVINOConfig()
 
+    @property
+    def auto(self) -> bool:
+        """Whether :attr:`provider` is ``auto`` (the one place that spelling is read)."""
+        return is_auto(self.provider)
+
     def __post_init__(self) -> None:
         if self.cudnn_conv_algo_search not in CUDNN_CONV_ALGO_SEARCH:
             raise SessionConfigError(
@@ -289,7 +299,7 @@ def create_session(
     if not path.is_file():
         raise ModelError(f"model file {path} not found")
     provider = resolve_provider(config.provider)
-    if config.provider.strip().lower() != "auto":
+    if not config.auto:
         return _open(path, provider, config)
     for_int8 = auto_provider(ort.get_available_providers(), "int8") or provider
     if for_int8 == provider:
