@@ -26,7 +26,12 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from mnist_edge.runtime.errors import ConfigError, MnistEdgeError, first_line
+from mnist_edge.runtime.errors import (
+    ModelError,
+    ProviderError,
+    SessionConfigError,
+    first_line,
+)
 from mnist_edge.runtime.extras import OrtConflictWarning, ort_conflict
 from mnist_edge.runtime.metadata import ModelMetadata
 from mnist_edge.runtime.processes import usable_cores
@@ -66,18 +71,6 @@ INSTALL_HINTS = {
     "`pip uninstall -y onnxruntime onnxruntime-gpu && pip install '.[openvino]'` "
     "(the `openvino` extra, onnxruntime-openvino)",
 }
-
-
-class ProviderError(MnistEdgeError, RuntimeError):
-    """The requested execution provider is unknown or not available here."""
-
-
-class SessionConfigError(ConfigError):
-    """A :class:`SessionConfig` value is out of range; the message names it and the allowed values."""
-
-
-class ModelError(MnistEdgeError, ValueError):
-    """The model file is missing, not ONNX, or not an image classifier we can feed."""
 
 
 class MissingMetadataWarning(UserWarning):

@@ -32,7 +32,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mnist_edge.runtime.errors import MnistEdgeError
+from mnist_edge.runtime.errors import DecoderError, MnistEdgeError
 from mnist_edge.runtime.messages import Classified, Decoded
 from mnist_edge.runtime.processes import exit_with
 
@@ -43,10 +43,6 @@ if TYPE_CHECKING:
 # One-thread ONNX Runtime on a 28x28 CNN is fastest at a few dozen images per
 # call: the activations stay in cache (bench/bench_infer.py measures batch sizes).
 WORKER_BATCH = 64
-
-
-class DecoderError(MnistEdgeError, RuntimeError):
-    """A worker process died or could not start; the run cannot account for its inputs."""
 
 
 @dataclass(frozen=True)
