@@ -16,10 +16,8 @@ from mnist_edge.export.config import (
     SUPPORTED_OPSETS,
     ExportConfig,
 )
-from mnist_edge.runtime import __version__
-from mnist_edge.runtime.errors import ConfigError, MnistEdgeError
-from mnist_edge.runtime.extras import MissingExtraError, require_extras
-from mnist_edge.runtime.frontend import AliasedOption, config_error
+from mnist_edge.runtime.command import command
+from mnist_edge.runtime.frontend import AliasedOption
 from mnist_edge.runtime.layout import DEFAULT, Artifacts
 
 _D = ExportConfig()  # the options' defaults come from the config
@@ -35,7 +33,7 @@ def _progress(line: str) -> None:
     click.echo(line, err=True)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@command("mnist-export", extras=("export", "cpu"), options=OPTIONS, show_default=True)
 @click.option(
     "--checkpoint",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -140,7 +138,6 @@ def _progress(line: str) -> None:
     help="Export nothing else: write the C libraries (--out-dir/c/fp32 and c/int8) from the "
     ".onnx files in --out-dir, validated against ONNX Runtime (docs/c.md).",
 )
-@click.version_option(__version__, prog_name="mnist-export")
 def main(
     checkpoint: Path,
     out_dir: Path,
@@ -166,11 +163,7 @@ def main(
     Writes artifacts/mnist.onnx and artifacts/mnist.int8.onnx only after both
     match PyTorch on the test set; nothing is written when a check fails.
     """
-    try:
-        require_extras("mnist-export", "export", "cpu")
-    except MissingExtraError as exc:
-        raise click.ClickException(str(exc)) from None
-    from mnist_edge.export.artifacts import ArtifactError, check_artifacts
+    from mnist_edge.export.artifacts import check_artifacts
     from mnist_edge.export.pipeline import export_onnx
     from mnist_edge.export.report import parity_table
     from mnist_edge.export.verify import ValidationError
@@ -225,12 +218,6 @@ def main(
         raise click.ClickException(
             f"{exc.summary}{kept}. Fix the cause, or pass --allow-mismatch to write the files anyway"
         ) from exc
-    except ConfigError as exc:  # a bad option value: exit 2, naming the option
-        raise config_error(exc, OPTIONS) from None
-    except ArtifactError as exc:
-        raise click.ClickException(f"{exc} (`make export`)") from exc
-    except MnistEdgeError as exc:
-        raise click.ClickException(str(exc)) from exc
 
     sizes = {f.path.name: f.size_bytes for f in report.files}
     click.echo(

@@ -23,7 +23,7 @@ import click
 # Only light modules here (no numpy, pillow or ONNX Runtime): main() starts the
 # worker processes first, and they load those while this process does too
 # (where workers are spawned, they also re-import this module).
-from mnist_edge.runtime import __version__
+from mnist_edge.runtime.command import command
 from mnist_edge.runtime.errors import ConfigError
 from mnist_edge.runtime.frontend import (
     ModelChoice,
@@ -108,7 +108,7 @@ class InferCommand(click.Command):
         return command.main(ray_args, PROG, complete_var, standalone_mode, **extra)
 
 
-@click.command(cls=InferCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@command("mnist-infer", extras=("cpu",), cls=InferCommand)
 @click.argument("inputs", nargs=-1, required=True)
 @model_options("Use")
 @click.option(
@@ -158,7 +158,6 @@ class InferCommand(click.Command):
     help="local: processes on this machine; ray: a Ray cluster (Ray Data, needs the `scale` "
     "extra; `mnist-infer --engine ray --help` lists its options).",
 )
-@click.version_option(__version__, prog_name="mnist-infer")
 def main(
     inputs: tuple[str, ...],
     model: Path | None,
@@ -263,6 +262,6 @@ def _run(
             if bar is not None:
                 bar.close()
     chosen = short_name(pipeline.classifier.provider)
-    chosen += " (auto)" if provider.strip().lower() == "auto" else ""
+    chosen += " (auto)" if session.auto else ""
     model = f"{path} ({pipeline.classifier.metadata.precision})"
     return _Run(stats.summary(chosen, model), stats.failures)

@@ -17,13 +17,14 @@ import importlib.metadata
 import importlib.util
 from collections.abc import Sequence
 
-from mnist_edge.runtime.errors import MnistEdgeError
+from mnist_edge.runtime.errors import MissingExtraError
 
 # extra -> the top-level modules it provides
 EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("torch", "torchvision", "matplotlib"),
     "export": ("torch", "torchvision", "onnx", "onnxscript"),
     "cpu": ("onnxruntime",),
+    "scale": ("ray", "pyarrow"),
     "serve": (
         "fastapi",
         "uvicorn",
@@ -46,10 +47,6 @@ ORT_DISTRIBUTIONS = (
     "onnxruntime-qnn",
     "onnxruntime-training",
 )
-
-
-class MissingExtraError(MnistEdgeError, RuntimeError):
-    """A command needs packages from an extra that is not installed."""
 
 
 class OrtConflictWarning(UserWarning):

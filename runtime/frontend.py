@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from mnist_edge.runtime.errors import ConfigError, MnistEdgeError
+from mnist_edge.runtime.command import click_error, option_for
+from mnist_edge.runtime.errors import ConfigError, MnistEdgeError, ModelError
 from mnist_edge.runtime.layout import model_path
 from mnist_edge.runtime.metadata import INVERT_MODES
 
@@ -34,11 +35,8 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-MODEL_HINT = "`make train export` makes the default model; --model picks another file"
+MODEL_HINT = "--model picks another file (mnist-export makes one from a checkpoint)"
 DEFAULT_MODEL_HELP = "artifacts/mnist.onnx if it exists, else the bundled reference model"
-
-# Config fields whose option is not "--" + the field with dashes.
-FIELD_OPTIONS: Mapping[str, str] = {"fmt": "--format", "max_wait_ms": "--max-wait-ms"}
 
 
 def _decorate(options: list[Callable[[F], F]]) -> Callable[[F], F]:
@@ -158,13 +156,6 @@ class ModelChoice:
         return "--int8" if self.int8 and self.model is None else "--model"
 
 
-def option_of(exc: ConfigError, options: Mapping[str, str] | None = None) -> str | None:
-    """The command-line option of the config field at fault (``batch_size`` -> ``--batch-size``)."""
-    if exc.field is None:
-        return None
-    return {**FIELD_OPTIONS, **(options or {})}.get(exc.field, "--" + exc.field.replace("_", "-"))
-
-
 def config_error(
     exc: ConfigError, options: Mapping[str, str] | None = None, default: str | None = None
 ) -> click.UsageError:
@@ -174,7 +165,7 @@ def config_error(
         options: fields whose option is not ``--`` + the field with dashes.
         default: the option to name when ``exc`` has no field; without one, a plain usage error.
     """
-    option = option_of(exc, options) or default
+    option = option_for(exc.field, options) or default
     if option is None:
         return click.UsageError(str(exc))
     return click.BadParameter(str(exc), param_hint=option)
@@ -193,20 +184,14 @@ def model_errors(choice: ModelChoice, options: Mapping[str, str] | None = None) 
         click.BadParameter: exit 2, naming the option.
         click.ClickException: exit 1.
     """
-    from mnist_edge.runtime.session import ModelError, ProviderError
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             yield
-        except ProviderError as exc:
-            raise click.BadParameter(str(exc), param_hint="--provider") from None
         except ModelError as exc:
             raise click.BadParameter(f"{exc}; {MODEL_HINT}", param_hint=choice.option) from None
-        except ConfigError as exc:
-            raise config_error(exc, options) from None
         except MnistEdgeError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click_error(exc, options) from None
         finally:
             for warning in caught:
                 click.echo(f"warning: {warning.message}", err=True)

@@ -26,7 +26,12 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from mnist_edge.runtime.errors import ConfigError, MnistEdgeError, first_line
+from mnist_edge.runtime.errors import (
+    ModelError,
+    ProviderError,
+    SessionConfigError,
+    first_line,
+)
 from mnist_edge.runtime.extras import OrtConflictWarning, ort_conflict
 from mnist_edge.runtime.metadata import ModelMetadata
 from mnist_edge.runtime.processes import usable_cores
@@ -68,18 +73,6 @@ INSTALL_HINTS = {
 }
 
 
-class ProviderError(MnistEdgeError, RuntimeError):
-    """The requested execution provider is unknown or not available here."""
-
-
-class SessionConfigError(ConfigError):
-    """A :class:`SessionConfig` value is out of range; the message names it and the allowed values."""
-
-
-class ModelError(MnistEdgeError, ValueError):
-    """The model file is missing, not ONNX, or not an image classifier we can feed."""
-
-
 class MissingMetadataWarning(UserWarning):
     """The model has no mnist-edge metadata; MNIST defaults are used."""
 
@@ -90,6 +83,11 @@ def short_name(provider: str) -> str:
         if full == provider:
             return short
     return provider
+
+
+def is_auto(requested: str) -> bool:
+    """Whether a requested provider name means ``auto``."""
+    return requested.strip().lower() == "auto"
 
 
 def auto_provider(available: Sequence[str], precision: str = "fp32") -> str | None:
@@ -120,7 +118,7 @@ def resolve_provider(
         ["auto", *(short_name(p) for p in available if p != "AzureExecutionProvider")]
     )
     key = requested.strip()
-    if key.lower() == "auto":
+    if is_auto(key):
         if conflict:
             warnings.warn(conflict, OrtConflictWarning, stacklevel=2)
         chosen = auto_provider(available, precision)
@@ -206,6 +204,11 @@ class SessionConfig:
     cudnn_conv_algo_search: str = "HEURISTIC"
     openvino: OpenVINOConfig = OpenVINOConfig()
 
+    @property
+    def auto(self) -> bool:
+        """Whether :attr:`provider` is ``auto`` (the one place that spelling is read)."""
+        return is_auto(self.provider)
+
     def __post_init__(self) -> None:
         if self.cudnn_conv_algo_search not in CUDNN_CONV_ALGO_SEARCH:
             raise SessionConfigError(
@@ -289,7 +292,7 @@ def create_session(
     if not path.is_file():
         raise ModelError(f"model file {path} not found")
     provider = resolve_provider(config.provider)
-    if config.provider.strip().lower() != "auto":
+    if not config.auto:
         return _open(path, provider, config)
     for_int8 = auto_provider(ort.get_available_providers(), "int8") or provider
     if for_int8 == provider:

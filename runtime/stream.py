@@ -155,26 +155,28 @@ class Pipeline:
             head = list(islice(self._sources, config.inline_limit + 1))
             self._sources = chain(head, self._sources)
             if config.workers is not None or len(head) > config.inline_limit:
-                worker_model = WorkerModel(os.fspath(model), session.provider)
-                self.pool = WorkerPool(
-                    config.workers or usable_cores(),
-                    worker_model if config.infer_in_workers else None,
-                )
+                self.pool = WorkerPool(config.workers or usable_cores(), config.infer_in_workers)
         try:
             self.classifier, self.options = open_model(model, session, config.invert)
         except BaseException:
             self.close()
             raise
+        # The provider was resolved once, here; workers run the model only on that same
+        # provider, and only when it is the CPU one (one thread each).
+        from mnist_edge.runtime.session import CPU
+
+        # What the workers run (None: they only decode, the model runs here).
+        self.worker_model: WorkerModel | None = None
+        if config.infer_in_workers and self.classifier.provider == CPU:
+            self.worker_model = WorkerModel(os.fspath(self.classifier.path), CPU)
 
     def __iter__(self) -> Iterator[Result]:
         return classify_chunks(self._decode(), self.classifier, self.config)
 
     def _decode(self) -> Iterator[Decoded | Classified]:
         """Step 2: units of work -> decoded (or classified) chunks, in input order."""
-        from mnist_edge.runtime.session import CPU
-
         config, pool = self.config, self.pool
-        in_workers = config.infer_in_workers and self.classifier.provider == CPU
+        in_workers = self.worker_model is not None
         task_size = max(config.chunk_size, config.batch_size) if in_workers else config.chunk_size
         workers = pool.workers if pool is not None else 1
         limit = config.max_in_flight or 4 * workers
@@ -196,8 +198,10 @@ class Pipeline:
             if pool.failed and self.config.workers is not None:
                 raise DecoderError("the worker processes could not start")
             return None
-        if pool.runs_model:
-            return pool.classify(unit.paths, self.options, self.config.batch_size)
+        if self.worker_model is not None:
+            return pool.classify(
+                unit.paths, self.options, self.config.batch_size, self.worker_model
+            )
         if self.classifier.pixels_in:  # the graph needs the pictures, not decoded digits
             return None
         return pool.decode(unit.paths, self.options)

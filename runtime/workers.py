@@ -9,9 +9,11 @@ Runtime's threads), ignore Ctrl-C (the owner shuts them down), and exit on
 their own within a fraction of a second if the owner is killed
 (:func:`~mnist_edge.runtime.processes.exit_with`).
 
-A worker loads the model only when it will run it: when it was given one and
-the requested provider resolves to the CPU here. Otherwise it only decodes,
-and the owner runs the model (on a GPU, say).
+A worker never picks a provider: the owner opens the model first, and only
+when that resolved to the CPU provider does it send classify tasks, each
+naming the file and the provider it resolved (:class:`WorkerModel`); a worker
+loads that model on its first such task. Otherwise workers only decode, and
+the owner runs the model (on OpenVINO or a GPU, say).
 
 Only the standard library is imported at module level (the forkserver preloads
 numpy, pillow and ONNX Runtime), so a :class:`WorkerPool` can start while the
@@ -30,7 +32,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mnist_edge.runtime.errors import MnistEdgeError
+from mnist_edge.runtime.errors import DecoderError, MnistEdgeError
 from mnist_edge.runtime.messages import Classified, Decoded
 from mnist_edge.runtime.processes import exit_with
 
@@ -43,65 +45,55 @@ if TYPE_CHECKING:
 WORKER_BATCH = 64
 
 
-class DecoderError(MnistEdgeError, RuntimeError):
-    """A worker process died or could not start; the run cannot account for its inputs."""
-
-
 @dataclass(frozen=True)
 class WorkerModel:
     """The model the workers may run.
 
     Attributes:
         path: the ONNX file.
-        provider: the provider the caller asked for; workers load ``path`` only
-            when it resolves to the CPU.
+        provider: the ONNX Runtime provider the owner's session resolved to
+            (``CPUExecutionProvider``; never ``auto``): workers open ``path`` on it.
     """
 
     path: str
-    provider: str = "auto"
+    provider: str
 
 
-# Per worker process: the classifier made by _init (when the worker runs the
-# model), or why it could not be made.
+# Per worker process: the model it opened on its first classify task, and for which WorkerModel.
 _classifier: Classifier | None = None
-_load_error: str | None = None
+_loaded: WorkerModel | None = None
 
 
-def _init(model: WorkerModel | None, owner: int) -> None:
-    global _classifier, _load_error
+def _init(owner: int) -> None:
     exit_with(owner)  # the owner killed outright: exit instead of waiting forever
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the owner's to handle
-    if model is None:
-        return
-    from mnist_edge.runtime.classifier import Classifier  # preloaded by the forkserver
-    from mnist_edge.runtime.session import (
-        CPU,
-        MissingMetadataWarning,
-        SessionConfig,
-        resolve_provider,
-    )
-
-    # An initializer that raises gets a traceback printed and a broken pool;
-    # keep the reason for _ready instead (the owner reports it properly).
-    try:
-        if resolve_provider(model.provider) != CPU:
-            return  # the owner runs the model on its accelerator; this worker decodes
-        with warnings.catch_warnings():  # the owner has already said it
-            warnings.simplefilter("ignore", MissingMetadataWarning)
-            _classifier = Classifier(model.path, config=SessionConfig(provider="cpu", threads=1))
-    except MnistEdgeError as exc:
-        _load_error = str(exc)
 
 
 def _ready() -> bool:
-    """Start-up probe run in each new worker: whether it holds the model.
+    """Start-up probe run in each new worker."""
+    return True
+
+
+def _model(model: WorkerModel) -> Classifier:
+    """This worker's classifier for ``model``, opened (one thread) on first use.
 
     Raises:
-        DecoderError: the worker could not load its model.
+        DecoderError: the worker could not open it.
     """
-    if _load_error is not None:
-        raise DecoderError(f"a worker process could not load the model: {_load_error}")
-    return _classifier is not None
+    global _classifier, _loaded
+    if _classifier is None or _loaded != model:
+        from mnist_edge.runtime.classifier import Classifier  # preloaded by the forkserver
+        from mnist_edge.runtime.session import MissingMetadataWarning, SessionConfig, short_name
+
+        try:
+            with warnings.catch_warnings():  # the owner has already said it
+                warnings.simplefilter("ignore", MissingMetadataWarning)
+                config = SessionConfig(provider=short_name(model.provider), threads=1)
+                _classifier = Classifier(model.path, config=config)
+        except MnistEdgeError as exc:
+            raise DecoderError(f"a worker process could not load the model: {exc}") from None
+        _loaded = model
+    return _classifier
 
 
 def decode_files(paths: list[str], options: ImageOptions) -> Decoded:
@@ -112,8 +104,10 @@ def decode_files(paths: list[str], options: ImageOptions) -> Decoded:
     return Decoded(paths, images, errors)
 
 
-def classify_files(paths: list[str], options: ImageOptions, batch_size: int) -> Classified:
-    """Worker task: decode, preprocess and classify picture files.
+def classify_files(
+    paths: list[str], options: ImageOptions, batch_size: int, model: WorkerModel
+) -> Classified:
+    """Worker task: decode, preprocess and classify picture files with ``model``.
 
     The model runs on at most ``min(batch_size, WORKER_BATCH)`` images per call.
     """
@@ -121,19 +115,18 @@ def classify_files(paths: list[str], options: ImageOptions, batch_size: int) -> 
 
     from mnist_edge.runtime.images import load_batch
 
-    if _classifier is None:
-        raise DecoderError(_load_error or "this worker process holds no model")
-    if _classifier.pixels_in:
-        return classify_pictures(paths, _classifier, options)
+    classifier = _model(model)
+    if classifier.pixels_in:
+        return classify_pictures(paths, classifier, options)
     images, errors = load_batch(paths, options)  # (k, size, size)
     ok = [i for i, e in enumerate(errors) if e is None]
     if len(ok) < len(paths):
         images = images[ok]  # (len(ok), size, size)
-    probs = np.zeros((len(paths), len(_classifier.classes)), np.float32)
+    probs = np.zeros((len(paths), len(classifier.classes)), np.float32)
     step = min(batch_size, WORKER_BATCH)
     for start in range(0, len(ok), step):
         rows = ok[start : start + step]
-        probs[rows] = _classifier.predict(images[start : start + step]).probabilities
+        probs[rows] = classifier.predict(images[start : start + step]).probabilities
     return Classified(paths, probs, errors)
 
 
@@ -160,29 +153,29 @@ def classify_pictures(
     return Classified(paths, probs, errors)
 
 
-def _start(workers: int, model: WorkerModel | None) -> tuple[ProcessPoolExecutor, bool]:
-    """Start ``workers`` processes and wait until each is up; return the pool and whether they run the model.
+def _start(workers: int, preload_model: bool) -> ProcessPoolExecutor:
+    """Start ``workers`` processes and wait until each is up.
+
+    ``preload_model``: the forkserver also imports the classifier (they may run the model).
 
     Raises:
         BrokenProcessPool, OSError: the processes could not start.
-        DecoderError: they could not load the model.
     """
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     if "forkserver" in methods:
         preload = ["mnist_edge.runtime.images", "mnist_edge.runtime.workers"]
         ctx.set_forkserver_preload(
-            [*preload, "mnist_edge.runtime.classifier"] if model else preload
+            [*preload, "mnist_edge.runtime.classifier"] if preload_model else preload
         )
-    pool = ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init, initargs=(model, os.getpid())
-    )
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(os.getpid(),))
     try:  # start every worker now (the executor would start them one per submit)
-        holds_model = [f.result() for f in [pool.submit(_ready) for _ in range(workers)]]
+        for f in [pool.submit(_ready) for _ in range(workers)]:
+            f.result()
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
-    return pool, all(holds_model)
+    return pool
 
 
 class WorkerPool:
@@ -190,29 +183,27 @@ class WorkerPool:
 
     Args:
         workers: processes to start (>= 1).
-        model: the model the workers may run (see :class:`WorkerModel`), or ``None``
-            to only decode.
+        may_classify: whether :meth:`classify` may be used (the forkserver then
+            preloads ONNX Runtime); otherwise the workers only decode.
 
     Raises:
         ValueError: ``workers`` < 1.
     """
 
-    def __init__(self, workers: int, model: WorkerModel | None = None) -> None:
+    def __init__(self, workers: int, may_classify: bool = True) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, not {workers}")
         self.workers = workers
+        self.may_classify = may_classify
         self._pool: ProcessPoolExecutor | None = None
-        self._runs_model = False
         self._ready = threading.Event()
-        self._thread = threading.Thread(
-            target=self._start, args=(model,), name="worker-pool", daemon=True
-        )
+        self._thread = threading.Thread(target=self._start, name="worker-pool", daemon=True)
         self._thread.start()
 
-    def _start(self, model: WorkerModel | None) -> None:
+    def _start(self) -> None:
         try:
-            self._pool, self._runs_model = _start(self.workers, model)
-        except (OSError, BrokenProcessPool, DecoderError):  # sandbox limits, unloadable model
+            self._pool = _start(self.workers, self.may_classify)
+        except (OSError, BrokenProcessPool):  # sandbox limits
             self._pool = None
         finally:
             self._ready.set()
@@ -228,20 +219,15 @@ class WorkerPool:
         """True once starting is over and no pool came of it (work is then done in-process)."""
         return self._ready.is_set() and self._pool is None
 
-    @property
-    def runs_model(self) -> bool:
-        """Whether the running workers hold the model (so :meth:`classify` may be used)."""
-        return self.ready() and self._runs_model
-
     def decode(self, paths: list[str], options: ImageOptions) -> Future[Decoded]:
         """Queue :func:`decode_files` (the pool must be :meth:`ready`)."""
         return self._running().submit(decode_files, paths, options)
 
     def classify(
-        self, paths: list[str], options: ImageOptions, batch_size: int
+        self, paths: list[str], options: ImageOptions, batch_size: int, model: WorkerModel
     ) -> Future[Classified]:
-        """Queue :func:`classify_files` (the pool must be ready and :attr:`runs_model`)."""
-        return self._running().submit(classify_files, paths, options, batch_size)
+        """Queue :func:`classify_files` (the pool must be ready and made ``may_classify``)."""
+        return self._running().submit(classify_files, paths, options, batch_size, model)
 
     def _running(self) -> ProcessPoolExecutor:
         if self._pool is None:

@@ -255,7 +255,7 @@ def test_no_inputs_is_a_usage_error():
 
 def test_missing_and_corrupt_model(tmp_path, folder):
     result = CliRunner().invoke(main, [str(folder), "--model", str(tmp_path / "none.onnx")])
-    assert result.exit_code == 2 and "make train export" in result.output
+    assert result.exit_code == 2 and "--model picks another file" in result.output
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"garbage" * 10)
     result = CliRunner().invoke(main, [str(folder), "--model", str(bad)])

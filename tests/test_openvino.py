@@ -147,6 +147,26 @@ def test_mnist_infer_on_openvino_end_to_end(models, test_set, tmp_path, provider
     assert np.mean(got == labels[:count]) >= 0.9
 
 
+def test_auto_through_the_workers_is_explicit_openvino_bit_for_bit(models, test_set, tmp_path):
+    """`auto` is resolved once, where the model opens: the worker path runs what the summary says."""
+    images, _ = test_set
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(300):
+        Image.fromarray(images[i]).save(folder / f"{i:04d}.png")
+    runs = {}
+    for asked in ("auto", "openvino", "cpu"):
+        run = _mnist_infer(
+            str(folder), "--model", str(models["int8"]), "--provider", asked, "--workers", "2",
+            "--top-k", "10", "--format", "jsonl",
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        runs[asked] = (run.stderr, sorted(run.stdout.splitlines()))
+    assert "provider openvino (auto)" in runs["auto"][0], runs["auto"][0]
+    assert runs["auto"][1] == runs["openvino"][1]  # every probability, bit for bit
+    assert runs["openvino"][1] != runs["cpu"][1]  # the two providers are told apart here
+
+
 def test_mnist_serve_on_openvino(models, test_set, tmp_path) -> None:
     images, _ = test_set
     x = images[:8].astype(np.float32)[:, None] / np.float32(255)  # (8, 1, 28, 28)

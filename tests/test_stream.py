@@ -190,7 +190,10 @@ def test_process_pool_gives_exactly_the_inline_results(model, mixed, infer_in_wo
     )
     with Pipeline(model, inputs, config) as pipeline:
         assert pipeline.pool is not None and pipeline.pool.ready(wait=True)
-        assert pipeline.pool.runs_model == infer_in_workers  # a model only where it runs
+        # a model only where it runs, on the provider this process resolved
+        assert (pipeline.worker_model is not None) == infer_in_workers
+        if pipeline.worker_model is not None:
+            assert pipeline.worker_model.provider == pipeline.classifier.provider
         assert list(pipeline) == inline
 
 
@@ -210,17 +213,17 @@ def test_workers_start_only_for_many_inputs(model, mixed, inline_limit, started)
     assert results == run(model, inputs, workers=0, top_k=3)
 
 
-def test_workers_for_another_provider_hold_no_model(model):
-    """Workers load the model only when they will run it (CPU); otherwise they only decode."""
-    from mnist_edge.runtime.workers import WorkerModel, WorkerPool
+def test_workers_run_the_model_on_the_provider_resolved_here(model, mixed):
+    """`auto` is resolved once, where the model opens; workers get that name, never `auto`."""
+    from mnist_edge.runtime.session import CPU, SessionConfig
 
-    with WorkerPool(1, WorkerModel(str(model), provider="cpu")) as pool:
-        assert pool.ready(wait=True) and pool.runs_model
-    # Azure: a provider every onnxruntime build lists, and not the CPU: the workers only decode
-    with WorkerPool(1, WorkerModel(str(model), provider="AzureExecutionProvider")) as pool:
-        assert pool.ready(wait=True) and not pool.runs_model
-    with WorkerPool(1, None) as pool:
-        assert pool.ready(wait=True) and not pool.runs_model
+    inputs, _ = mixed
+    config = PipelineConfig(workers=1, chunk_size=5, batch_size=4)
+    with Pipeline(model, inputs, config, SessionConfig(provider="auto")) as pipeline:
+        assert pipeline.classifier.provider == CPU  # the stock build: auto is the CPU here
+        assert pipeline.worker_model is not None
+        assert pipeline.worker_model.provider == CPU
+        assert list(pipeline) == run(model, inputs, workers=0)
 
 
 def test_a_missing_model_is_reported_before_any_input_is_read(tmp_path):

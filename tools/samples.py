@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mnist_edge.export.pictures import variants
-from mnist_edge.runtime import __version__
 from mnist_edge.runtime.atomic import atomic_path
+from mnist_edge.runtime.command import command
 from mnist_edge.runtime.errors import MnistEdgeError
 from mnist_edge.runtime.idx import IdxFormatError, read_idx
 from mnist_edge.runtime.images import ImageOptions, preprocess
@@ -154,7 +154,7 @@ def write_samples(
     return written
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command("mnist-samples")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("images"))
 @click.option(
     "--data-dir",
@@ -172,7 +172,6 @@ def write_samples(
 )
 @click.option("--all", "everything", is_flag=True, help="Write the whole test set (no variants).")
 @click.option("--drawn", is_flag=True, help="Draw the digits even when the test set is there.")
-@click.version_option(__version__, prog_name="mnist-samples")
 def main(out_dir: Path, data_dir: Path, count: int, everything: bool, drawn: bool) -> None:
     """Write digit pictures (and photo-like variants of a few) into OUT_DIR for mnist-infer.
 

@@ -12,10 +12,8 @@ from pathlib import Path
 
 import click
 
-from mnist_edge.runtime import __version__
-from mnist_edge.runtime.errors import ConfigError, MnistEdgeError
-from mnist_edge.runtime.extras import MissingExtraError, require_extras
-from mnist_edge.runtime.frontend import AliasedOption, config_error
+from mnist_edge.runtime.command import command
+from mnist_edge.runtime.frontend import AliasedOption
 from mnist_edge.runtime.layout import Artifacts
 from mnist_edge.train.config import DATASETS, TrainConfig
 
@@ -27,7 +25,7 @@ def _err(message: str) -> None:
     click.echo(message, err=True)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@command("mnist-train", extras=("train",), options=OPTIONS)
 @click.option(
     "--dataset",
     type=click.Choice(DATASETS),
@@ -99,7 +97,6 @@ def _err(message: str) -> None:
     "--prepare-only", is_flag=True, help="Only prepare the dataset in --data-dir, then exit."
 )
 @click.option("-q", "--quiet", is_flag=True, help="No summary, progress bar or per-epoch lines.")
-@click.version_option(__version__, prog_name="mnist-train")
 def main(
     dataset: str,
     data_dir: Path,
@@ -128,11 +125,6 @@ def main(
     # threads starve whatever else shares the cores (docs/benchmarks.md). Set
     # before torch loads; an OMP_WAIT_POLICY the user exported wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    try:
-        require_extras("mnist-train", "train")
-    except MissingExtraError as exc:
-        raise click.ClickException(str(exc)) from None
-    from mnist_edge.train.config import TrainConfig
     from mnist_edge.train.data import DataConfig, prepare_dataset
 
     log = (lambda _: None) if quiet else _err
@@ -162,10 +154,6 @@ def main(
         from mnist_edge.train.loop import train
 
         result = train(config, log=log)
-    except ConfigError as exc:  # a bad option value: exit 2, naming the option
-        raise config_error(exc, OPTIONS) from None
-    except MnistEdgeError as exc:
-        raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         if sys.stderr.isatty():
             _err("")  # leave the progress bar's line

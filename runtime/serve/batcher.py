@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mnist_edge.runtime.errors import MnistEdgeError, first_line
+from mnist_edge.runtime.errors import ConfigError, MnistEdgeError, first_line
 
 
 class BatcherError(MnistEdgeError, RuntimeError):
@@ -62,12 +62,15 @@ class BatchConfig:
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, not {self.max_batch}")
+            raise ConfigError(f"max_batch must be >= 1, not {self.max_batch}", "max_batch")
         if not 0 <= self.max_wait_ms <= 10_000:
-            raise ValueError(f"max_wait_ms must be in [0, 10000], not {self.max_wait_ms}")
+            raise ConfigError(
+                f"max_wait_ms must be in [0, 10000], not {self.max_wait_ms}", "max_wait_ms"
+            )
         if self.max_queue_rows < self.max_batch:
-            raise ValueError(
-                f"max_queue_rows ({self.max_queue_rows}) must be >= max_batch ({self.max_batch})"
+            raise ConfigError(
+                f"max_batch ({self.max_batch}) must be <= max_queue_rows ({self.max_queue_rows})",
+                "max_batch",
             )
 
 

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mnist_edge.runtime import __version__
-from mnist_edge.runtime.extras import MissingExtraError, require_extras
+from mnist_edge.runtime.command import command
 from mnist_edge.runtime.frontend import (
     ModelChoice,
     invert_option,
@@ -51,7 +50,7 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command("mnist-serve", extras=("serve", "cpu"))
 @model_options("Serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
@@ -107,7 +106,6 @@ def _bind(host: str, port: int) -> socket.socket:
     help="Seconds to let requests in flight finish after SIGTERM.",
 )
 @click.option("--access-log", is_flag=True, help="Log every request (uvicorn's access log).")
-@click.version_option(__version__, prog_name="mnist-serve")
 def main(
     model: Path | None,
     int8: bool,
@@ -133,10 +131,6 @@ def main(
     and POST /v1/classify (picture files as multipart/form-data; ?top_k=K).
     gRPC on --grpc-port: the GRPCInferenceService (tritonclient.grpc).
     """
-    try:
-        require_extras("mnist-serve", "serve", "cpu")
-    except MissingExtraError as exc:
-        raise click.ClickException(str(exc)) from None
     import uvicorn
 
     from mnist_edge.runtime.serve.app import create_app

@@ -76,10 +76,11 @@ class ServeConfig:
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_request_rows", "max_files", "decode_threads"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, not {getattr(self, name)}", name)
         if not self.model_name or "/" in self.model_name:
-            raise ValueError(
-                f"model_name must be a non-empty name without '/', not {self.model_name!r}"
+            raise ConfigError(
+                f"model_name must be a non-empty name without '/', not {self.model_name!r}",
+                "model_name",
             )
 
 
