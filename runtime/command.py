@@ -59,7 +59,7 @@ def click_error(
             return click.UsageError(text)
         return click.BadParameter(text, param_hint=option)
     error = click.ClickException(text)
-    error.exit_code = exc.exit_code
+    error.exit_code = exc.exit_code  # type: ignore[misc]
     return error
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -93,7 +94,7 @@ class Network:
         return sum(a.nbytes for a in arrays if a is not None)
 
 
-def _attrs(node: onnx.NodeProto) -> dict[str, object]:
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
@@ -213,7 +214,7 @@ def _conv_pool(g: _Graph, conv, nodes, shape: tuple[int, int, int], in_quant: Qu
     out = conv.output[0]
     nxt = next(nodes, None)
     relu = nxt is not None and nxt.op_type == "Relu"
-    if relu:
+    if relu and nxt is not None:
         out, nxt = nxt.output[0], next(nodes, None)
     if nxt is None or nxt.op_type != "MaxPool":
         raise NetworkError(f"Conv {conv.name!r} must be followed by [Relu] and MaxPool")
