@@ -23,6 +23,7 @@ import click
 # Only light modules here (no numpy, pillow or ONNX Runtime): main() starts the
 # worker processes first, and they load those while this process does too
 # (where workers are spawned, they also re-import this module).
+from mnist_edge.runtime.bundled import list_models_option
 from mnist_edge.runtime.command import command
 from mnist_edge.runtime.errors import ConfigError
 from mnist_edge.runtime.frontend import (
@@ -149,6 +150,14 @@ class InferCommand(click.Command):
     help="Progress line on stderr.  [default: when stderr is a terminal]",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No summary line on stderr.")
+@click.option(
+    "--list-models",
+    is_flag=True,
+    is_eager=True,
+    expose_value=False,
+    callback=list_models_option,
+    help="Print the bundled model files (name, precision, input, size, path) and exit.",
+)
 @click.option(
     "--engine",
     type=click.Choice(ENGINES),

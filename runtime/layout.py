@@ -22,7 +22,8 @@ The package also ships the reference recipe's files (fp32, int8, the two
 pixels-in files and ``mnist.meta.json``) in ``runtime/models/``
 (:data:`BUNDLED`), copied there by ``make bundle``. The default model is
 ``artifacts/mnist.onnx`` (relative to the working folder) when it exists, else
-the bundled one (:func:`default_models`).
+the bundled one (:func:`default_models`). :func:`bundled_model` gives a bundled
+file's path by name (``mnist_edge.runtime.bundled_model``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from mnist_edge.runtime.errors import ConfigError, ModelError
 
 DEFAULT_DIR = Path("artifacts")
 BUNDLED_DIR = Path(__file__).resolve().parent / "models"
@@ -168,3 +171,40 @@ def default_models(needs: str = model_name()) -> Artifacts:
             ``mnist.meta.json`` for the web page (it reads the pixels-in files).
     """
     return DEFAULT if (DEFAULT.root / needs).is_file() else BUNDLED
+
+
+# name -> (precision, pixels-in): the names bundled_model() takes, in listing order.
+BUNDLED_NAMES: dict[str, tuple[str, bool]] = {
+    "fp32": ("fp32", False),
+    "int8": ("int8", False),
+    "pixels": ("fp32", True),
+    "pixels-int8": ("int8", True),
+}
+
+
+def bundled_model(name: str = "fp32") -> Path:
+    """The path of one bundled model file, for code that opens it directly.
+
+    Args:
+        name: ``"fp32"`` (``mnist.onnx``: preprocessed digits in), ``"int8"``
+            (``mnist.int8.onnx``), ``"pixels"`` (``mnist.pixels.onnx``: a picture's
+            grey pixels in, the preprocessing inside the graph) or ``"pixels-int8"``
+            (``mnist.pixels.int8.onnx``). ``mnist.meta.json``, the pixels-in files'
+            metadata for runtimes that cannot read it from the file, is beside them.
+
+    Returns:
+        The absolute path of the file inside the installed package.
+
+    Raises:
+        ConfigError: an unknown ``name`` (field ``name``).
+        ModelError: the file is missing from the package (a broken install).
+    """
+    if name not in BUNDLED_NAMES:
+        raise ConfigError(
+            f"no bundled model {name!r}; the names are {', '.join(BUNDLED_NAMES)}", field="name"
+        )
+    precision, pixels = BUNDLED_NAMES[name]
+    path = BUNDLED.model(precision, pixels=pixels)
+    if not path.is_file():
+        raise ModelError(f"{path} is missing from the package; reinstall mnist-edge")
+    return path
