@@ -99,3 +99,21 @@ def test_list_models_wins_over_other_options_and_the_console_script_works() -> N
     )
     assert done.returncode == 0, done.stderr
     assert str(bundled_model("pixels-int8")) in done.stdout
+
+
+def test_list_models_without_onnx_runtime_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pip install .`` without the cpu extra: the fix, not a traceback."""
+    from mnist_edge.runtime import extras
+
+    real = extras.importlib.util.find_spec
+    monkeypatch.setattr(
+        extras.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "onnxruntime" else real(name, *a),
+    )
+    result = CliRunner().invoke(main, ["--list-models"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: mnist-infer needs onnxruntime, which are not installed; install them with: "
+        "pip install '.[cpu]' (in the mnist-edge checkout)"
+    ]
