@@ -1,4 +1,4 @@
-"""The C library on QEMU's Cortex-M boards (firmware/, mnist_edge.tools.firmware).
+"""The C library on QEMU's Cortex-M boards (firmware/, mnist_edge.tools.firmware*).
 
 For each precision (the bundled fp32 and int8 files) and board (mps2-an386 Cortex-M4F,
 mps2-an500 Cortex-M7), the example firmware classifies 100 test digits and two frames: its
@@ -14,18 +14,15 @@ import numpy as np
 import pytest
 
 from mnist_edge.runtime.layout import BUNDLED, PRECISIONS
-from mnist_edge.tools.firmware import (
+from mnist_edge.tools.firmware import BUDGETS, Measurement, measure, stated_memory
+from mnist_edge.tools.firmware_build import (
     BOARDS,
-    BUDGETS,
     CROSS_PACKAGES,
     Classified,
-    Measurement,
     Pictures,
     classify_on_host,
     make_pictures,
-    measure,
     missing_tools,
-    stated_memory,
 )
 
 REPO = Path(__file__).resolve().parents[1]
