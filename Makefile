@@ -14,6 +14,7 @@ TRAIN_BENCH_ARGS ?=
 INFER_BENCH_ARGS ?=
 SERVE_BENCH_ARGS ?=
 RAY_BENCH_ARGS ?=
+MCU_BENCH_ARGS ?=
 WEB_PORT ?= 8000
 comma   := ,
 # One stamp per set of extras: switching EXTRAS (e.g. to train,export,gpu,dev) reinstalls.
@@ -74,13 +75,14 @@ c: $(STAMP) ## C99 libraries for microcontrollers from the .onnx files -> artifa
 samples: $(STAMP) ## Write some test-set digits (and photo-like variants) into images/
 	$(BIN)/mnist-samples images $(ARGS)
 
-bench: $(STAMP) ## Benchmarks: training, model-only and end-to-end inference, serving, Ray -> artifacts/bench.json
+bench: $(STAMP) ## Benchmarks: training, model-only and end-to-end inference, serving, Ray, Cortex-M -> artifacts/bench.json
 	$(BIN)/python bench/bench_train.py $(TRAIN_BENCH_ARGS)
 	$(BIN)/python bench/bench_infer.py $(INFER_BENCH_ARGS)
 	@$(MAKE) --no-print-directory bench-openvino
 	@$(MAKE) --no-print-directory venv-mlserver || echo "bench: MLServer peer skipped (pip's message above)"
 	$(BIN)/python bench/bench_serve.py $(SERVE_BENCH_ARGS)
 	$(BIN)/python bench/bench_ray.py $(RAY_BENCH_ARGS)
+	@$(MAKE) --no-print-directory bench-mcu
 
 web-deps: web/vendor/ort-wasm-simd-threaded.wasm ## Install the page's onnxruntime-web (npm ci in web/; copies its 3 runtime files to web/vendor/)
 
@@ -158,6 +160,21 @@ $(ML_STAMP):
 .PHONY: venv-mlserver
 venv-mlserver: $(ML_STAMP) ## Create .venv-mlserver (Seldon MLServer + onnxruntime) for bench_serve.py's paired figures
 
+# .venv-emx: emx-onnx-cgen, the general ONNX-to-C compiler bench_mcu.py cross-checks our C emitter with.
+EMX_VENV  ?= .venv-emx
+EMX_STAMP := $(EMX_VENV)/.installed
+$(EMX_STAMP):
+	@test -x $(EMX_VENV)/bin/python || $(PYTHON) -m venv $(EMX_VENV)
+	$(EMX_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'emx-onnx-cgen==1.4.0'
+	@touch $@
+
+.PHONY: venv-emx bench-mcu
+venv-emx: $(EMX_STAMP) ## Create .venv-emx (emx-onnx-cgen 1.4.0) for bench_mcu.py's cross-check
+
+bench-mcu: $(STAMP) ## Cortex-M on QEMU: flash, RAM, instructions/image, ours and emx-onnx-cgen's -> artifacts/bench.json
+	@$(MAKE) --no-print-directory venv-emx || echo "bench-mcu: emx-onnx-cgen skipped (pip's message above)"
+	$(BIN)/python bench/bench_mcu.py --emx-cgen $(EMX_VENV)/bin/emx-onnx-cgen $(MCU_BENCH_ARGS)
+
 lint: $(STAMP) ## ruff check + format check + mypy type check of the package
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -176,4 +193,4 @@ clean: ## Remove caches (keeps data/, artifacts/ and .venv/)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean ## Remove everything made by commands: .venv/ .venv-openvino/ data/ artifacts/ images/
-	rm -rf $(VENV) $(OV_VENV) data artifacts images
+	rm -rf $(VENV) $(OV_VENV) $(ML_VENV) $(EMX_VENV) data artifacts images

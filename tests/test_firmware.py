@@ -8,6 +8,7 @@ budget, and ``mnist.h`` must state what the board measures.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +102,28 @@ def test_header_states_what_the_board_measures(measured):
     assert abs(objects - stated.flash) <= 0.02 * stated.flash, (objects, stated.flash)
     if m.board.core == "Cortex-M4F":
         assert objects <= stated.flash
+
+
+EMX_CGEN = Path(os.environ.get("MNIST_EDGE_EMX_CGEN", REPO / ".venv-emx" / "bin" / "emx-onnx-cgen"))
+
+
+@pytest.mark.skipif(not EMX_CGEN.is_file(), reason=f"no {EMX_CGEN} (make venv-emx)")
+def test_emx_library_gives_our_labels_on_the_board(digits, tmp_path):
+    """emx-onnx-cgen's fp32 library behind the adapter (firmware/emx/): the same labels as ours
+    on the host, and the board reproduces them with the stack it needs."""
+    pytest.importorskip("onnx")
+    from mnist_edge.export.c import emit_library
+    from mnist_edge.tools.firmware_emx import EMX_STACK, classify_emx_on_host, emx_library
+
+    pictures = make_pictures(digits[0].digits, 10)
+    model = BUNDLED.model("fp32")
+    folder = emx_library(model, tmp_path / "emx", EMX_CGEN, REPO / "firmware")
+    emx = classify_emx_on_host(folder, pictures, tmp_path / "emx-host")
+    ours = classify_on_host(emit_library(model, tmp_path / "ours").folder, pictures, tmp_path / "h")
+    assert np.array_equal(emx.digit_labels, ours.digit_labels)
+    assert np.array_equal(emx.frame_labels, ours.frame_labels)
+    assert np.abs(emx.digit_probabilities - ours.digit_probabilities).max() <= 1e-4
+    m = measure(folder, pictures, "mps2-an386", tmp_path / "fw", REPO / "firmware",
+                host=emx, stack_size=EMX_STACK)  # fmt: skip
+    assert m.labels_agree and m.max_probability_diff <= 1e-5
+    assert m.ram > BUDGETS["fp32"].ram  # why it is a cross-check and not the shipped path
