@@ -1,5 +1,5 @@
 /* The test pictures the firmware classifies: written into the build folder as test_data.c by
- * the Python side (mnist_edge.tools.firmware), with the labels the same library gave on the host. */
+ * the Python side (mnist_edge.tools.firmware_build), with the labels the same library gave on the host. */
 #ifndef TEST_DATA_H
 #define TEST_DATA_H
 
