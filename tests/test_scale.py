@@ -10,23 +10,19 @@ tasks find the model open in a worker process per CPU.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from helpers.models import digit, linear_model
-from helpers.ray_dirs import remove_ray_dir
+from helpers.scale import check_same, local_records
+from helpers.scale import local_ray as start_local_ray
 from PIL import Image
 
-from mnist_edge.runtime.output import FORMATS
-from mnist_edge.runtime.session import SessionConfig
-from mnist_edge.runtime.stream import Pipeline, PipelineConfig
+from mnist_edge.runtime.stream import PipelineConfig
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: `make venv` (the scale extra)")
 
@@ -37,30 +33,13 @@ from mnist_edge.runtime.scale.engine import RayConfig, classify_dataset, plan_jo
 pytestmark = pytest.mark.timeout(180)
 
 IMAGES = 5000
-CONFIG = RayConfig(batch_size=512)
+CONFIG = RayConfig(files_per_task=512)
 
 
 @pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
-    """A local Ray on the cores this machine has, no dashboard, a small object store."""
-    # Ray's socket paths must stay short: a temp dir of its own, not the deep pytest one
-    import tempfile
-
-    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=256 * 1024 * 1024,
-        _temp_dir=str(temp),
-        logging_level="WARNING",
-        log_to_driver=False,
-    )
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    yield
-    ray.shutdown()
-    remove_ray_dir(temp)
+def local_ray():
+    with start_local_ray():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -88,40 +67,6 @@ def inputs(tmp_path_factory) -> Path:
     return root
 
 
-def _local(specs: list[str], model: Path, top_k: int = 0) -> dict[str, dict]:
-    """What the local engine gives (its Pipeline, in this process), as records by path."""
-    config = PipelineConfig(workers=0, top_k=top_k)
-    records: dict[str, dict] = {}
-    with Pipeline(model, specs, config, SessionConfig(provider="cpu", threads=1)) as pipeline:
-        for result in pipeline:
-            assert result.path not in records
-            if result.error is not None:
-                records[result.path] = {"error": result.error}
-            else:
-                records[result.path] = {
-                    "label": result.label,
-                    "confidence": result.confidence,
-                    "top_k": [label for label, _ in result.top_k],
-                }
-    return records
-
-
-def _check_same(rows: list[dict], expected: dict[str, dict]) -> None:
-    paths = [r["path"] for r in rows]
-    assert len(paths) == len(set(paths)), "an input came back more than once"
-    assert set(paths) == set(expected), "inputs lost or invented"
-    for row in rows:
-        want = expected[row["path"]]
-        if "error" in want:
-            assert row["error"] == want["error"], row["path"]
-            assert row.get("label") is None
-        else:
-            assert row["error"] is None, row
-            assert row["label"] == want["label"], row["path"]
-            assert abs(row["confidence"] - want["confidence"]) <= 1e-6
-            assert [t["label"] for t in row["top_k"] or []] == want["top_k"]
-
-
 def test_runtime_imports_without_ray():
     """The runtime (and its Ray modules) import without loading Ray: only a run loads it."""
     code = (
@@ -139,14 +84,14 @@ def test_runtime_imports_without_ray():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_every_input_once_and_equal_to_local(local_ray, model, inputs):
+def test_every_input_once_and_equal_tolocal_records(local_ray, model, inputs):
     specs = [str(inputs / "a"), str(inputs / "b" / "*.png"), str(inputs / "nothing"),
              str(inputs / "missing.png"), str(inputs / "b" / "*.jpg")]  # fmt: skip
-    rows = classify_dataset(specs, model, RayConfig(batch_size=512, top_k=3)).take_all()
-    expected = _local(specs, model, top_k=3)
+    rows = classify_dataset(specs, model, RayConfig(files_per_task=512, top_k=3)).take_all()
+    expected = local_records(specs, model, top_k=3)
     # 3 bad files, 2 images in stack.npy; empty folder, missing, glob without match
     assert len(rows) == IMAGES + 3 + 2 + 3
-    _check_same(rows, expected)
+    check_same(rows, expected)
     assert {f"{inputs}/a/stack.npy[{i}]" for i in (0, 1)} <= {r["path"] for r in rows}
     errors = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
     assert errors["empty.png"] == "empty file (0 bytes)"
@@ -159,16 +104,16 @@ def test_dataset_of_bytes_and_uris(local_ray, model, inputs):
     files = sorted(str(p) for p in (inputs / "b").glob("000*.png"))
     ds = ray.data.read_binary_files(files, include_paths=True)
     rows = classify_dataset(ds, model, CONFIG).take_all()
-    _check_same(rows, _local(files, model))
+    check_same(rows, local_records(files, model))
 
     stack = str(inputs / "a" / "stack.npy")
     uris = [f"file://{inputs}/b/000*.png", f"file://{inputs}/nothing", f"file://{inputs}/nope"]
     rows = classify_dataset([*uris, f"file://{stack}"], model, CONFIG).take_all()
-    expected = {f"file://{k}": v for k, v in _local([*files, stack], model).items()}
+    expected = {f"file://{k}": v for k, v in local_records([*files, stack], model).items()}
     expected[uris[1]] = {"error": "empty directory (no files in it)"}
     expected[uris[2]] = {"error": "no such file or directory"}
     assert f"file://{stack}[1]" in expected  # an array file behind a URI: a row per image
-    _check_same(rows, expected)
+    check_same(rows, expected)
 
     wrong = ray.data.from_items([{"data": b"x"}])
     with pytest.raises(Exception, match="no bytes or path column"):
@@ -181,13 +126,15 @@ def test_a_file_deleted_after_listing_is_an_error_row(local_ray, model, tmp_path
     for i in range(20):
         Image.fromarray(digit(i)).save(folder / f"{i:02d}.png")
     np.save(folder / "gone.npy", np.stack([digit(1), digit(2)]))
-    results = classify_dataset([str(folder)], model, RayConfig(batch_size=8))  # listed, lazy
+    results = classify_dataset([str(folder)], model, RayConfig(files_per_task=8))  # listed, lazy
     (folder / "03.png").unlink()
     (folder / "gone.npy").unlink()
     rows = results.take_all()
     assert len(rows) == 21
     gone = ("03.png", "gone.npy")
-    _check_same([r for r in rows if Path(r["path"]).name not in gone], _local([str(folder)], model))
+    check_same(
+        [r for r in rows if Path(r["path"]).name not in gone], local_records([str(folder)], model)
+    )
     errors = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
     assert errors == {
         "03.png": "cannot read image: No such file or directory",
@@ -213,10 +160,10 @@ def test_a_killed_worker_is_replaced_and_its_block_run_again(
 
     monkeypatch.setattr(stages, "ClassifyFiles", DiesOnce)
     files = sorted(str(p) for p in (inputs / "a").glob("0*.png"))[:1500]
-    config = RayConfig(actors=actors, batch_size=100)
+    config = RayConfig(actors=actors, files_per_task=100)
     rows = classify_dataset(files, model, config).take_all()
     assert marker.exists(), "no worker died: the test did not test anything"
-    _check_same(rows, _local(files, model))
+    check_same(rows, local_records(files, model))
 
 
 def test_warm_up_opens_the_model_in_a_worker_per_cpu_for_the_job(
@@ -241,132 +188,12 @@ def test_warm_up_opens_the_model_in_a_worker_per_cpu_for_the_job(
 
     monkeypatch.setattr(stages, "ClassifyFiles", LogsOpen)
     files = sorted(str(p) for p in (inputs / "b").glob("0*.png"))[:2000]
-    job = plan_job(files, tmp_path / "fresh.onnx", RayConfig(batch_size=250))
+    job = plan_job(files, tmp_path / "fresh.onnx", RayConfig(files_per_task=250))
     warm = job.warm_up()
     assert warm.workers == 2, "the local Ray has 2 CPUs: a worker process each"
-    _check_same(job.dataset.take_all(), _local(files, tmp_path / "fresh.onnx"))
+    check_same(job.dataset.take_all(), local_records(files, tmp_path / "fresh.onnx"))
     seen = [line for path in log.iterdir() for line in path.read_text().split()]
     assert seen and set(seen) == {"open"}, seen
-
-
-def _invoke(*args: str):
-    from mnist_edge.runtime.cli import main
-
-    return CliRunner().invoke(main, ["--engine", "ray", *args], catch_exceptions=False)
-
-
-def test_cli_parquet_folder_and_exit_codes(local_ray, model, inputs, tmp_path):
-    import pyarrow.parquet as pq
-
-    good = sorted(str(p) for p in (inputs / "b").glob("001*.png"))
-    out = tmp_path / "results"
-    result = _invoke(*good, "--model", str(model), "-o", str(out))
-    assert result.exit_code == 0, result.output
-    assert f"{len(good)} images, 0 failed" in result.stderr
-    # one block of files: one worker warmed up for it
-    assert re.search(r"Ray started in [\d.]+ s, 1 worker in [\d.]+ s\)", result.stderr)
-    table = pq.read_table(out)
-    assert table.column_names == list(stages.RESULT_COLUMNS)
-    _check_same(table.to_pylist(), _local(good, model))
-
-    bad = [*good[:5], str(inputs / "a" / "corrupt.png"), str(inputs / "missing.png")]
-    result = _invoke(*bad, "--model", str(model), "-o", str(out))  # replaces the earlier run
-    assert result.exit_code == 1, result.output
-    assert "7 images, 2 failed" in result.stderr
-    _check_same(pq.read_table(out).to_pylist(), _local(bad, model))
-
-    missing = [str(inputs / "missing.png")]  # nothing to read: no worker is started for it
-    result = _invoke(*missing, "--model", str(model), "--format", "jsonl")
-    assert result.exit_code == 1, result.output
-    assert "1 image, 1 failed" in result.stderr and "worker" not in result.stderr
-    assert json.loads(result.stdout)["error"] == "no such file or directory"
-
-
-@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
-def test_cli_text_formats_match_the_local_cli(local_ray, model, inputs, tmp_path, fmt):
-    from mnist_edge.runtime.cli import main as local_main
-
-    assert fmt in FORMATS
-    specs = [
-        *sorted(str(p) for p in (inputs / "a").glob("002*.png")),
-        str(inputs / "a" / "notes.txt"),
-    ]
-    ours = tmp_path / f"ray.{fmt}"
-    result = _invoke(
-        *specs, "--model", str(model), "--format", fmt, "--top-k", "2", "-o", str(ours)
-    )
-    assert result.exit_code == 1, result.output
-    local = CliRunner().invoke(
-        local_main,
-        [*specs, "--model", str(model), "--format", fmt, "--top-k", "2", "--workers", "0"],
-    )
-    assert local.exit_code == 1
-    mine, theirs = ours.read_text().splitlines(), local.stdout.splitlines()
-    assert mine[0] == theirs[0]  # the csv header / a first record
-    assert sorted(mine) == sorted(theirs)  # same records, in Ray's order
-    if fmt == "jsonl":
-        assert {json.loads(line)["path"] for line in mine} == set(specs)
-
-
-def test_cli_usage_errors_exit_2(local_ray, model, inputs, tmp_path):
-    png = str(inputs / "a" / "00000.png")
-    result = _invoke(png, "--model", str(tmp_path / "none.onnx"), "-o", str(tmp_path / "o"))
-    assert result.exit_code == 2 and "not found" in result.output
-    assert _invoke(png, "--model", str(model)).exit_code == 2  # Parquet needs -o
-    (tmp_path / "file").write_text("x")
-    result = _invoke(png, "--model", str(model), "-o", str(tmp_path / "file"))
-    assert result.exit_code == 2 and "not a folder" in result.output
-    result = _invoke(png, "--model", str(model), "--top-k", "11", "--format", "jsonl")
-    assert result.exit_code == 2 and "--top-k" in result.output
-    result = _invoke(png, "--model", str(model), "--gpus-per-actor", "1", "--format", "jsonl")
-    assert result.exit_code == 2 and "--gpus-per-actor" in result.output
-    assert "no node of the cluster has that many" in result.output
-    pixels = Path("artifacts/mnist.pixels.onnx")
-    if pixels.is_file():  # made by `make export`
-        result = _invoke(png, "--model", str(pixels), "--format", "jsonl")
-        assert result.exit_code == 2 and "is a pixels-in model" in result.output
-    result = _invoke(png, "--model", str(model), "--workers", "2", "--format", "jsonl")
-    assert result.exit_code == 2 and "No such option '--workers'" in result.output
-
-
-def test_cli_refuses_an_address_where_no_cluster_listens(model, inputs, monkeypatch):
-    """Ray would retry such an address for minutes; the command says so at once, exit 2."""
-    import socket
-
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    exe = Path(sys.executable).with_name("mnist-infer")  # a process of its own: no Ray yet
-    png = str(inputs / "a" / "00000.png")
-    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
-        args = [png, "--model", str(model), "--ray-address", address, "--format", "jsonl"]
-        proc = subprocess.run(
-            [str(exe), "--engine", "ray", *args], capture_output=True, text=True, timeout=120
-        )
-        assert proc.returncode == 2, proc.stderr
-        assert f"cannot connect to {address}: nothing answers there" in proc.stderr
-
-
-def test_ray_options_belong_to_the_ray_command(model, inputs):
-    """`--engine ray` hands the command line to the Ray front end; its options are its own."""
-    from mnist_edge.runtime.cli import main, ray_command_line
-
-    assert ray_command_line(["x", "--engine", "ray", "-q"]) == ["x", "-q"]
-    assert ray_command_line(["--engine=ray", "x"]) == ["x"]
-    assert ray_command_line(["x", "--engine", "local"]) is None
-    assert ray_command_line(["--", "--engine", "ray"]) is None
-    ray_help = CliRunner().invoke(main, ["--engine", "ray", "--help"])
-    assert ray_help.exit_code == 0
-    assert "mnist-infer --engine ray [OPTIONS] INPUTS" in ray_help.output
-    assert "--cpus-per-actor" in ray_help.output and "--workers" not in ray_help.output
-    local_help = CliRunner().invoke(main, ["--help"])
-    assert "--engine" in local_help.output and "--actors" not in local_help.output
-    png = str(inputs / "a" / "00000.png")
-    local = CliRunner().invoke(main, [png, "--model", str(model), "--actors", "2"])
-    assert local.exit_code == 2 and "No such option '--actors'" in local.output
-    parquet = CliRunner().invoke(main, [png, "--model", str(model), "--format", "parquet"])
-    assert parquet.exit_code == 2 and "needs --engine ray" in parquet.output
 
 
 def test_config_errors_name_their_field():
@@ -374,15 +201,64 @@ def test_config_errors_name_their_field():
 
     for kwargs, field in [
         ({"batch_size": 0}, "batch_size"),
+        ({"files_per_task": 0}, "files_per_task"),
         ({"actors": 0}, "actors"),
         ({"provider": "cuda", "gpus_per_actor": 0}, "gpus_per_actor"),
-        ({"gpus_per_actor": 1}, "gpus_per_actor"),
+        ({"provider": "cpu", "gpus_per_actor": 1}, "gpus_per_actor"),
         ({"invert": "sometimes"}, "invert"),
-        ({"provider": "auto"}, "provider"),
+        ({"batch_size": 32, "model_batch": 16}, "batch_size"),
     ]:
         with pytest.raises(ConfigError) as caught:
             RayConfig(**kwargs)
         assert caught.value.field == field, kwargs
+    with pytest.raises(ConfigError) as caught:  # workers must agree: auto is resolved first
+        _ = RayConfig(provider="auto").provider_name
+    assert caught.value.field == "provider"
+
+
+def test_fields_are_named_like_their_options_and_the_old_name_still_works():
+    from dataclasses import fields
+
+    from mnist_edge.runtime.scale.cli import command
+
+    options = {p.name for p in command.params}
+    config = {f.name for f in fields(RayConfig)}
+    assert {"batch_size", "files_per_task", "provider", "top_k", "invert"} <= options & config
+    assert RayConfig(model_batch=16).batch_size == 16  # the old field name, hidden
+    assert "model_batch" not in repr(RayConfig(model_batch=16))
+
+
+def test_auto_is_resolved_once_by_the_local_rule_and_a_named_provider_stays(monkeypatch):
+    from mnist_edge.runtime import session
+    from mnist_edge.runtime.errors import ConfigError, ProviderError
+
+    cpu = RayConfig().resolved("fp32")
+    assert (cpu.provider, cpu.gpus, cpu.uses_actors) == ("cpu", 0.0, False)
+    monkeypatch.setattr(  # as on a driver with a CUDA build of ONNX Runtime
+        session.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", session.CPU]
+    )
+    gpu = RayConfig().resolved("fp32")
+    assert (gpu.provider, gpu.gpus, gpu.uses_actors) == ("cuda", 1.0, True)
+    assert RayConfig().resolved("int8").provider == "cpu"  # int8 files skip the GPU, as locally
+    monkeypatch.setattr(session.ort, "get_available_providers", lambda: [session.CPU])
+    # named providers are sent as named, even where this machine lacks them
+    assert RayConfig(provider="cuda").resolved("fp32").provider == "cuda"
+    assert RayConfig(provider="openvino").resolved("int8").provider == "openvino"
+    with pytest.raises(ProviderError, match="unknown provider 'nope'"):
+        RayConfig(provider="nope").resolved("fp32")
+    with pytest.raises(ConfigError, match="auto picks cpu on this machine") as caught:
+        RayConfig(gpus_per_actor=1).resolved("fp32")
+    assert caught.value.field == "provider"
+
+
+def test_batch_size_is_images_per_call_as_in_the_local_engine():
+    from mnist_edge.runtime.workers import WORKER_BATCH
+
+    assert RayConfig().batch_size == PipelineConfig.batch_size
+    assert RayConfig(provider="cpu", batch_size=16).images_per_call == 16
+    # one thread per CPU worker: at most the local engine's worker processes' batch
+    assert RayConfig(provider="cpu").images_per_call == WORKER_BATCH
+    assert RayConfig(provider="cuda").images_per_call == PipelineConfig.batch_size
 
 
 def test_block_size_follows_the_input_and_the_cluster():
@@ -391,4 +267,5 @@ def test_block_size_follows_the_input_and_the_cluster():
     assert config.block_size(100, 2) == 256  # never tiny tasks
     assert config.block_size(10_000_000, 2) == 4096  # never huge blocks
     assert config.block_size(100_000, 64) == 391
-    assert RayConfig(batch_size=100).block_size(10_000, 2) == 100
+    assert RayConfig(files_per_task=100).block_size(10_000, 2) == 100
+    assert RayConfig(batch_size=100).block_size(10_000, 2) == 1250  # images per call: not this

@@ -119,7 +119,7 @@ def test_work_lands_on_more_than_one_node(cluster, model, files, tmp_path, monke
     log = tmp_path / "log"
     log.mkdir()
     monkeypatch.setattr(stages, "ClassifyFiles", _logging_stage(log))
-    config = RayConfig(batch_size=50, actors=actors, cpus_per_actor=0.5)
+    config = RayConfig(files_per_task=50, actors=actors, cpus_per_actor=0.5)
     job = plan_job(files, model, config)
     warm = job.warm_up()
     if actors is None:  # a worker per free CPU, on every node that has one
@@ -141,7 +141,7 @@ def test_a_node_removed_mid_run_loses_and_duplicates_nothing(
     log.mkdir()
     monkeypatch.setattr(stages, "ClassifyFiles", _logging_stage(log))
     victim = workers[1]  # the 2-CPU worker node: most blocks run there
-    results = classify_dataset(files, model, RayConfig(batch_size=40))
+    results = classify_dataset(files, model, RayConfig(files_per_task=40))
     seen: list[str] = []
     removed = False
     for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):

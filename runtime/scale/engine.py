@@ -27,15 +27,14 @@ block run again elsewhere: Ray Data retries tasks and restarts actors by
 default, which this module relies on and the tests check.
 
 Ray is imported lazily: this package (and the rest of :mod:`mnist_edge.runtime`)
-imports without it; the functions that need it raise :class:`RayEngineError`
-naming the ``scale`` extra.
+imports without it; the functions that need it raise
+:class:`~mnist_edge.runtime.errors.MissingExtraError` naming the ``scale`` extra.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,7 +58,7 @@ if TYPE_CHECKING:
 
     from mnist_edge.runtime.classifier import Classifier
 
-BYTES_BLOCK = 1024  # rows per block of a Dataset of bytes given without a batch_size
+BYTES_BLOCK = 1024  # rows per block of a Dataset of bytes given without files_per_task
 
 __all__ = [
     "RESULT_COLUMNS",
@@ -71,21 +70,6 @@ __all__ = [
     "load_model",
     "plan_job",
 ]
-
-
-def _remember_missing_http_filesystem() -> None:
-    """Make a failing ``import fsspec.implementations.http`` fail fast from now on.
-
-    Ray tries that import once per path it resolves; where fsspec (which
-    ``ray[data]`` requires) is installed without aiohttp, each try re-runs the
-    module until it fails, milliseconds per path. A ``None`` entry in
-    ``sys.modules`` makes the retries immediate ``ImportError`` s, which Ray
-    takes as "no HTTP filesystem".
-    """
-    try:
-        import fsspec.implementations.http  # noqa: F401
-    except ImportError:
-        sys.modules.setdefault("fsspec.implementations.http", None)  # type: ignore[arg-type]
 
 
 def file_blocks(plan: InputPlan, block: int) -> tuple[list[pa.Table], tuple[stages.Remote, ...]]:
@@ -152,7 +136,8 @@ def classify_dataset(
             ``file:///...``), or a ``ray.data.Dataset`` with ``bytes`` and ``path`` columns
             (e.g. from ``read_binary_files(..., include_paths=True)``).
         model: the ``.onnx`` file (read here and shipped to the workers as bytes).
-        config: the job's settings (default :class:`RayConfig`).
+        config: the job's settings (default :class:`RayConfig`); a provider of ``auto`` is
+            resolved here, once, for every worker (:meth:`RayConfig.resolved`).
         stdin: where ``-`` reads paths from.
         classifier: ``model`` already opened by :func:`load_model` (saves opening it twice).
 
@@ -160,8 +145,9 @@ def classify_dataset(
         A ``ray.data.Dataset`` with columns :data:`RESULT_COLUMNS`.
 
     Raises:
-        RayEngineError: Ray is not installed.
+        MissingExtraError: Ray is not installed.
         ConfigError: no node can hold a worker as configured (``field`` names the setting).
+        ProviderError: an unknown provider, or ``auto`` finds none usable here.
         ModelError: the model file is missing or unusable.
     """
     return plan_job(inputs, model, config, stdin=stdin, classifier=classifier).dataset
@@ -174,7 +160,7 @@ class RayJob:
     Attributes:
         dataset: the lazy Dataset of result rows (see :func:`classify_dataset`).
         job: what every worker of the job gets.
-        config: the job's settings.
+        config: the job's settings, the provider resolved (never ``auto``).
         blocks: blocks of files the job has (``None`` for a Dataset of bytes).
     """
 
@@ -203,17 +189,17 @@ def plan_job(
     one on this machine). Nothing is read or classified until ``dataset`` is consumed.
 
     Raises:
-        RayEngineError: Ray is not installed.
+        MissingExtraError: Ray is not installed.
         ConfigError: no node can hold a worker as configured (``field`` names the setting).
+        ProviderError: an unknown provider, or ``auto`` finds none usable here.
         ModelError: the model file is missing or unusable.
     """
-    config = config or RayConfig()
     ray = import_ray()
-
+    classifier = classifier or load_model(model)
+    config = (config or RayConfig()).resolved(classifier.metadata.precision)
     if not ray.is_initialized():
         ray.init()
     check_resources(ray, config)
-    classifier = classifier or load_model(model)
     options = ImageOptions(
         preprocessing=classifier.metadata.preprocessing,
         invert=config.invert,
@@ -221,7 +207,7 @@ def plan_job(
     )
     errors: list[Source] = []
     remotes: tuple[stages.Remote, ...] = ()
-    block = config.batch_size or BYTES_BLOCK
+    block = config.files_per_task or BYTES_BLOCK
     blocks: int | None = None
     if isinstance(inputs, ray.data.Dataset):
         files: Dataset | None = inputs
@@ -242,7 +228,7 @@ def plan_job(
         session=SessionConfig(provider=config.provider_name, threads=1),
         options=options,
         top_k=config.top_k,
-        model_batch=config.model_batch,
+        images_per_call=config.images_per_call,
         remotes=remotes,
     )
     failed = (

@@ -175,7 +175,7 @@ class Job:
         session: ONNX Runtime settings (provider; one thread on CPU).
         options: decode and preprocessing settings (the model's preprocessing).
         top_k: alternatives per image (0 = none).
-        model_batch: images per ONNX Runtime call.
+        images_per_call: images per ONNX Runtime call.
         remotes: the filesystems of ``source`` 1, 2, ... (``source`` 0 is local).
     """
 
@@ -183,7 +183,7 @@ class Job:
     session: SessionConfig
     options: ImageOptions
     top_k: int = 0
-    model_batch: int = 64
+    images_per_call: int = 64
     remotes: tuple[Remote, ...] = ()
 
 
@@ -258,7 +258,7 @@ class ClassifyFiles:
 
         ok = [i for i, e in enumerate(errors) if e is None]
         good = images[ok] if len(ok) < len(paths) else images  # (n_ok, size, size)
-        step = self.job.model_batch
+        step = self.job.images_per_call
         parts = [
             self.classifier.predict(good[i : i + step]).probabilities
             for i in range(0, len(ok), step)
@@ -279,7 +279,7 @@ class ClassifyFiles:
         if len(array) == 0:
             return error_table([name], ["array file holds no images"])
         tables = []
-        step = max(self.job.model_batch, 1024)
+        step = max(self.job.images_per_call, 1024)
         for start in range(0, len(array), step):
             part = array_to_uint8(np.asarray(array[start : start + step]))  # (k, H, W)
             images = np.stack([preprocess(img, self.job.options) for img in part])  # (k, s, s)
