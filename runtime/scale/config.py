@@ -56,7 +56,7 @@ class RayConfig:
         max_pixels: as :attr:`ImageOptions.max_pixels`.
         top_k: alternatives per image in the ``top_k`` column (0 = none).
         rows_per_file: rows per Parquet file when writing (at least).
-        model_batch: the old name of ``batch_size``, still accepted.
+        model_batch: (init only) the old name of ``batch_size``, still accepted.
 
     Raises:
         ConfigError: a value out of range or inconsistent; ``field`` names it.
