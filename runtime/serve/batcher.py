@@ -24,6 +24,7 @@ how many requests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import threading
 import time
@@ -142,7 +143,7 @@ class BatchObserver(Protocol):
 class _Item:
     """One request in the queue; answered through its event loop, or its lock (a thread)."""
 
-    __slots__ = ("rows", "count", "enqueued_ns", "loop", "future", "lock", "result")
+    __slots__ = ("count", "enqueued_ns", "future", "lock", "loop", "result", "rows")
 
     def __init__(self, rows: np.ndarray, count: int) -> None:
         self.rows = rows  # (k, ...) model input, or one picture (stack=False)
@@ -366,17 +367,18 @@ class DynamicBatcher:
             elif item.loop is not None:
                 loops.setdefault(item.loop, []).append(item)
         for loop, items in loops.items():
-            try:
+            # a closed loop raises RuntimeError: nobody is waiting there any more
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle, items)
-            except RuntimeError:  # that loop is closed: nobody is waiting there any more
-                pass
 
     def _count(self, batch: list[_Item], rows: int, calls: int, start: int, end: int) -> None:
         with self._stats_lock:
             s = self._stats
             s.execution_count += calls
             s.compute_infer.add(end - start, calls)
-            s.batch_sizes.setdefault(rows if self._stack else 1, _Duration()).add(end - start, calls)
+            s.batch_sizes.setdefault(rows if self._stack else 1, _Duration()).add(
+                end - start, calls
+            )
             s.last_inference_ms = time.time_ns() // 1_000_000
             for item in batch:
                 s.requests += 1
