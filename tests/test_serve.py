@@ -379,3 +379,18 @@ def test_load_with_bad_requests_mixed_in_keeps_answers_right_and_memory_flat(
     assert all(r["wrong"] == 0 and r["good"] + r["bad"] == 1200 for r in rounds), rounds
     assert after - before < 6 * 1024 * 1024, f"RSS grew {(after - before) / 2**20:.1f} MiB"
     assert server.proc.poll() is None
+
+
+def test_every_json_answer_is_compact(server: ServerProcess) -> None:
+    body, headers = json.dumps({"inputs": [{"name": "image", "shape": [1, 1, 28, 28],
+                                            "datatype": "FP32", "data": [0.5] * 784}]}).encode(), {}  # fmt: skip
+    asks = [("GET", p, None) for p in ("/v2", "/v2/health/live", "/v2/health/ready",
+            "/v2/models/mnist", "/v2/models/mnist/ready", "/v2/models/mnist/stats", "/nope")]  # fmt: skip
+    asks += [("POST", "/v2/models/mnist/infer", body), ("POST", "/v2/models/mnist/infer", b"{")]
+    conn = server.connection()
+    for method, path, payload in asks:
+        conn.request(method, path, payload, headers)
+        answer = conn.getresponse().read()
+        compact = json.dumps(json.loads(answer), separators=(",", ":"), ensure_ascii=False)
+        assert answer == compact.encode(), (path, answer[:200])
+    conn.close()

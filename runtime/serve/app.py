@@ -10,7 +10,6 @@ a 4xx; a 500 means a bug here, and its message does not say more than "internal 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -24,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mnist_edge.runtime import __version__
 from mnist_edge.runtime.classifier import Classifier
 from mnist_edge.runtime.serve.batcher import BatcherError
-from mnist_edge.runtime.serve.protocol import HEADER_LENGTH, ProtocolError, error_body
+from mnist_edge.runtime.serve.protocol import HEADER_LENGTH, ProtocolError, dumps, error_body
 from mnist_edge.runtime.serve.service import ModelService, ServeConfig
 
 JSON = "application/json"
@@ -104,7 +103,7 @@ class Companion(Protocol):
 
 
 def _json(payload: dict[str, Any], status: int = 200) -> Response:
-    return Response(json.dumps(payload), status_code=status, media_type=JSON)
+    return Response(dumps(payload), status_code=status, media_type=JSON)
 
 
 def _error(message: str, status: int) -> Response:

@@ -1,19 +1,20 @@
-"""Dynamic batching: concurrent requests coalesced into one model call, run off the event loop.
+"""Dynamic batching: concurrent requests coalesced into one model call in one worker thread.
 
-Request handlers ``await batcher.submit(rows)``; the requests wait on the event
-loop. When the model is idle, a request goes to it at once, together with
-whatever else is already waiting (the requests the event loop has in hand in
-the same turn); requests gather only while a batch runs, so under load the next
-batch forms without any timer (it goes one loop turn after the last one ends,
-once its answers are out and the requests already received have joined). ``max_wait_ms`` (default 0) optionally holds the
-oldest request that long for company, for users who want bigger batches at
-some latency; a batch of ``max_batch`` rows goes at once either way. The model
-runs in one worker thread (one batch at a time), each request gets its own rows
-back, and only whole batches cross to the worker thread.
+Requests come from the event loop (``await batcher.submit(rows)``, the HTTP
+side) and from threads (``batcher.submit_blocking(rows)``, the gRPC server's
+handler threads); both join one queue that the worker thread takes from. When
+the model is idle, a request goes to it at once, together with whatever else is
+already waiting (an event loop hands over the requests of one loop turn
+together); requests gather only while a batch runs, so under load the next
+batch forms without any timer: it takes everything that came while the last one
+ran. ``max_wait_ms`` (default 0) optionally holds the oldest request that long
+for company, for users who want bigger batches at some latency; a batch of
+``max_batch`` rows goes at once either way. Each request gets its own rows back;
+an event loop's requests of one batch are answered in one wake-up of that loop.
 
 With ``stack=False`` (the pixels-in model, one picture of any size per call)
 the requests of a batch are not concatenated: the worker runs the model once
-per request, still one hand-over per batch.
+per request.
 
 The worker counts what it does (:class:`BatchStats`), in the shape of Triton's
 statistics extension, so clients and tests can see how many model calls served
@@ -23,10 +24,12 @@ how many requests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -128,7 +131,7 @@ class BatchStats:
 
 
 class BatchObserver(Protocol):
-    """Told what the worker did (e.g. Prometheus metrics); called on the event loop."""
+    """Told what the worker did (e.g. Prometheus metrics); called in the worker thread."""
 
     def batch_done(self, rows: int, calls: int, seconds: float) -> None:
         """A batch of ``rows`` images ran in ``calls`` model calls taking ``seconds``."""
@@ -137,19 +140,38 @@ class BatchObserver(Protocol):
         """A request of ``rows`` images waited ``queue_seconds`` before its batch ran."""
 
 
-@dataclass
 class _Item:
-    rows: np.ndarray  # (k, ...) model input, or one picture (stack=False)
-    count: int  # images in rows
-    future: asyncio.Future[np.ndarray]
-    enqueued_ns: int
+    """One request in the queue; answered through its event loop, or its lock (a thread)."""
+
+    __slots__ = ("count", "enqueued_ns", "future", "lock", "loop", "result", "rows")
+
+    def __init__(self, rows: np.ndarray, count: int) -> None:
+        self.rows = rows  # (k, ...) model input, or one picture (stack=False)
+        self.count = count  # images in rows
+        self.enqueued_ns = time.perf_counter_ns()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.future: asyncio.Future[np.ndarray] | None = None
+        self.lock: threading.Lock | None = None  # held until the answer is in `result`
+        self.result: np.ndarray | BaseException | None = None
+
+
+def _settle(items: list[_Item]) -> None:
+    """On an event loop: hand the worker's answers to the waiting coroutines."""
+    for item in items:
+        future = item.future
+        if future is not None and not future.done():  # the client may have gone
+            if isinstance(item.result, BaseException):
+                future.set_exception(item.result)
+            else:
+                future.set_result(item.result)  # type: ignore[arg-type]
 
 
 class DynamicBatcher:
-    """Coalesces concurrent :meth:`submit` calls into calls of ``run`` in one worker thread.
+    """Coalesces concurrent :meth:`submit` and :meth:`submit_blocking` calls into calls of ``run``.
 
-    Use it from one event loop: :meth:`start`, any number of :meth:`submit`,
-    then ``await`` :meth:`aclose`.
+    :meth:`start`, then any number of :meth:`submit` (from one event loop) and
+    :meth:`submit_blocking` (from any other thread), then ``await`` :meth:`aclose`
+    on that event loop.
 
     Args:
         run: the model call: (n, ...) input -> (n, ...) output (rows in order);
@@ -157,7 +179,7 @@ class DynamicBatcher:
         config: batching limits.
         stack: concatenate the requests of a batch into one call (``False``: one
             call per request, each request counting as one image).
-        observer: told about every batch and request (metrics).
+        observer: told about every batch and request (metrics), in the worker thread.
     """
 
     def __init__(
@@ -172,40 +194,62 @@ class DynamicBatcher:
         self._run = run
         self._stack = stack
         self._observer = observer
+        self._cond = threading.Condition(threading.Lock())
+        # guarded by _cond: the queue the worker takes from, rows queued or staged
         self._waiting: deque[_Item] = deque()
-        self._waiting_rows = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._soon: asyncio.Handle | None = None  # a dispatch at the end of this loop turn
-        self._busy: asyncio.Task[None] | None = None  # the batch in the worker thread
-        self._executor: ThreadPoolExecutor | None = None
+        self._ready_rows = 0  # rows in _waiting
+        self._queued_rows = 0  # rows in _waiting and _staged (the overload bound)
         self._accepting = False
+        self._closing = False
+        # the event loop's requests of this loop turn, handed over together at its end
+        self._staged: list[_Item] = []
+        self._soon: asyncio.Handle | None = None
+        self._thread: threading.Thread | None = None
+        self._stats_lock = threading.Lock()
         self._stats = BatchStats()
 
     def start(self) -> None:
         """Start the worker thread (idempotent)."""
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="mnist-serve-batcher")
-        self._accepting = True
+        with self._cond:
+            self._accepting = True
+            self._closing = False
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._work, name="mnist-serve-batcher_0", daemon=True
+                )
+                self._thread.start()
 
     async def aclose(self) -> None:
         """Refuse new requests, run the waiting ones now, then end the worker thread."""
-        self._accepting = False
-        while self._busy is not None or self._waiting:
-            if self._busy is None:
-                self._dispatch()
-            if self._busy is not None:
-                await asyncio.shield(self._busy)
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        self._flush()
+        with self._cond:
+            self._accepting = False
+            self._closing = True
+            self._cond.notify()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            await asyncio.to_thread(thread.join)
 
     @property
     def running(self) -> bool:
-        return self._accepting and self._executor is not None
+        return self._accepting and self._thread is not None
 
     def stats(self) -> BatchStats:
-        """The counters (updated on the event loop; read them there)."""
-        return self._stats
+        """A copy of the counters as they are now."""
+        with self._stats_lock:
+            return copy.deepcopy(self._stats)
+
+    def _admit(self, rows: np.ndarray) -> _Item:
+        """Count a new request's rows against the bound (call with ``_cond`` held)."""
+        if not self._accepting or self._thread is None:
+            raise BatcherError("the server is shutting down; retry on another instance")
+        count = len(rows) if self._stack else 1
+        if self._queued_rows + count > self.config.max_queue_rows:
+            raise BatcherError(
+                f"the server is overloaded ({self._queued_rows} rows waiting); retry later"
+            )
+        self._queued_rows += count
+        return _Item(rows, count)
 
     async def submit(self, rows: np.ndarray) -> np.ndarray:
         """Run the model on ``rows`` (k, ...) together with whatever else is waiting.
@@ -217,126 +261,139 @@ class DynamicBatcher:
         Raises:
             BatcherError: stopped (503), too many rows waiting (503), or the model call failed (500).
         """
-        if not self.running:
-            raise BatcherError("the server is shutting down; retry on another instance")
-        count = len(rows) if self._stack else 1
-        if self._waiting_rows + count > self.config.max_queue_rows:
-            raise BatcherError(
-                f"the server is overloaded ({self._waiting_rows} rows waiting); retry later"
-            )
+        with self._cond:
+            item = self._admit(rows)
         loop = asyncio.get_running_loop()
-        item = _Item(rows, count, loop.create_future(), time.perf_counter_ns())
-        self._waiting.append(item)
-        self._waiting_rows += count
-        if self._busy is None:  # while a batch runs, its end schedules the next
-            if self._waiting_rows >= self.config.max_batch:
-                self._dispatch()
-            elif self._soon is None:
-                # idle model: go at the end of this loop turn, with the requests it brings
-                self._soon = loop.call_soon(self._on_soon)
+        item.loop = loop
+        item.future = loop.create_future()
+        self._staged.append(item)
+        if self._soon is None:  # at the end of this loop turn, with the requests it brings
+            self._soon = loop.call_soon(self._flush)
         return await item.future
 
-    # ------------------------------------------------------------ on the event loop
+    def submit_blocking(self, rows: np.ndarray) -> np.ndarray:
+        """:meth:`submit` for a thread that is not running an event loop; waits for the answer."""
+        lock = threading.Lock()
+        lock.acquire()
+        with self._cond:
+            item = self._admit(rows)
+            item.lock = lock
+            self._waiting.append(item)
+            self._ready_rows += item.count
+            self._cond.notify()
+        lock.acquire()  # released by the worker once the answer is in
+        if isinstance(item.result, BaseException):
+            raise item.result
+        return item.result  # type: ignore[return-value]
 
-    def _schedule(self) -> None:
-        """Dispatch a batch if one is due; otherwise set a timer for when the oldest is."""
-        if self._busy is not None or not self._waiting:
-            return
-        waited_ns = time.perf_counter_ns() - self._waiting[0].enqueued_ns
-        wait_s = self.config.max_wait_ms / 1e3 - waited_ns / 1e9
-        if self._waiting_rows >= self.config.max_batch or wait_s <= 0:
-            self._dispatch()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(wait_s, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._schedule()
-
-    def _on_soon(self) -> None:
-        self._soon = None
-        self._schedule()
-
-    def _dispatch(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _flush(self) -> None:
+        """On the event loop: hand this turn's requests to the worker together."""
         if self._soon is not None:
             self._soon.cancel()
             self._soon = None
-        batch = [self._waiting.popleft()]
-        rows = batch[0].count
-        while self._waiting and rows + self._waiting[0].count <= self.config.max_batch:
-            item = self._waiting.popleft()
-            batch.append(item)
-            rows += item.count
-        self._waiting_rows -= rows
-        self._busy = asyncio.get_running_loop().create_task(self._execute(batch))
-
-    async def _execute(self, batch: list[_Item]) -> None:
-        try:
-            await self._execute_batch(batch)
-        finally:
-            self._busy = None
-            if self._accepting and self._waiting and self._soon is None:
-                # after one loop turn: the answers go out and the requests already read join
-                self._soon = asyncio.get_running_loop().call_soon(self._on_soon)
-
-    async def _execute_batch(self, batch: list[_Item]) -> None:
-        loop = asyncio.get_running_loop()
-        start = time.perf_counter_ns()
-        out: np.ndarray | list[np.ndarray] | BatcherError
-        try:
-            out = await loop.run_in_executor(self._executor, self._call, batch)
-        except Exception as exc:  # ORT raises its own types; every waiting request must hear
-            if len(batch) > 1:  # run them one by one so only the request at fault fails
-                for item in batch:
-                    await self._execute_batch([item])
-                return
-            out = BatcherError(f"model call failed: {first_line(exc)[:300]}", status=500)
-        end = time.perf_counter_ns()
-        s = self._stats
-        rows = sum(i.count for i in batch)
-        calls = 1 if self._stack else len(batch)
-        s.execution_count += calls
-        s.compute_infer.add(end - start, calls)
-        s.batch_sizes.setdefault(rows if self._stack else 1, _Duration()).add(end - start, calls)
-        s.last_inference_ms = time.time_ns() // 1_000_000
-        observer = self._observer
-        if observer is not None:
-            observer.batch_done(rows, calls, (end - start) / 1e9)
-        offset = 0
-        for k, item in enumerate(batch):
-            s.requests += 1
-            s.queue.add(start - item.enqueued_ns)
-            if isinstance(out, BaseException):
-                s.fail.add(end - item.enqueued_ns)
-                result: np.ndarray | BaseException = out
-            elif isinstance(out, list):
-                s.inference_count += item.count
-                s.success.add(end - item.enqueued_ns)
-                result = out[k]
-            else:
-                s.inference_count += item.count
-                s.success.add(end - item.enqueued_ns)
-                result = out[offset : offset + item.count]
-                offset += item.count
-            if observer is not None:
-                observer.request_done(
-                    item.count,
-                    (start - item.enqueued_ns) / 1e9,
-                    not isinstance(result, BaseException),
-                )
-            if not item.future.done():  # the client may have gone
-                if isinstance(result, BaseException):
-                    item.future.set_exception(result)
-                else:
-                    item.future.set_result(result)
+        if not self._staged:
+            return
+        staged, self._staged = self._staged, []
+        with self._cond:
+            self._waiting.extend(staged)
+            self._ready_rows += sum(i.count for i in staged)
+            self._cond.notify()
 
     # ------------------------------------------------------------ in the worker thread
+
+    def _take(self) -> list[_Item] | None:
+        """The next batch, waiting for one; ``None`` once closing and nothing is left."""
+        config = self.config
+        with self._cond:
+            while not self._waiting and not self._closing:
+                self._cond.wait()
+            if not self._waiting:
+                return None
+            if config.max_wait_ms > 0:
+                due = self._waiting[0].enqueued_ns + int(config.max_wait_ms * 1e6)
+                while self._ready_rows < config.max_batch and not self._closing:
+                    left = (due - time.perf_counter_ns()) / 1e9
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            batch = [self._waiting.popleft()]
+            rows = batch[0].count
+            while self._waiting and rows + self._waiting[0].count <= config.max_batch:
+                item = self._waiting.popleft()
+                batch.append(item)
+                rows += item.count
+            self._ready_rows -= rows
+            self._queued_rows -= rows
+            return batch
+
+    def _work(self) -> None:
+        while (batch := self._take()) is not None:
+            self._execute(batch)
 
     def _call(self, batch: list[_Item]) -> np.ndarray | list[np.ndarray]:
         if not self._stack:
             return [self._run(i.rows) for i in batch]
         x = batch[0].rows if len(batch) == 1 else np.concatenate([i.rows for i in batch])
         return self._run(x)
+
+    def _execute(self, batch: list[_Item]) -> None:
+        start = time.perf_counter_ns()
+        out: np.ndarray | list[np.ndarray] | BatcherError
+        try:
+            out = self._call(batch)
+        except Exception as exc:  # ORT raises its own types; every waiting request must hear
+            if len(batch) > 1:  # run them one by one so only the request at fault fails
+                for item in batch:
+                    self._execute([item])
+                return
+            out = BatcherError(f"model call failed: {first_line(exc)[:300]}", status=500)
+        end = time.perf_counter_ns()
+        rows = sum(i.count for i in batch)
+        calls = 1 if self._stack else len(batch)
+        offset = 0
+        for k, item in enumerate(batch):
+            if isinstance(out, BaseException):
+                item.result = out
+            elif isinstance(out, list):
+                item.result = out[k]
+            else:
+                item.result = out[offset : offset + item.count]
+                offset += item.count
+        self._count(batch, rows, calls, start, end)
+        loops: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
+        for item in batch:
+            if item.lock is not None:
+                item.lock.release()
+            elif item.loop is not None:
+                loops.setdefault(item.loop, []).append(item)
+        for loop, items in loops.items():
+            # a closed loop raises RuntimeError: nobody is waiting there any more
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, items)
+
+    def _count(self, batch: list[_Item], rows: int, calls: int, start: int, end: int) -> None:
+        with self._stats_lock:
+            s = self._stats
+            s.execution_count += calls
+            s.compute_infer.add(end - start, calls)
+            s.batch_sizes.setdefault(rows if self._stack else 1, _Duration()).add(
+                end - start, calls
+            )
+            s.last_inference_ms = time.time_ns() // 1_000_000
+            for item in batch:
+                s.requests += 1
+                s.queue.add(start - item.enqueued_ns)
+                if isinstance(item.result, BaseException):
+                    s.fail.add(end - item.enqueued_ns)
+                else:
+                    s.inference_count += item.count
+                    s.success.add(end - item.enqueued_ns)
+        observer = self._observer
+        if observer is not None:
+            observer.batch_done(rows, calls, (end - start) / 1e9)
+            for item in batch:
+                observer.request_done(
+                    item.count,
+                    (start - item.enqueued_ns) / 1e9,
+                    not isinstance(item.result, BaseException),
+                )

@@ -1,9 +1,10 @@
 """The Open Inference Protocol over gRPC, on the same :class:`ModelService` (and batcher) as HTTP.
 
 The service is the one ``tritonclient[grpc]`` ships compiled from the public
-proto (``GRPCInferenceService``); :class:`GrpcServer` runs it with ``grpc.aio``
-on the event loop the HTTP server uses, so requests from both protocols batch
-together. Implemented: ``ServerLive``, ``ServerReady``, ``ModelReady``,
+proto (``GRPCInferenceService``); :class:`GrpcServer` runs it with grpcio's
+thread-pool server beside the HTTP server's event loop, and both hand their
+requests to the one batcher of the :class:`ModelService`, so requests from both
+protocols batch together. Implemented: ``ServerLive``, ``ServerReady``, ``ModelReady``,
 ``ServerMetadata``, ``ModelMetadata``, ``ModelInfer`` (typed ``contents`` or
 ``raw_input_contents`` in; ``raw_output_contents`` out, as Triton answers) and
 ``ModelStatistics``; the others answer ``UNIMPLEMENTED``.
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
@@ -52,6 +55,7 @@ CONTENTS_FIELD = {
     "FP64": "fp64_contents",
 }
 METADATA_BYTES = 16 * 1024  # gRPC request metadata (headers) bound
+DEFAULT_THREADS = 64  # as many calls as the default --max-batch can take in one batch
 logger = logging.getLogger("mnist_edge.serve.grpc")
 
 
@@ -73,28 +77,26 @@ def status_code(exc: ProtocolError | BatcherError) -> grpc.StatusCode:
 
 
 Reply = TypeVar("Reply")
-Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Reply]]
+Handler = Callable[[Any, Any, grpc.ServicerContext], Reply]
 
 
 def _rpc(endpoint: str) -> Callable[[Handler[Reply]], Handler[Reply]]:
     """Turn the service's errors into status codes and count the call in the metrics."""
 
     def wrap(method: Handler[Reply]) -> Handler[Reply]:
-        async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Reply:
+        def handler(self: Any, request: Any, context: grpc.ServicerContext) -> Reply:
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                return await method(self, request, context)
+                return method(self, request, context)
             except (ProtocolError, BatcherError) as exc:
                 code = status_code(exc)
-                await context.abort(code, str(exc))
+                context.abort(code, str(exc))
                 raise  # abort() raises; this line only satisfies the type checker
-            except grpc.aio.AbortError:
-                raise
             except Exception:  # a bug here: logged, and the client hears no details
                 code = grpc.StatusCode.INTERNAL
                 logger.exception("mnist-serve: %s failed", endpoint)
-                await context.abort(code, "internal error")
+                context.abort(code, "internal error")
                 raise
             finally:
                 metrics = self.service.metrics
@@ -118,27 +120,27 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.service.check_model(name, version or None)
 
     @_rpc("live")
-    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+    def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     @_rpc("ready")
-    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
+    def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.service.ready)
 
     @_rpc("model_ready")
-    async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
+    def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
         self._check_model(request.name, request.version)
         return pb.ModelReadyResponse(ready=self.service.ready)
 
     @_rpc("server_metadata")
-    async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+    def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
         meta = self.service.server_metadata()
         return pb.ServerMetadataResponse(
             name=meta["name"], version=meta["version"], extensions=meta["extensions"]
         )
 
     @_rpc("model_metadata")
-    async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
+    def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
         self._check_model(request.name, request.version)
         meta = self.service.model_metadata()
 
@@ -159,7 +161,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         )
 
     @_rpc("statistics")
-    async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
+    def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
         if request.name:  # an empty name asks for every model
             self._check_model(request.name, request.version)
         return pb.ModelStatisticsResponse(
@@ -167,12 +169,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         )
 
     @_rpc("infer")
-    async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
+    def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
         service = self.service
         self._check_model(request.model_name, request.model_version)
         tensor = self._input(request)
         requested = self._outputs(request)
-        results = await service.run(tensor)
+        results = service.run_blocking(tensor)
         reply = pb.ModelInferResponse(
             model_name=service.config.model_name,
             model_version=service.config.model_version,
@@ -270,10 +272,11 @@ def _statistics(stats: dict[str, Any]) -> pb.ModelStatistics:
 
 
 class GrpcServer:
-    """A ``grpc.aio`` server for one :class:`ModelService`, on the event loop that runs it.
+    """grpcio's thread-pool server for one :class:`ModelService`, beside the HTTP event loop.
 
-    Made anywhere; :meth:`bind` and the rest run on the event loop (the HTTP
-    server's), so the two protocols share the service's batcher.
+    Each call runs in one of ``threads`` handler threads and waits there for its
+    batch (:meth:`ModelService.run_blocking`), so up to ``threads`` gRPC calls
+    join one batch. grpcio's C core does the network I/O outside the GIL.
 
     Args:
         service: the model service (shared with the HTTP app).
@@ -281,18 +284,27 @@ class GrpcServer:
         port: TCP port; 0 picks a free one (see :attr:`port` after :meth:`bind`).
         max_message_bytes: largest request message (the HTTP body limit).
         grace: seconds the calls in flight get to finish when it stops.
+        threads: handler threads (the most gRPC calls in the server at once;
+            more wait in grpcio's queue).
     """
 
     def __init__(
-        self, service: ModelService, host: str, port: int, max_message_bytes: int, grace: float
+        self,
+        service: ModelService,
+        host: str,
+        port: int,
+        max_message_bytes: int,
+        grace: float,
+        threads: int = DEFAULT_THREADS,
     ) -> None:
         self.service = service
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.max_message_bytes = max_message_bytes
         self.grace = grace
+        self.threads = threads
         self.port = port
-        self._server: grpc.aio.Server | None = None
-        self._stopping: asyncio.Future[None] | None = None
+        self._server: grpc.Server | None = None
+        self._stopped: threading.Event | None = None
 
     async def bind(self) -> int:
         """Make the server and bind its port; returns the port.
@@ -301,13 +313,14 @@ class GrpcServer:
             GrpcBindError: the address cannot be bound.
         """
         limit = self.max_message_bytes
-        server = grpc.aio.server(
+        server = grpc.server(
+            ThreadPoolExecutor(self.threads, thread_name_prefix="mnist-serve-grpc"),
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.max_metadata_size", METADATA_BYTES),
                 ("grpc.so_reuseport", 0),  # a busy port is an error, not a second listener
-            ]
+            ],
         )
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.service), server
@@ -327,15 +340,15 @@ class GrpcServer:
         if self._server is None:
             await self.bind()
         if self._server is not None:
-            await self._server.start()
+            self._server.start()
 
     def begin_stop(self) -> None:
         """Refuse new calls now; the calls in flight get ``grace`` seconds (idempotent)."""
-        if self._stopping is None and self._server is not None:
-            self._stopping = asyncio.ensure_future(self._server.stop(self.grace))
+        if self._stopped is None and self._server is not None:
+            self._stopped = self._server.stop(self.grace)
 
     async def stop(self) -> None:
-        """:meth:`begin_stop`, then wait until the calls in flight are done."""
+        """:meth:`begin_stop`, then wait (off the event loop) until the calls in flight are done."""
         self.begin_stop()
-        if self._stopping is not None:
-            await self._stopping
+        if self._stopped is not None:
+            await asyncio.to_thread(self._stopped.wait)

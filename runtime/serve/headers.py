@@ -57,7 +57,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self) -> None:
         self._refused = True
         body = (
-            b'{"error": "request line and headers over the limit of %d bytes; '
+            b'{"error":"request line and headers over the limit of %d bytes; '
             b'send fewer or shorter headers"}' % MAX_HEAD_BYTES
         )
         self.transport.write(_431 + b"content-length: %d\r\n\r\n" % len(body) + body)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from mnist_edge.runtime.errors import MnistEdgeError
 
@@ -174,6 +175,18 @@ def _json_object(data: bytes, what: str, max_values: int) -> dict[str, Any]:
             status=413,
         )
     try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        # orjson is the fast path; what it refuses goes to the stdlib parser, which gives
+        # the error messages (and reads what only it takes, such as integers beyond 64 bits)
+        value = _stdlib_json(data, what)
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def _stdlib_json(data: bytes, what: str) -> Any:
+    try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError(f"{what} is not UTF-8 text") from None
@@ -188,8 +201,6 @@ def _json_object(data: bytes, what: str, max_values: int) -> dict[str, Any]:
         if what == "request body" and "Extra data" in str(exc):
             hint = f"; binary tensor data needs the {HEADER_LENGTH} header"
         raise ProtocolError(f"{what} is not valid JSON ({exc}){hint}") from None
-    if not isinstance(value, dict):
-        raise ProtocolError(f"{what} must be a JSON object, not {type(value).__name__}")
     return value
 
 
@@ -465,12 +476,17 @@ def encode_infer_response(
     if request_id:
         response["id"] = request_id
     response["outputs"] = tensors
-    header = json.dumps(response, separators=(",", ":")).encode()
+    header = dumps(response)
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
 
 
+def dumps(payload: dict[str, Any]) -> bytes:
+    """A JSON answer body, in the server's one style: compact (no spaces), UTF-8."""
+    return orjson.dumps(payload)
+
+
 def error_body(message: str) -> bytes:
     """The protocol's error shape: ``{"error": message}``."""
-    return json.dumps({"error": message}).encode()
+    return dumps({"error": message})

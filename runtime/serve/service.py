@@ -256,7 +256,18 @@ class ModelService:
         Raises:
             BatcherError: shutting down, overloaded, or the model call failed.
         """
-        probabilities = await self.batcher.submit(tensor)  # (rows, classes) or (classes,)
+        return self._outputs_of(await self.batcher.submit(tensor))
+
+    def run_blocking(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`run` from a thread without an event loop (the gRPC server's handlers).
+
+        Raises:
+            BatcherError: shutting down, overloaded, or the model call failed.
+        """
+        return self._outputs_of(self.batcher.submit_blocking(tensor))
+
+    def _outputs_of(self, probabilities: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's output, (rows, classes) or (classes,) -> every output by name."""
         if not self.pixels_in:
             return {self.outputs[0].name: probabilities}
         label = np.array(probabilities.argmax(), np.int64)  # the graph's ArgMax: first on ties
