@@ -94,6 +94,27 @@ class Network:
         return sum(a.nbytes for a in arrays if a is not None)
 
 
+def fold_zero_point(weights: np.ndarray, bias: np.ndarray, zero_point: int) -> np.ndarray:
+    """The int32 bias with the input zero point folded in, one per output (``weights``' first axis).
+
+    sum (x - zx) w + b = sum x w + (b - zx sum w): the kernels then sum raw uint8 x int8.
+    """
+    sums = weights.reshape(len(weights), -1).astype(np.int64).sum(1)
+    return (bias.astype(np.int64) - zero_point * sums).astype(np.int32)
+
+
+def multipliers(in_scale: float, w_scale: np.ndarray, out_scale: float | None = None) -> np.ndarray:
+    """The float32 factor per output channel that turns an int32 sum into the output.
+
+    As ONNX Runtime computes it: ``in_scale * w_scale / out_scale`` in float32 for a
+    quantized output (QLinearConv), ``in_scale * w_scale`` for a float one (QGemm).
+    """
+    scales = np.float32(in_scale) * w_scale.astype(np.float32)
+    if out_scale is not None:
+        scales = scales / np.float32(out_scale)
+    return scales.astype(np.float32)
+
+
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
@@ -239,12 +260,10 @@ def _conv_pool(g: _Graph, conv, nodes, shape: tuple[int, int, int], in_quant: Qu
         raise NetworkError(f"Relu after Conv {conv.name!r}: only uint8 zero point 0 folds into the clamp")  # fmt: skip
     if out_quant.dtype is not np.uint8 or in_quant.dtype is not np.uint8:
         raise NetworkError(f"Conv {conv.name!r}: only uint8 activations are supported")
-    # sum (x - zx) w = sum x w - zx sum w: the input zero point folds into the bias
-    folded = bias.astype(np.int64) - in_quant.zero_point * ohwi.reshape(len(ohwi), -1).sum(1)
-    scales = (np.float32(in_quant.scale) * w_scale.astype(np.float32)) / np.float32(out_quant.scale)  # fmt: skip
     layer = ConvPool(
-        h, w, c, weights.shape[0], k[0], pool[0], ohwi.astype(np.int8), folded.astype(np.int32),
-        scales.astype(np.float32), out_quant,
+        h, w, c, weights.shape[0], k[0], pool[0], ohwi.astype(np.int8),
+        fold_zero_point(ohwi, bias, in_quant.zero_point),
+        multipliers(in_quant.scale, w_scale, out_quant.scale), out_quant,
     )  # fmt: skip
     return layer, nxt.output[0]
 
@@ -267,6 +286,5 @@ def _dense(g: _Graph, node, shape: tuple[int, int, int], in_quant: Quant | None)
         return Dense(inputs, outputs, hwc.astype(np.float32), bias.astype(np.float32))
     if in_quant is None or in_quant.dtype is not np.uint8:
         raise NetworkError(f"Gemm {node.name!r}: int8 weights need a uint8 quantized input")
-    folded = bias.astype(np.int64) - in_quant.zero_point * hwc.astype(np.int64).sum(1)
-    scales = np.float32(in_quant.scale) * w_scale.astype(np.float32)
-    return Dense(inputs, outputs, hwc.astype(np.int8), folded.astype(np.int32), scales.astype(np.float32))  # fmt: skip
+    folded = fold_zero_point(hwc, bias, in_quant.zero_point)
+    return Dense(inputs, outputs, hwc.astype(np.int8), folded, multipliers(in_quant.scale, w_scale))  # fmt: skip
