@@ -16,6 +16,7 @@ replaced (a sibling folder written, then renamed into place); otherwise
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -187,7 +188,29 @@ def export_c(
     if missing:
         raise CExportError(f"{', '.join(missing)} not in {models}: export the ONNX files first", [])
     digits, labels = load_test_digits(config.data_dir, config.digit_limit)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)  # the staging folder must share its file system
+    try:
+        written = _stage_and_write(models, out_dir, config, digits, labels, log, frames)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # only when empty: nothing is left behind by a refusal
+        raise
+    atomic_write_text(out_dir / "c.json", json.dumps([{**lib.to_dict(), "checks": asdict(c)} for lib, c in written], indent=2) + "\n")  # fmt: skip
+    return written
+
+
+def _stage_and_write(
+    models: Path,
+    out_dir: Path,
+    config: CConfig,
+    digits: np.ndarray,
+    labels: np.ndarray,
+    log: Log,
+    frames: Path | None,
+) -> list[tuple[CLibrary, CCheck]]:
+    """Emit and check every precision in a temporary folder, then move each into place."""
     staged: list[tuple[CLibrary, CCheck, Path]] = []
     with tempfile.TemporaryDirectory(prefix=".c-", dir=out_dir) as tmp:
         for precision in config.precisions:
@@ -211,5 +234,4 @@ def export_c(
             _replace_dir(sibling, target)
             files = [target / f.name for f in lib.files]
             written.append((CLibrary(target, lib.precision, lib.model, lib.model_sha256, lib.weight_bytes, lib.buffer_bytes, lib.target, files), check))  # fmt: skip
-    atomic_write_text(out_dir / "c.json", json.dumps([{**lib.to_dict(), "checks": asdict(c)} for lib, c in written], indent=2) + "\n")  # fmt: skip
     return written
