@@ -22,7 +22,13 @@ import pytest
 from click.testing import CliRunner
 
 from mnist_edge.export.c import check as c_check
-from mnist_edge.export.c.build import WARNINGS, HostLibrary, build_shared, host_cc, measure_cortex_m4
+from mnist_edge.export.c.build import (
+    WARNINGS,
+    HostLibrary,
+    build_shared,
+    host_cc,
+    measure_cortex_m4,
+)
 from mnist_edge.export.c.check import CConfig, CExportError, export_c, load_test_digits
 from mnist_edge.export.c.library import LIBM_STACK, CLibrary, emit_library
 from mnist_edge.export.c.network import NetworkError
