@@ -180,7 +180,7 @@ lint: $(STAMP) ## ruff check + format check + mypy type check of the package
 	$(BIN)/ruff format --check .
 	@# mypy sees the installed names (mnist_edge.train, ...) through a link tree
 	@rm -rf build/typecheck && mkdir -p build/typecheck/mnist_edge
-	@for p in train export runtime; do ln -s ../../../$$p build/typecheck/mnist_edge/$$p; done
+	@for p in train export runtime tools; do ln -s ../../../$$p build/typecheck/mnist_edge/$$p; done
 	@ln -s ../../../package/__init__.py build/typecheck/mnist_edge/__init__.py
 	cd build/typecheck && $(abspath $(BIN))/mypy --config-file ../../pyproject.toml mnist_edge
 

@@ -303,7 +303,7 @@ def test_agrees_with_mnist_infer_on_real_digits(trained_core, mnist):
 def exported(trained_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("pixels-artifacts")
     config = ExportConfig(
-        data_dir=DATA_DIR, eval_limit=200, pixels_images=15, ort=True, int8_max_accuracy_drop=0.02
+        data_dir=DATA_DIR, test_limit=200, pixels_images=15, ort=True, int8_max_drop=0.02
     )
     return out, export_onnx(trained_checkpoint, out, config), config
 
@@ -391,7 +391,7 @@ def test_export_refuses_a_broken_pixels_graph(trained_checkpoint, tmp_path, monk
         return real(core, pre, invert="never")  # dark-on-light pictures come out wrong
 
     monkeypatch.setattr(pixels_export, "build_pixels_model", never_inverts)
-    config = ExportConfig(data_dir=DATA_DIR, eval_limit=100, pixels_images=10, int8=False)
+    config = ExportConfig(data_dir=DATA_DIR, test_limit=100, pixels_images=10, int8=False)
     with pytest.raises(ValidationError) as info:
         export_onnx(trained_checkpoint, tmp_path / "out", config)
     assert any(
