@@ -78,6 +78,7 @@ samples: $(STAMP) ## Write some test-set digits (and photo-like variants) into i
 bench: $(STAMP) ## Benchmarks: training, model-only and end-to-end inference, serving, Ray, Cortex-M -> artifacts/bench.json
 	$(BIN)/python bench/bench_train.py $(TRAIN_BENCH_ARGS)
 	$(BIN)/python bench/bench_infer.py $(INFER_BENCH_ARGS)
+	$(BIN)/python bench/bench_workers.py
 	@$(MAKE) --no-print-directory bench-openvino
 	@$(MAKE) --no-print-directory venv-mlserver || echo "bench: MLServer peer skipped (pip's message above)"
 	$(BIN)/python bench/bench_serve.py $(SERVE_BENCH_ARGS)

@@ -19,6 +19,7 @@ from mnist_edge.export.config import (
 from mnist_edge.runtime.command import command
 from mnist_edge.runtime.frontend import AliasedOption
 from mnist_edge.runtime.layout import DEFAULT, Artifacts
+from mnist_edge.train.config import check_output_dir
 
 _D = ExportConfig()  # the options' defaults come from the config; each is named like its field
 
@@ -202,6 +203,8 @@ def main(
             data_dir=data_dir,
             test_limit=test_limit,
         )
+        if not parity_only:  # a folder that cannot take the files fails now, not after the export
+            check_output_dir(out_dir)
         if parity_only:
             reports = check_artifacts(checkpoint, out_dir, config, _progress)
             sizes = {r.name: (out_dir / r.name).stat().st_size for r in reports}

@@ -7,6 +7,7 @@ is ``make parity``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -30,7 +31,6 @@ from mnist_edge.export.spec import GraphSpec
 from mnist_edge.export.verify import ValidationError, check_graph
 from mnist_edge.runtime.command import option_for
 from mnist_edge.runtime.metadata import ModelMetadata
-from mnist_edge.train.checkpoint import sha256_file
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +108,7 @@ def test_metadata_is_present_and_correct(exported, trained_checkpoint, name):
     assert meta.labels == tuple(str(i) for i in range(10))
     assert meta.dataset == "mnist"
     assert meta.precision == ("int8" if "int8" in name else "fp32")
-    assert meta.source_sha256 == sha256_file(trained_checkpoint)
+    assert meta.source_sha256 == hashlib.sha256(trained_checkpoint.read_bytes()).hexdigest()
     assert meta.test_accuracy == pytest.approx(parity.accuracy, abs=5e-5)
     assert (
         meta.preprocessing.scale == pytest.approx(1 / 255)
@@ -122,7 +122,9 @@ def test_metadata_is_present_and_correct(exported, trained_checkpoint, name):
     # the checkpoint's recipe, as it comes back from JSON
     assert dict(meta.recipe) == json.loads(json.dumps(recipe))
     assert {"torch", "onnx", "onnxruntime", "mnist_edge"} <= set(meta.versions)
-    assert meta.model_version.endswith(sha256_file(trained_checkpoint)[:12])
+    assert meta.model_version.endswith(
+        hashlib.sha256(trained_checkpoint.read_bytes()).hexdigest()[:12]
+    )
     assert meta_raw.custom_metadata_map["mnist_edge.validation"] == "passed"
     if meta.precision == "int8":  # the preset `auto` chose for this host, and the CPUs involved
         host = host_cpu_features()

@@ -34,7 +34,7 @@ def _err(message: str) -> None:
 )
 @click.option(
     "--data-dir",
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=Path, file_okay=False),
     default=_D.data_dir,
     show_default=True,
     help="Where the dataset is (or is prepared).",
