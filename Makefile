@@ -78,6 +78,7 @@ samples: $(STAMP) ## Write some test-set digits (and photo-like variants) into i
 bench: $(STAMP) ## Benchmarks: training, model-only and end-to-end inference, serving, Ray, Cortex-M -> artifacts/bench.json
 	$(BIN)/python bench/bench_train.py $(TRAIN_BENCH_ARGS)
 	$(BIN)/python bench/bench_infer.py $(INFER_BENCH_ARGS)
+	$(BIN)/python bench/bench_workers.py
 	@$(MAKE) --no-print-directory bench-openvino
 	@$(MAKE) --no-print-directory venv-mlserver || echo "bench: MLServer peer skipped (pip's message above)"
 	$(BIN)/python bench/bench_serve.py $(SERVE_BENCH_ARGS)
@@ -180,7 +181,7 @@ lint: $(STAMP) ## ruff check + format check + mypy type check of the package
 	$(BIN)/ruff format --check .
 	@# mypy sees the installed names (mnist_edge.train, ...) through a link tree
 	@rm -rf build/typecheck && mkdir -p build/typecheck/mnist_edge
-	@for p in train export runtime; do ln -s ../../../$$p build/typecheck/mnist_edge/$$p; done
+	@for p in train export runtime tools; do ln -s ../../../$$p build/typecheck/mnist_edge/$$p; done
 	@ln -s ../../../package/__init__.py build/typecheck/mnist_edge/__init__.py
 	cd build/typecheck && $(abspath $(BIN))/mypy --config-file ../../pyproject.toml mnist_edge
 

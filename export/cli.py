@@ -19,21 +19,16 @@ from mnist_edge.export.config import (
 from mnist_edge.runtime.command import command
 from mnist_edge.runtime.frontend import AliasedOption
 from mnist_edge.runtime.layout import DEFAULT, Artifacts
+from mnist_edge.train.config import check_output_dir
 
-_D = ExportConfig()  # the options' defaults come from the config
-# ExportConfig fields whose option is not "--" + the field name with dashes
-OPTIONS = {
-    "int8_max_accuracy_drop": "--int8-max-drop",
-    "ort": "--ort",
-    "eval_limit": "--test-limit",
-}
+_D = ExportConfig()  # the options' defaults come from the config; each is named like its field
 
 
 def _progress(line: str) -> None:
     click.echo(line, err=True)
 
 
-@command("mnist-export", extras=("export", "cpu"), options=OPTIONS, show_default=True)
+@command("mnist-export", extras=("export", "cpu"), show_default=True)
 @click.option(
     "--checkpoint",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -67,7 +62,7 @@ def _progress(line: str) -> None:
 @click.option(
     "--int8-max-drop",
     type=click.FloatRange(0, 1, max_open=True),
-    default=_D.int8_max_accuracy_drop,
+    default=_D.int8_max_drop,
     help="Max accuracy drop of int8 vs PyTorch (0.002 = 0.2 points).",
 )
 @click.option(
@@ -95,7 +90,6 @@ def _progress(line: str) -> None:
 )
 @click.option(
     "--ort",
-    "ort_format",
     is_flag=True,
     help="Also write .ort files and mnist.required_operators.config (minimal/mobile builds).",
 )
@@ -119,7 +113,6 @@ def _progress(line: str) -> None:
 )
 @click.option(
     "--test-limit",
-    "eval_limit",
     cls=AliasedOption,
     aliases=("--eval-limit",),
     type=click.IntRange(min=1),
@@ -150,18 +143,34 @@ def main(
     int8_target: str,
     fixed_batch: int | None,
     uint8_input: bool,
-    ort_format: bool,
+    ort: bool,
     pixels: bool,
     pixels_images: int,
     allow_mismatch: bool,
-    eval_limit: int | None,
+    test_limit: int | None,
     parity_only: bool,
     c_library: bool,
 ) -> None:
-    """Export artifacts/model.pt to a validated ONNX model (fp32 and int8).
+    """Export a checkpoint (mnist-train's model.pt) to validated ONNX files.
 
-    Writes artifacts/mnist.onnx and artifacts/mnist.int8.onnx only after both
-    match PyTorch on the test set; nothing is written when a check fails.
+    Writes these files into --out-dir, and only once every one of them has
+    passed its checks on the test set (nothing is written when a check fails):
+
+    \b
+      mnist.onnx                fp32, float32 [batch, 1, 28, 28]
+      mnist.int8.onnx           int8 (not with --no-int8)
+      mnist.pixels.onnx         pixels-in: uint8 [height, width] pictures,
+      mnist.pixels.int8.onnx      preprocessing inside (not with --no-pixels)
+      mnist.meta.json           the pixels-in files' metadata (not with --no-pixels)
+      mnist[.int8][.batchN][.uint8].onnx
+                                with --fixed-batch N and/or --uint8-input (one variant)
+      NAME.ort                  with --ort: an ORT-format twin of each .onnx file
+      mnist.required_operators.config  with --ort: the operators the .ort files use
+      export.json               the export report
+      report.md                 its Export section (the file is kept, the section replaced)
+
+    With --parity-only it writes nothing. With --c it writes only the C libraries
+    c/fp32/ and c/int8/ and c/c.json, from the .onnx files already in --out-dir.
     """
     from mnist_edge.export.artifacts import check_artifacts
     from mnist_edge.export.pipeline import export_onnx
@@ -169,11 +178,12 @@ def main(
     from mnist_edge.export.verify import ValidationError
 
     if c_library:
-        _export_c(out_dir, data_dir, eval_limit, pixels_images)
+        _export_c(out_dir, data_dir, test_limit, pixels_images)
         return
     if not checkpoint.is_file():
         raise click.BadParameter(
-            f"{checkpoint} does not exist; run `make train` first or pass --checkpoint PATH",
+            f"{checkpoint} does not exist; train one with mnist-train (from a clone: make train) "
+            "or pass --checkpoint PATH",
             param_hint="--checkpoint",
         )
     try:
@@ -182,17 +192,19 @@ def main(
             tolerance=tolerance,
             int8=int8,
             int8_target=int8_target,
-            int8_max_accuracy_drop=int8_max_drop,
+            int8_max_drop=int8_max_drop,
             calibration_images=calibration_images,
             fixed_batch=fixed_batch,
             uint8_input=uint8_input,
-            ort=ort_format,
+            ort=ort,
             pixels=pixels,
             pixels_images=pixels_images,
             allow_mismatch=allow_mismatch,
             data_dir=data_dir,
-            eval_limit=eval_limit,
+            test_limit=test_limit,
         )
+        if not parity_only:  # a folder that cannot take the files fails now, not after the export
+            check_output_dir(out_dir)
         if parity_only:
             reports = check_artifacts(checkpoint, out_dir, config, _progress)
             sizes = {r.name: (out_dir / r.name).stat().st_size for r in reports}
@@ -202,7 +214,7 @@ def main(
             if failed:
                 raise click.ClickException(
                     f"{len(failed)} of {len(reports)} files out of tolerance ({', '.join(r.name for r in failed)}); "
-                    "run `make export` to export them again"
+                    "run mnist-export without --parity-only to export them again"
                 )
             return
         report = export_onnx(checkpoint, out_dir, config, _progress)
@@ -238,13 +250,13 @@ def main(
         )
 
 
-def _export_c(out_dir: Path, data_dir: Path, eval_limit: int | None, pixels_images: int) -> None:
+def _export_c(out_dir: Path, data_dir: Path, test_limit: int | None, pixels_images: int) -> None:
     """``--c``: the C libraries from the files already in ``out_dir``."""
     from mnist_edge.export.c.build import BuildError
     from mnist_edge.export.c.check import CConfig, CExportError, export_c
     from mnist_edge.export.c.network import NetworkError
 
-    config = CConfig(data_dir=data_dir, digit_limit=eval_limit, pictures_per_variant=pixels_images)
+    config = CConfig(data_dir=data_dir, digit_limit=test_limit, pictures_per_variant=pixels_images)
     try:
         written = export_c(out_dir, out_dir / "c", config, _progress)
     except CExportError as exc:

@@ -36,7 +36,7 @@ class ExportConfig:
         opset: ONNX opset (one of :data:`SUPPORTED_OPSETS`).
         tolerance: max |ONNX fp32 - PyTorch| over all probabilities.
         int8: also write the int8 file.
-        int8_max_accuracy_drop: int8 may lose at most this accuracy vs PyTorch (0.002 = 0.2 points).
+        int8_max_drop: int8 may lose at most this accuracy vs PyTorch (0.002 = 0.2 points).
         int8_min_agreement: int8 argmax must equal PyTorch's on at least this fraction of images.
         calibration_images: first N training images used to calibrate int8.
         int8_target: the int8 preset, one of :data:`INT8_TARGETS` (``auto``: from
@@ -46,11 +46,11 @@ class ExportConfig:
         ort: also write ORT-format files and their ``required_operators`` config.
         allow_mismatch: write files that fail validation (their reports still list the failures).
         data_dir: where the dataset is (or is prepared).
-        eval_limit: compare on the first N test images only (``None``: all 10,000).
+        test_limit: compare on the first N test images only (``None``: all 10,000).
         batch_size: ONNX Runtime evaluation batch size.
         pixels: also write the pixels-in files (``mnist.pixels[.int8].onnx``) and ``mnist.meta.json``.
         pixels_images: test digits per validation variant of the pixels-in files (16 variants;
-            ``eval_limit`` caps it too).
+            ``test_limit`` caps it too).
         pixels_min_agreement: a pixels-in file's label must equal ``mnist-infer``'s Python
             path on at least this fraction of the validation pictures.
         pixels_max_accuracy_gap: its accuracy may differ from the Python path's by at most this
@@ -60,7 +60,7 @@ class ExportConfig:
     opset: int = DEFAULT_OPSET
     tolerance: float = 1e-5
     int8: bool = True
-    int8_max_accuracy_drop: float = 0.002
+    int8_max_drop: float = 0.002
     int8_min_agreement: float = 0.99
     calibration_images: int = 1000
     int8_target: str = "auto"
@@ -69,7 +69,7 @@ class ExportConfig:
     ort: bool = False
     allow_mismatch: bool = False
     data_dir: Path = DEFAULT_DATA_DIR
-    eval_limit: int | None = None
+    test_limit: int | None = None
     batch_size: int = 500
     pixels: bool = True
     pixels_images: int = 300
@@ -86,10 +86,10 @@ class ExportConfig:
             raise ExportConfigError(
                 f"tolerance {self.tolerance} must be > 0 (e.g. 1e-5)", "tolerance"
             )
-        if not 0 <= self.int8_max_accuracy_drop < 1:
+        if not 0 <= self.int8_max_drop < 1:
             raise ExportConfigError(
-                f"int8 max accuracy drop {self.int8_max_accuracy_drop} must be in [0, 1) (0.002 = 0.2 points)",
-                "int8_max_accuracy_drop",
+                f"int8 max drop {self.int8_max_drop} must be in [0, 1) (0.002 = 0.2 points)",
+                "int8_max_drop",
             )
         if not 0 <= self.int8_min_agreement <= 1:
             raise ExportConfigError(
@@ -98,7 +98,8 @@ class ExportConfig:
             )
         if self.int8_target not in INT8_TARGETS:
             raise ExportConfigError(
-                f"int8 target {self.int8_target!r} is not one of {', '.join(INT8_TARGETS)}"
+                f"int8 target {self.int8_target!r} is not one of {', '.join(INT8_TARGETS)}",
+                "int8_target",
             )
         if self.calibration_images < 1:
             raise ExportConfigError(
@@ -116,9 +117,9 @@ class ExportConfig:
                 f"({self.fixed_batch}); use {self.fixed_batch} or more",
                 "calibration_images",
             )
-        if self.eval_limit is not None and self.eval_limit < 1:
+        if self.test_limit is not None and self.test_limit < 1:
             raise ExportConfigError(
-                f"eval limit {self.eval_limit} must be >= 1 (or unset for all)", "eval_limit"
+                f"test limit {self.test_limit} must be >= 1 (or unset for all)", "test_limit"
             )
         if self.batch_size < 1:
             raise ExportConfigError(f"batch size {self.batch_size} must be >= 1", "batch_size")

@@ -50,7 +50,7 @@ Log = Callable[[str], None]
 def tolerance_for(config: ExportConfig, precision: str) -> Tolerance:
     """How close a file of ``precision`` (``"fp32"`` or ``"int8"``) must stay to PyTorch under ``config``."""
     if precision == "int8":
-        return Tolerance(None, config.int8_max_accuracy_drop, config.int8_min_agreement)
+        return Tolerance(None, config.int8_max_drop, config.int8_min_agreement)
     return Tolerance(config.tolerance, 0.0, 0.0)
 
 
@@ -73,7 +73,7 @@ def load_inputs(
         DataConfig(dataset=ckpt.dataset.name, data_dir=config.data_dir),
         log,
         train_limit=config.calibration_images if calibration else 0,
-        test_limit=config.eval_limit,
+        test_limit=config.test_limit,
     )
     test_images = dataset.test_images  # (N, 1, 28, 28) float32
     test_labels = dataset.test_labels  # (N,)

@@ -69,8 +69,9 @@ def require_extras(command: str, *extras: str) -> None:
         modules = sorted({m for e in lacking for m in missing_modules(e)})
         spec = ",".join(lacking)
         raise MissingExtraError(
-            f"{command} needs {', '.join(modules)}, which are not installed; "
-            f"install them with: pip install '.[{spec}]' (in the mnist-edge checkout)"
+            f"{command} needs {', '.join(modules)}, which are not installed; install "
+            f"mnist-edge with the {spec} {'extra' if len(lacking) == 1 else 'extras'} "
+            f"(from a clone: pip install '.[{spec}]')"
         )
 
 

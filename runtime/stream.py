@@ -46,7 +46,13 @@ from mnist_edge.runtime.messages import (
 )
 from mnist_edge.runtime.metadata import INVERT_MODES
 from mnist_edge.runtime.processes import usable_cores
-from mnist_edge.runtime.workers import DecoderError, WorkerModel, WorkerPool, classify_pictures
+from mnist_edge.runtime.workers import (
+    INLINE_LIMIT,
+    DecoderError,
+    WorkerModel,
+    WorkerPool,
+    classify_pictures,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -87,7 +93,7 @@ class PipelineConfig:
     workers: int | None = None
     chunk_size: int = 512
     max_in_flight: int | None = None
-    inline_limit: int = 256
+    inline_limit: int = INLINE_LIMIT
     top_k: int = 0
     infer_in_workers: bool = True
     invert: str = "auto"

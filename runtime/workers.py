@@ -43,6 +43,10 @@ if TYPE_CHECKING:
 # One-thread ONNX Runtime on a 28x28 CNN is fastest at a few dozen images per
 # call: the activations stay in cache (bench/bench_infer.py measures batch sizes).
 WORKER_BATCH = 64
+# Runs of at most this many inputs stay in the main process when the worker count is
+# left to mnist-edge: below it, starting the processes costs more than they save
+# (bench/bench_workers.py measures where they start to pay).
+INLINE_LIMIT = 10_000
 
 
 @dataclass(frozen=True)

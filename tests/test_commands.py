@@ -134,4 +134,52 @@ def test_samples_all_needs_the_test_set(tmp_path: Path) -> None:
     from mnist_edge.tools.samples import main
 
     result = CliRunner().invoke(main, [str(tmp_path / "o"), "--all", "--data-dir", str(tmp_path)])
-    assert result.exit_code == 2 and "--all" in result.output and "make data" in result.output
+    assert result.exit_code == 2 and "--all" in result.output
+    # the fix names a command, true after a pip install as in a clone
+    assert f"mnist-train --prepare-only --data-dir {tmp_path}" in result.output
+
+
+# Config fields that no option sets (computed, or library-only), and options that are no field.
+NO_OPTION = {
+    "mnist-train": {"progress", "eval_batch_size"},
+    "mnist-export": {
+        "int8_min_agreement",
+        "batch_size",
+        "pixels_min_agreement",
+        "pixels_max_accuracy_gap",
+    },
+}
+NO_FIELD = {
+    "mnist-train": {"--prepare-only", "--quiet", "--help", "--version"},
+    "mnist-export": {"--checkpoint", "--out-dir", "--parity-only", "--c", "--help", "--version"},
+}
+
+
+@pytest.mark.parametrize("name", ["mnist-train", "mnist-export"])
+def test_config_fields_are_named_like_their_options(name: str) -> None:
+    """One name per setting: field ``test_limit`` is option ``--test-limit``, and so on."""
+    import dataclasses
+
+    from mnist_edge.export.config import ExportConfig
+    from mnist_edge.runtime.command import option_for
+    from mnist_edge.train.config import TrainConfig
+
+    config = TrainConfig if name == "mnist-train" else ExportConfig
+    fields = {f.name for f in dataclasses.fields(config)}
+    shown = {
+        next(o for o in p.opts if o.startswith("--"))
+        for p in _command(name).params
+        if isinstance(p, click.Option)
+    }
+    for field in fields - NO_OPTION[name]:
+        assert option_for(field) in shown, field
+    for option in shown - NO_FIELD[name]:
+        assert option.removeprefix("--").replace("-", "_") in fields, option
+
+
+def test_checkpoint_recipe_keys_are_train_option_names() -> None:
+    """Checkpoints store their recipe by field name: each is an mnist-train option as it is spelt now."""
+    from mnist_edge.train.config import RECIPE_KEYS
+
+    shown = {o for p in _command("mnist-train").params for o in p.opts}
+    assert {f"--{k.replace('_', '-')}" for k in RECIPE_KEYS} <= shown

@@ -41,6 +41,7 @@ def test_missing_extra_names_modules_and_the_fix(without) -> None:
     message = str(info.value)
     assert "mnist-export needs onnx, torch" in message
     assert "pip install '.[export]'" in message  # only the extra that is missing
+    assert "with the export extra" in message and "make " not in message  # true after pip too
     assert "\n" not in message
 
 

@@ -7,6 +7,7 @@ checks the files, their metadata, ``mnist.meta.json`` and the mobile report.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -303,22 +304,20 @@ def test_agrees_with_mnist_infer_on_real_digits(trained_core, mnist):
 def exported(trained_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("pixels-artifacts")
     config = ExportConfig(
-        data_dir=DATA_DIR, eval_limit=200, pixels_images=15, ort=True, int8_max_accuracy_drop=0.02
+        data_dir=DATA_DIR, test_limit=200, pixels_images=15, ort=True, int8_max_drop=0.02
     )
     return out, export_onnx(trained_checkpoint, out, config), config
 
 
 @pytest.mark.slow
 def test_export_writes_pixels_files_with_metadata(exported, trained_checkpoint):
-    from mnist_edge.train.checkpoint import sha256_file
-
     out, report, _ = exported
     for precision, name in (("fp32", "mnist.pixels.onnx"), ("int8", "mnist.pixels.int8.onnx")):
         session = ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"])
         props = session.get_modelmeta().custom_metadata_map
         meta = ModelMetadata.from_props(props)
         assert meta.from_file and meta.precision == precision
-        assert meta.source_sha256 == sha256_file(trained_checkpoint)
+        assert meta.source_sha256 == hashlib.sha256(trained_checkpoint.read_bytes()).hexdigest()
         assert props["mnist_edge.validation"] == "passed"
         assert "pixels" in props["mnist_edge.input"]
         probs, label = session.run(None, {"pixels": np.full((90, 70), 255, np.uint8)})
@@ -335,15 +334,16 @@ def test_export_writes_pixels_files_with_metadata(exported, trained_checkpoint):
 
 @pytest.mark.slow
 def test_meta_json_describes_the_written_files(exported, trained_checkpoint):
-    from mnist_edge.train.checkpoint import sha256_file
-
     out, report, _ = exported
     raw = json.loads((out / "mnist.meta.json").read_text())
     assert set(raw) == {
         "format", "dataset", "labels", "model_version", "source_sha256", "recipe", "versions", "models",
     }  # fmt: skip
     meta = MetaJson.from_json((out / "mnist.meta.json").read_text())
-    assert meta.source_sha256 == sha256_file(trained_checkpoint) and meta.dataset == "mnist"
+    assert (
+        meta.source_sha256 == hashlib.sha256(trained_checkpoint.read_bytes()).hexdigest()
+        and meta.dataset == "mnist"
+    )
     assert meta.labels == tuple(str(i) for i in range(10))
     assert set(meta.models) == {"fp32", "int8"}
     for precision, entry in meta.models.items():
@@ -391,7 +391,7 @@ def test_export_refuses_a_broken_pixels_graph(trained_checkpoint, tmp_path, monk
         return real(core, pre, invert="never")  # dark-on-light pictures come out wrong
 
     monkeypatch.setattr(pixels_export, "build_pixels_model", never_inverts)
-    config = ExportConfig(data_dir=DATA_DIR, eval_limit=100, pixels_images=10, int8=False)
+    config = ExportConfig(data_dir=DATA_DIR, test_limit=100, pixels_images=10, int8=False)
     with pytest.raises(ValidationError) as info:
         export_onnx(trained_checkpoint, tmp_path / "out", config)
     assert any(

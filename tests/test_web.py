@@ -85,9 +85,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory, trained_checkpoint: Pat
     config = ExportConfig(
         data_dir=DATA_DIR,
         ort=True,
-        eval_limit=EXPORT_EVAL,
+        test_limit=EXPORT_EVAL,
         pixels_images=EXPORT_EVAL // 16,
-        int8_max_accuracy_drop=0.01,  # a 255-step model on 400 images; the product bound is make export's
+        int8_max_drop=0.01,  # a 255-step model on 400 images; the product bound is make export's
         calibration_images=200,
     )
     export_onnx(trained_checkpoint, out, config)

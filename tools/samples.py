@@ -5,14 +5,17 @@ plus photo-like variants of a few: inverted (black on white), coloured RGB,
 larger with a margin, JPEG, and an RGBA drawing on a transparent background.
 ``--all`` writes the whole test set (what the end-to-end benchmark reads).
 Reads the IDX files in ``data/MNIST/raw`` with numpy, so it needs no torch.
-Where there is no test set (outside the repository, or before ``make data``)
-it draws digits of its own (:func:`drawn_digits`), as ``--drawn`` always does.
+Where there is no test set (outside a clone, or before it is prepared) it
+draws digits of its own (:func:`drawn_digits`), as ``--drawn`` always does;
+their labels start as the test set's do (7, 2, 1, 0, 4), so the first file is
+``0000-label7.png`` either way.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -112,17 +115,23 @@ def _draw(label: int, rng: np.random.Generator, side: int = 112) -> np.ndarray:
     return np.asarray(img)
 
 
+# The order drawn digits come in: each digit as it first appears in the MNIST test
+# set, so the first files are named as the test set's are (0000-label7.png, ...).
+DRAWN_ORDER = (7, 2, 1, 0, 4, 9, 5, 6, 3, 8)
+
+
 def drawn_digits(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` digits drawn here (0, 1, ..., 9, 0, ...), made MNIST-style as ``mnist-infer`` does.
+    """``count`` digits drawn here, made MNIST-style as ``mnist-infer`` does.
 
     For a machine without the MNIST test set: each is a pen drawing with a random
-    slant, width and wobble, cropped, fitted and centred like MNIST's own.
+    slant, width and wobble, cropped, fitted and centred like MNIST's own. The
+    labels cycle through :data:`DRAWN_ORDER` (7, 2, 1, 0, 4, 9, ...).
 
     Returns:
         images uint8 (count, 28, 28) white on black, and labels uint8 (count,).
     """
     rng = np.random.default_rng(seed)
-    labels = np.arange(count, dtype=np.uint8) % 10
+    labels = np.resize(np.array(DRAWN_ORDER, np.uint8), count)
     options = ImageOptions()
     images = np.zeros((count, 28, 28), np.uint8)
     for i, label in enumerate(labels):
@@ -130,9 +139,9 @@ def drawn_digits(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def _save(img: Image.Image, path: Path, **kwargs) -> None:
+def _save(img: Image.Image, path: Path, fmt: str) -> None:
     with atomic_path(path) as tmp:
-        img.save(tmp, format=kwargs.pop("format"), **kwargs)
+        img.save(tmp, format=fmt)
 
 
 def write_samples(
@@ -144,14 +153,35 @@ def write_samples(
     width = max(4, len(str(len(images) - 1)))
     for i in range(min(count, len(images))):
         path = out_dir / f"{i:0{width}d}-label{int(labels[i])}.png"
-        _save(Image.fromarray(images[i], mode="L"), path, format="PNG")
+        _save(Image.fromarray(images[i], mode="L"), path, "PNG")
         written.append(path)
     for i in range(min(variant_count, len(images))):
         for name, (img, fmt) in variants(images[i]).items():
             path = out_dir / f"{i:0{width}d}-label{int(labels[i])}-{name}"
-            _save(img, path, format=fmt)
+            _save(img, path, fmt)
             written.append(path)
     return written
+
+
+def _make_folder(out_dir: Path) -> None:
+    """Create ``out_dir`` and prove a file can be written there, before any work.
+
+    Raises:
+        click.BadParameter: it cannot be created or written (a file in the way,
+            no permission, a file system like /proc), in one line (exit 2).
+    """
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):  # a file where a folder goes
+            reason = "a file is in the way"
+        raise click.BadParameter(
+            f"cannot write pictures into {out_dir} ({reason}); choose a folder that can be written",
+            param_hint="OUT_DIR",
+        ) from None
 
 
 @command("mnist-samples")
@@ -165,10 +195,10 @@ def write_samples(
 )
 @click.option(
     "--count",
-    type=click.IntRange(0, None),
+    type=click.IntRange(min=1),
     default=20,
     show_default=True,
-    help="Digits to write.",
+    help="Digits to write (with --all: ignored).",
 )
 @click.option("--all", "everything", is_flag=True, help="Write the whole test set (no variants).")
 @click.option("--drawn", is_flag=True, help="Draw the digits even when the test set is there.")
@@ -182,6 +212,7 @@ def main(out_dir: Path, data_dir: Path, count: int, everything: bool, drawn: boo
         raise click.BadParameter(
             "--all writes the MNIST test set; drop --drawn", param_hint="--all"
         )
+    _make_folder(out_dir)
     if drawn:
         images, labels = drawn_digits(count)
     else:
@@ -190,7 +221,10 @@ def main(out_dir: Path, data_dir: Path, count: int, everything: bool, drawn: boo
             source = "MNIST test digits"
         except SamplesError as exc:
             if everything:
-                raise click.BadParameter(f"{exc} (`make data`)", param_hint="--all") from None
+                raise click.BadParameter(
+                    f"{exc} (mnist-train --prepare-only --data-dir {data_dir} does that)",
+                    param_hint="--all",
+                ) from None
             images, labels = drawn_digits(count)
             source = f"drawn digits ({data_dir} has no MNIST test set)"
     written = write_samples(

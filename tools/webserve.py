@@ -201,7 +201,7 @@ def main(web_dir: Path, models_dir: Path | None, host: str, port: int, quiet: bo
     try:
         server = make_server(config)
     except WebServeError as exc:
-        raise click.ClickException(f"{exc} (or run `make web-deps`)") from exc
+        raise click.ClickException(f"{exc} (from a clone: make web-deps)") from exc
     except OSError as exc:
         raise click.ClickException(
             f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port"
@@ -209,7 +209,7 @@ def main(web_dir: Path, models_dir: Path | None, host: str, port: int, quiet: bo
     meta = models_dir / layout.META_JSON
     if not meta.is_file():
         click.echo(
-            f"note: {meta} not found; the page will say so until `make export` writes it", err=True
+            f"note: {meta} not found; the page will say so until mnist-export writes it", err=True
         )
     click.echo(
         f"Serving the mnist-edge page on {url_of(server)}  (models from {models_dir}/; Ctrl-C stops)"

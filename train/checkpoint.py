@@ -129,15 +129,6 @@ def _reason(exc: BaseException) -> str:
     return "not a valid torch file" if reason.startswith("Weights only load failed") else reason
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def build_payload(
     model: ConvNet,
     *,

@@ -18,14 +18,13 @@ from mnist_edge.runtime.layout import Artifacts
 from mnist_edge.train.config import DATASETS, TrainConfig
 
 _D = TrainConfig()  # the reference recipe: the options' defaults come from the config
-OPTIONS = {"train_limit": "--train-limit", "test_limit": "--test-limit"}
 
 
 def _err(message: str) -> None:
     click.echo(message, err=True)
 
 
-@command("mnist-train", extras=("train",), options=OPTIONS)
+@command("mnist-train", extras=("train",))
 @click.option(
     "--dataset",
     type=click.Choice(DATASETS),
@@ -35,7 +34,7 @@ def _err(message: str) -> None:
 )
 @click.option(
     "--data-dir",
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=Path, file_okay=False),
     default=_D.data_dir,
     show_default=True,
     help="Where the dataset is (or is prepared).",

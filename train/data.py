@@ -126,18 +126,6 @@ class Dataset:
     test_labels: torch.Tensor  # (10000,) int64
     source: str = field(default="", compare=False)
 
-    def subset(self, train: int | None = None, test: int | None = None) -> Dataset:
-        """The first ``train`` training and ``test`` test examples (``None`` keeps all)."""
-        return Dataset(
-            name=self.name,
-            classes=self.classes,
-            train_images=self.train_images[:train],
-            train_labels=self.train_labels[:train],
-            test_images=self.test_images[:test],
-            test_labels=self.test_labels[:test],
-            source=self.source,
-        )
-
 
 def _have_idx(raw_dir: Path) -> bool:
     return all((raw_dir / name).is_file() for name in IDX_FILES)

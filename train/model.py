@@ -4,8 +4,8 @@ Conv 32 3x3 relu -> MaxPool 2 -> Conv 64 3x3 relu -> MaxPool 2 -> Flatten ->
 Dropout 0.5 -> Dense 10 (softmax). 34,826 parameters for 1x28x28 inputs.
 
 ``forward`` returns logits (training uses cross-entropy on them);
-``predict_proba`` and :class:`ProbabilityModel` give the reference's softmax
-probabilities, which is what the exported ONNX graph outputs.
+:class:`ProbabilityModel` gives the reference's softmax probabilities, which is
+what the exported ONNX graph outputs.
 """
 
 from __future__ import annotations
@@ -101,11 +101,6 @@ class ConvNet(nn.Module):
         keep = torch.rand(x.shape, dtype=torch.float64, device=x.device) < 1 - p
         noise = keep.to(x.dtype).div_(1 - p)  # what bernoulli_(1 - p).div_(1 - p) gives
         return x * noise
-
-    @torch.no_grad()
-    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities, as the reference's final layer gives them."""
-        return torch.softmax(self(x), dim=1)
 
 
 class ProbabilityModel(nn.Module):
