@@ -84,7 +84,9 @@ def over_limit(max_pixels: int, size: tuple[int, int] | None = None) -> ImageErr
 
 def _round_to_uint8(pixels: np.ndarray) -> np.ndarray:
     """Float pixels on the 0-255 scale -> uint8, rounding half up and clipping to [0, 255]."""
-    return np.clip(pixels + 0.5, 0, 255).astype(np.uint8)
+    shifted = pixels + 0.5
+    np.clip(shifted, 0, 255, out=shifted)
+    return shifted.astype(np.uint8)
 
 
 def _to_gray(img: Image.Image) -> np.ndarray:
@@ -94,15 +96,23 @@ def _to_gray(img: Image.Image) -> np.ndarray:
         img = img.convert("RGBA" if "transparency" in img.info or mode == "PA" else "RGB")
         mode = img.mode
     if mode in ("LA", "La", "RGBA", "RGBa"):
-        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)  # (H, W, 4)
-        alpha = rgba[..., 3] / 255.0
-        gray = rgba[..., 0] * 0.299 + rgba[..., 1] * 0.587 + rgba[..., 2] * 0.114
+        # float32 throughout, in place where it can be: a big picture needs few copies
+        rgba = np.asarray(img.convert("RGBA"))  # uint8 (H, W, 4)
+        alpha = rgba[..., 3].astype(np.float32)
+        alpha /= 255.0
+        gray = rgba[..., 0] * np.float32(0.299)
+        gray += rgba[..., 1] * np.float32(0.587)
+        gray += rgba[..., 2] * np.float32(0.114)
+        del rgba
         weight = float(alpha.sum())
+        gray *= alpha  # the picture over black
         # The ink is the opaque part; lay it on black if it is bright, on white if it is dark.
-        ink = float((gray * alpha).sum() / weight) if weight > 0 else 0.0
-        background = 0.0 if ink >= 128 else 255.0
-        out = gray * alpha + background * (1.0 - alpha)
-        return _round_to_uint8(out)
+        ink = float(gray.sum() / weight) if weight > 0 else 0.0
+        if ink < 128:  # on white: add 255 * (1 - alpha)
+            np.subtract(1.0, alpha, out=alpha)
+            alpha *= 255.0
+            gray += alpha
+        return _round_to_uint8(gray)
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         if mode.startswith("I;16"):

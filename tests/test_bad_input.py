@@ -237,6 +237,7 @@ def test_one_top_k_refusal_in_cli_api_and_server(places, server, top_k: int) -> 
     from mnist_edge.runtime import classify
     from mnist_edge.runtime.cli import main
     from mnist_edge.runtime.errors import ConfigError
+    from mnist_edge.runtime.stream import Pipeline, PipelineConfig
 
     message = f"{TOP_K_RANGE}, not {top_k}"
     cli = CliRunner().invoke(
@@ -245,6 +246,9 @@ def test_one_top_k_refusal_in_cli_api_and_server(places, server, top_k: int) -> 
     assert cli.exit_code == 2 and message in cli.output
     with pytest.raises(ConfigError) as info:
         classify(places["picture"], model=places["model"], top_k=top_k)
+    assert str(info.value) == message
+    with pytest.raises(ConfigError) as info:
+        Pipeline(places["model"], [places["picture"]], PipelineConfig(top_k=top_k, workers=0))
     assert str(info.value) == message
     status, answer = _classify(server, Path(places["picture"]), f"?top_k={top_k}")
     assert (status, answer) == (400, {"error": message})
