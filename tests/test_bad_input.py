@@ -213,8 +213,15 @@ def test_one_pixel_limit_message_in_cli_api_and_server(places, big_picture, serv
 
     cli = CliRunner().invoke(
         main,
-        [str(big_picture), "--model", places["model"], "--format", "jsonl"]
-        + ["--max-pixels", str(LIMIT)],
+        [
+            str(big_picture),
+            "--model",
+            places["model"],
+            "--format",
+            "jsonl",
+            "--max-pixels",
+            str(LIMIT),
+        ],
     )
     assert cli.exit_code == 1
     assert json.loads(cli.stdout)["error"] == OVER_LIMIT

@@ -231,7 +231,7 @@ def test_a_small_limit_refuses_and_a_raised_one_lets_through(tmp_path):
     assert errors[0] is not None and "over the limit of 1,999 pixels" in errors[0]
     # A 201-megapixel header (a 200 MP phone photo) passes a raised limit, PIL's own
     # included, and fails only for what it is: a header with no picture data.
-    with pytest.raises(ImageError, match="truncated|corrupt|cannot read") as info:
+    with pytest.raises(ImageError, match=r"truncated|corrupt|cannot read") as info:
         decode_image_bytes(_png_header_only(16384, 12288), max_pixels=210_000_000)
     assert "over the limit" not in str(info.value)
 

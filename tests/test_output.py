@@ -119,7 +119,7 @@ def test_a_folder_without_write_permission_is_refused(tmp_path) -> None:
     try:
         if os.access(locked, os.W_OK):  # root writes anywhere
             pytest.skip("running as root: permissions do not stop writes")
-        with pytest.raises(OutputPathError, match="no file can be made in .*Permission denied"):
+        with pytest.raises(OutputPathError, match=r"no file can be made in .*Permission denied"):
             check_output_file(locked / "r.csv")
     finally:
         locked.chmod(0o700)
