@@ -147,7 +147,7 @@ def open_text_output(output: str | os.PathLike[str] | None) -> Iterator[TextIO]:
     """stdout for ``None`` or ``-``; else ``output``, written atomically (temp file + rename on success)."""
     from mnist_edge.runtime.atomic import atomic_path
 
-    if to_stdout(output):
+    if output is None or to_stdout(output):  # None spelled out for mypy
         yield sys.stdout
         return
     with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8", newline="") as stream:
