@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Union
 
+from mnist_edge.runtime.inputs import MAX_PIXELS
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -33,6 +35,7 @@ def classify(
     int8: bool = False,
     invert: str = "auto",
     provider: str = "auto",
+    max_pixels: int = MAX_PIXELS,
 ) -> list[dict[str, Any]]:
     """Label digit pictures: files, folders, globs, ``.npy``/IDX files, or numpy arrays.
 
@@ -52,11 +55,15 @@ def classify(
         model: an ONNX file (the pixels-in files too), an open :class:`~mnist_edge.runtime.classifier.Classifier`
             (reused across calls), or ``None`` for the default: ``artifacts/mnist.onnx``
             when it exists in the working folder, else the bundled reference model.
-        top_k: also list the K most probable labels per picture (0: none).
+        top_k: also list the K most probable labels per picture: 0 (none) to the
+            model's number of classes.
         int8: with ``model=None`` (or a path), use the int8 file (``NAME.int8.onnx``).
         invert: ``"auto"`` inverts dark-on-light pictures; ``"always"``/``"never"``
             force it (MNIST-style white-on-black input needs ``auto`` or ``never``).
         provider: ONNX Runtime execution provider (``"auto"``, ``"cpu"``, ``"cuda"``, ...).
+        max_pixels: a picture with more pixels gets an error record instead of being
+            decoded (a guard against decompression bombs); default
+            :data:`~mnist_edge.runtime.inputs.MAX_PIXELS`.
 
     Returns:
         One record per picture, in input order (a folder or array file gives one
@@ -69,23 +76,26 @@ def classify(
     Raises:
         ModelError: the model is missing or not an mnist-edge classifier.
         ProviderError: the provider is not available.
-        ConfigError: ``top_k`` < 0, an unknown ``invert``, or a forced one for a
-            pixels-in model (``mnist.pixels.onnx``: its graph preprocesses and decides).
+        ConfigError: ``top_k`` outside 0 to the model's classes, ``max_pixels`` < 1,
+            an unknown ``invert``, or a forced one for a pixels-in model
+            (``mnist.pixels.onnx``: its graph preprocesses and decides).
     """
     import numpy as np
 
+    from mnist_edge.runtime.classifier import check_top_k
     from mnist_edge.runtime.layout import model_path
     from mnist_edge.runtime.output import json_record
     from mnist_edge.runtime.session import SessionConfig
     from mnist_edge.runtime.stream import PipelineConfig, classify_chunks, open_model
 
-    config = PipelineConfig(workers=0, top_k=top_k, invert=invert)
+    config = PipelineConfig(workers=0, top_k=top_k, invert=invert, max_pixels=max_pixels)
     if isinstance(inputs, (str, os.PathLike, np.ndarray)):
         inputs = [inputs]
     items = list(inputs)
     if model is None or isinstance(model, (str, os.PathLike)):
         model = model_path(model, int8)
-    classifier, options = open_model(model, SessionConfig(provider=provider), invert)
+    classifier, options = open_model(model, SessionConfig(provider=provider), invert, max_pixels)
+    top_k = check_top_k(top_k, len(classifier.classes))
     chunks = _chunks(items, classifier, options, config.chunk_size)
     return [json_record(r, top_k) for r in classify_chunks(chunks, classifier, config)]
 

@@ -44,9 +44,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         yield target
         return
     remove_stale_temps(target)
-    fd, name = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp"
-    )
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=temp_prefix(target), suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
     os.chmod(tmp, _FILE_MODE)
@@ -56,6 +54,11 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def temp_prefix(target: str | os.PathLike[str]) -> str:
+    """How this process's temp files for ``target`` begin (``.NAME.PID.``)."""
+    return f".{Path(target).name}.{os.getpid()}."
 
 
 def _special(target: Path) -> bool:

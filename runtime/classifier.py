@@ -12,6 +12,7 @@ takes a decoded grayscale picture as it is.
 
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 from dataclasses import dataclass, replace
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_edge.runtime.arrays import array_to_uint8, batches
+from mnist_edge.runtime.errors import ConfigError
 from mnist_edge.runtime.messages import Prediction
 from mnist_edge.runtime.metadata import ModelMetadata
 from mnist_edge.runtime.session import (
@@ -29,6 +31,27 @@ from mnist_edge.runtime.session import (
     SessionConfig,
     create_session,
 )
+
+
+def check_top_k(top_k: int, classes: int) -> int:
+    """``top_k`` as an int when a model of ``classes`` classes can list that many labels.
+
+    The one range (0, for none, to the number of classes) and the one refusal for
+    ``top_k`` everywhere: :meth:`Predictions.records`, :class:`~mnist_edge.runtime.stream.Pipeline`,
+    :func:`~mnist_edge.runtime.classify`, ``mnist-infer --top-k`` and ``mnist-serve``'s ``?top_k=``.
+
+    Raises:
+        ConfigError: (field ``top_k``) not a whole number from 0 to ``classes``.
+    """
+    if (
+        isinstance(top_k, bool)
+        or not isinstance(top_k, numbers.Integral)
+        or not 0 <= top_k <= classes
+    ):
+        raise ConfigError(
+            f"top_k must be 0 (none) to {classes} (the model's classes), not {top_k!r}", "top_k"
+        )
+    return int(top_k)
 
 
 @dataclass(frozen=True)
@@ -67,15 +90,19 @@ class Predictions:
         """One :class:`~mnist_edge.runtime.messages.Prediction` per image, in order.
 
         Args:
-            top_k: also list the K most probable labels (at most the number of classes); 0: none.
+            top_k: also list the K most probable labels; 0: none.
+
+        Raises:
+            ConfigError: ``top_k`` is not 0 to the number of classes (:func:`check_top_k`).
         """
+        top_k = check_top_k(top_k, len(self.classes))
         labels = self.labels
         confidences = self.confidences.tolist()
         if top_k <= 0:
             return [
                 Prediction(label, conf) for label, conf in zip(labels, confidences, strict=True)
             ]
-        best = self.top_k(min(top_k, len(self.classes))).tolist()  # (N, k)
+        best = self.top_k(top_k).tolist()  # (N, k)
         probs = self.probabilities
         return [
             Prediction(
@@ -111,6 +138,10 @@ class Classifier:
         provider: str | None = None,
         config: SessionConfig | None = None,
     ) -> None:
+        if not isinstance(model, (str, os.PathLike)):
+            raise ModelError(
+                f"model must be the path of an ONNX file (str or os.PathLike), not {model!r}"
+            )
         config = config or SessionConfig()
         if provider is not None:
             config = replace(config, provider=provider)

@@ -28,14 +28,20 @@ from mnist_edge.runtime.command import command
 from mnist_edge.runtime.errors import ConfigError
 from mnist_edge.runtime.frontend import (
     ModelChoice,
-    check_top_k,
     invert_option,
+    max_pixels_option,
     model_errors,
     model_options,
     threads_option,
     top_k_option,
 )
-from mnist_edge.runtime.output import FORMATS, open_text_output, output_format
+from mnist_edge.runtime.output import (
+    FORMATS,
+    check_output_file,
+    open_text_output,
+    output_format,
+    to_stdout,
+)
 from mnist_edge.runtime.stream import PipelineConfig
 
 # Exit codes of a run stopped by a signal: 128 + the signal's number, as shells report it.
@@ -137,12 +143,13 @@ class InferCommand(click.Command):
     "(.csv, .jsonl, .txt), else table; parquet with --engine ray]",
 )
 @top_k_option()
+@max_pixels_option()
 @click.option(
     "-o",
     "--output",
-    type=click.Path(writable=True, path_type=str),
+    type=click.Path(allow_dash=True, path_type=str),
     default=None,
-    help="Write results to FILE (atomically) instead of stdout.",
+    help="Write results to FILE (atomically); - is stdout.  [default: stdout]",
 )
 @click.option(
     "--progress/--no-progress",
@@ -178,29 +185,28 @@ def main(
     invert: str,
     fmt: str | None,
     top_k: int | None,
+    max_pixels: int,
     output: str | None,
     progress: bool | None,
     quiet: bool,
 ) -> None:
     """Label each digit image in INPUTS: files, folders (recursive), globs, or - for paths on stdin.
 
-    Pictures of any size and kind (PNG, JPEG, BMP, GIF, TIFF, WebP; photos,
-    scans, drawings) are made MNIST-style first; .npy and IDX files give one
-    result per image in them. Ctrl-C or SIGTERM stops the run cleanly: no
+    Pictures of any kind (PNG, JPEG, BMP, GIF, TIFF, WebP; photos, scans,
+    drawings) and size up to --max-pixels are made MNIST-style first; .npy and
+    IDX files give one result per image in them. -o - writes to stdout. Ctrl-C or SIGTERM stops the run cleanly: no
     partial -o file, no worker processes left, exit 130 or 143.
     """
     choice = ModelChoice(model, int8)
-    try:
-        fmt = output_format(fmt, output)
-    except ConfigError as exc:
-        hint = "-o" if exc.field == "output" else "--format"
-        raise click.BadParameter(str(exc), param_hint=hint) from None
-    if fmt not in FORMATS:
-        raise click.BadParameter(f"{fmt} needs --engine ray", param_hint="--format")
-    if output is not None and os.path.isdir(output):
-        raise click.BadParameter(f"{output} is a folder; give a file", param_hint="-o")
-    out = Path(output) if output is not None else None
-    config = PipelineConfig(batch_size=batch_size, workers=workers, top_k=top_k or 0, invert=invert)
+    out = _output(fmt, output)
+    fmt = output_format(fmt, output)  # _output has refused what it cannot write
+    config = PipelineConfig(
+        batch_size=batch_size,
+        workers=workers,
+        top_k=top_k or 0,
+        invert=invert,
+        max_pixels=max_pixels,
+    )
     try:
         with _signals_interrupt():
             run = _run(inputs, choice, config, provider, threads, fmt, out, progress)
@@ -214,6 +220,36 @@ def main(
         click.echo(run.summary, err=True)
     if run.failures:
         sys.exit(1)
+
+
+def _output(fmt: str | None, output: str | None) -> Path | None:
+    """The file ``-o`` names (``None``: stdout), once it is known that this engine can write it.
+
+    Raises:
+        click.BadParameter: naming ``--format`` or ``-o`` (exit 2), before any work.
+    """
+    try:
+        chosen = output_format(fmt, output)
+    except ConfigError as exc:
+        raise click.BadParameter(
+            str(exc), param_hint="-o" if exc.field == "output" else "--format"
+        ) from None
+    if chosen not in FORMATS:  # parquet: from --format, or implied by -o's name
+        if fmt is None:
+            raise click.BadParameter(
+                f"{output} names a {chosen} file, which only --engine ray writes; add --engine "
+                f"ray, or pass --format {'|'.join(FORMATS)}, or name the file .csv, .jsonl or .txt",
+                param_hint="-o",
+            )
+        raise click.BadParameter(
+            f"{chosen} is written by --engine ray only; add --engine ray, or pick one of "
+            f"{', '.join(FORMATS)}",
+            param_hint="--format",
+        )
+    if output is None or to_stdout(output):  # every local format streams (check_streams)
+        return None
+    check_output_file(output)  # OutputPathError: errors_to_exit names -o
+    return Path(output)
 
 
 @dataclass(frozen=True)
@@ -251,7 +287,6 @@ def _run(
         except DecoderError as exc:
             raise click.ClickException(f"{exc}; rerun with --workers 0") from None
     with pipeline:
-        check_top_k(config.top_k, pipeline.classifier.classes)
         stats = RunStats()
         bar = Progress(err) if (progress if progress is not None else err.isatty()) else None
         try:

@@ -1,7 +1,8 @@
 """The glue the three front ends share (``mnist-infer``, ``mnist-serve``, the Ray engine).
 
 - the options they have in common, declared once (:func:`model_options`,
-  :func:`threads_option`, :func:`invert_option`);
+  :func:`threads_option`, :func:`invert_option`, :func:`top_k_option`,
+  :func:`max_pixels_option`);
 - which model a command runs and which option to blame for it (:class:`ModelChoice`);
 - one way to open a model: :func:`model_errors` turns the library's errors into
   click errors that name the option at fault (from the error's type, and for a
@@ -26,6 +27,7 @@ import click
 
 from mnist_edge.runtime.command import click_error, option_for
 from mnist_edge.runtime.errors import ConfigError, MnistEdgeError, ModelError
+from mnist_edge.runtime.inputs import MAX_PIXELS
 from mnist_edge.runtime.layout import model_path
 from mnist_edge.runtime.metadata import INVERT_MODES
 
@@ -88,7 +90,7 @@ def model_options(verb: str) -> Callable[[F], F]:
                 "--int8",
                 is_flag=True,
                 help=f"{verb} the quantized model (mnist.int8.onnx beside the default model, "
-                "or NAME.int8.onnx beside --model).",
+                "or NAME.int8.onnx beside --model; a --model named *.int8.onnx is itself).",
             ),
             click.option(
                 "--provider",
@@ -124,12 +126,27 @@ def invert_option(what: str = "pictures") -> Callable[[F], F]:
 
 
 def top_k_option() -> Callable[[F], F]:
-    """``--top-k K``: also report the K most probable labels (checked against the model by :func:`check_top_k`)."""
+    """``--top-k K``: also report the K most probable labels (checked against the model by :func:`check_top_k`).
+
+    Any whole number parses; the range (0 to the model's classes) and its message
+    are the library's, the same for the API and the server.
+    """
     return click.option(
         "--top-k",
-        type=click.IntRange(1, None),
+        type=int,
         default=None,
-        help="Also report the K most probable labels.",
+        help="Also report the K most probable labels (0: none; at most the model's classes).",
+    )
+
+
+def max_pixels_option() -> Callable[[F], F]:
+    """``--max-pixels N``: the largest picture decoded (:data:`~mnist_edge.runtime.inputs.MAX_PIXELS`)."""
+    return click.option(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help="Refuse pictures with more pixels, each with its own error (a guard against "
+        f"decompression bombs; raise it for bigger photos).  [default: {MAX_PIXELS:,}]",
     )
 
 
@@ -210,12 +227,14 @@ def load_classifier(choice: ModelChoice, session: SessionConfig | None = None) -
 
 
 def check_top_k(top_k: int, classes: tuple[str, ...]) -> None:
-    """``--top-k`` cannot ask for more labels than the model has.
+    """``--top-k`` must be 0 to the model's classes (:func:`~mnist_edge.runtime.classifier.check_top_k`).
 
     Raises:
-        click.BadParameter: naming ``--top-k``.
+        click.BadParameter: naming ``--top-k``, with the library's message.
     """
-    if top_k > len(classes):
-        raise click.BadParameter(
-            f"{top_k} is more than the model's {len(classes)} classes", param_hint="--top-k"
-        )
+    from mnist_edge.runtime.classifier import check_top_k as check
+
+    try:
+        check(top_k, len(classes))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--top-k") from None

@@ -18,6 +18,7 @@ import io
 import os
 import stat
 import struct
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnist_edge.runtime.errors import ConfigError, MnistEdgeError
+from mnist_edge.runtime.inputs import MAX_PIXELS, check_max_pixels
 from mnist_edge.runtime.metadata import INVERT_MODES, Preprocessing
 
 FOREGROUNDS = ("white-on-black", "black-on-white")
@@ -45,12 +47,13 @@ class ImageOptions:
     Attributes:
         preprocessing: the model's preprocessing (from its metadata).
         invert: ``"auto"`` inverts a dark-on-light picture, ``"always"``/``"never"`` force it.
-        max_pixels: pictures with more pixels are refused (decompression bombs).
+        max_pixels: pictures with more pixels are refused (decompression bombs);
+            default :data:`~mnist_edge.runtime.inputs.MAX_PIXELS`.
     """
 
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     invert: str = "auto"
-    max_pixels: int = 40_000_000
+    max_pixels: int = MAX_PIXELS
 
     def __post_init__(self) -> None:
         if self.invert not in INVERT_MODES:
@@ -64,8 +67,16 @@ class ImageOptions:
                 f"(this runtime knows {', '.join(FOREGROUNDS)}; {', '.join(CENTERINGS)})",
                 "preprocessing",
             )
-        if self.max_pixels < 1:
-            raise ConfigError(f"max_pixels must be >= 1, not {self.max_pixels}", "max_pixels")
+        check_max_pixels(self.max_pixels)
+
+
+def over_limit(max_pixels: int, size: tuple[int, int] | None = None) -> ImageError:
+    """The one error for a picture over ``max_pixels`` (``size``: its width and height, when known)."""
+    what = f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, " if size is not None else ""
+    return ImageError(
+        f"picture is {what}over the limit of {max_pixels:,} pixels "
+        "(possible decompression bomb; max_pixels raises the limit)"
+    )
 
 
 # ---------------------------------------------------------------- decoding
@@ -73,7 +84,9 @@ class ImageOptions:
 
 def _round_to_uint8(pixels: np.ndarray) -> np.ndarray:
     """Float pixels on the 0-255 scale -> uint8, rounding half up and clipping to [0, 255]."""
-    return np.clip(pixels + 0.5, 0, 255).astype(np.uint8)
+    shifted = pixels + 0.5
+    np.clip(shifted, 0, 255, out=shifted)
+    return shifted.astype(np.uint8)
 
 
 def _to_gray(img: Image.Image) -> np.ndarray:
@@ -83,15 +96,23 @@ def _to_gray(img: Image.Image) -> np.ndarray:
         img = img.convert("RGBA" if "transparency" in img.info or mode == "PA" else "RGB")
         mode = img.mode
     if mode in ("LA", "La", "RGBA", "RGBa"):
-        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)  # (H, W, 4)
-        alpha = rgba[..., 3] / 255.0
-        gray = rgba[..., 0] * 0.299 + rgba[..., 1] * 0.587 + rgba[..., 2] * 0.114
+        # float32 throughout, in place where it can be: a big picture needs few copies
+        rgba = np.asarray(img.convert("RGBA"))  # uint8 (H, W, 4)
+        alpha = rgba[..., 3].astype(np.float32)
+        alpha /= 255.0
+        gray = rgba[..., 0] * np.float32(0.299)
+        gray += rgba[..., 1] * np.float32(0.587)
+        gray += rgba[..., 2] * np.float32(0.114)
+        del rgba
         weight = float(alpha.sum())
+        gray *= alpha  # the picture over black
         # The ink is the opaque part; lay it on black if it is bright, on white if it is dark.
-        ink = float((gray * alpha).sum() / weight) if weight > 0 else 0.0
-        background = 0.0 if ink >= 128 else 255.0
-        out = gray * alpha + background * (1.0 - alpha)
-        return _round_to_uint8(out)
+        ink = float(gray.sum() / weight) if weight > 0 else 0.0
+        if ink < 128:  # on white: add 255 * (1 - alpha)
+            np.subtract(1.0, alpha, out=alpha)
+            alpha *= 255.0
+            gray += alpha
+        return _round_to_uint8(gray)
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         if mode.startswith("I;16"):
@@ -106,25 +127,41 @@ def _to_gray(img: Image.Image) -> np.ndarray:
     return np.frombuffer(img.tobytes(), np.uint8).reshape(img.height, img.width)
 
 
-def decode_image(path: str | os.PathLike[str], max_pixels: int = 40_000_000) -> np.ndarray:
+def decode_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read one picture file as uint8 grayscale (H, W), EXIF orientation applied.
 
     Raises:
         ImageError: unreadable, not an image, truncated/corrupt, or over ``max_pixels``.
     """
-    with _bomb_checks():
+    with _bomb_checks(max_pixels):
         return _decode(path, max_pixels)
 
 
+_PIL_LIMIT = threading.Lock()
+
+
 @contextlib.contextmanager
-def _bomb_checks() -> Iterator[None]:
-    """PIL warns (and from 2x its limit raises) on decompression bombs: make both errors."""
+def _bomb_checks(max_pixels: int) -> Iterator[None]:
+    """PIL's own decompression-bomb check, set from ``max_pixels``, with its warning made an error.
+
+    PIL warns past ``Image.MAX_IMAGE_PIXELS`` (and raises past twice that) with its
+    own number. That limit is raised to ``max_pixels`` (never lowered: threads may
+    decode with other limits), so PIL speaks only of pictures over ours, and
+    :func:`_open` words its error with our number (:func:`over_limit`).
+    """
+    check_max_pixels(max_pixels)
+    pil = Image.MAX_IMAGE_PIXELS
+    if pil is not None and pil < max_pixels:
+        with _PIL_LIMIT:
+            pil = Image.MAX_IMAGE_PIXELS
+            if pil is not None and pil < max_pixels:
+                Image.MAX_IMAGE_PIXELS = max_pixels
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         yield
 
 
-def decode_image_bytes(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
+def decode_image_bytes(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read one picture held in memory (an upload, an object-store blob) as uint8 (H, W).
 
     The same formats, checks and errors as :func:`decode_image`.
@@ -132,7 +169,7 @@ def decode_image_bytes(data: bytes, max_pixels: int = 40_000_000) -> np.ndarray:
     Raises:
         ImageError: empty, not an image, truncated/corrupt, or over ``max_pixels``.
     """
-    with _bomb_checks():
+    with _bomb_checks(max_pixels):
         return _decode_bytes(data, max_pixels)
 
 
@@ -163,18 +200,15 @@ def _open(source: str | os.PathLike[str] | io.BytesIO, max_pixels: int) -> np.nd
         with Image.open(source) as img:
             width, height = img.size
             if width * height > max_pixels:
-                raise ImageError(
-                    f"image is {width}x{height} pixels, over the limit of {max_pixels} "
-                    "(possible decompression bomb)"
-                )
+                raise over_limit(max_pixels, (width, height))
             # getexif() is cheap next to decoding; transposing copies, so only when needed
             if img.getexif().get(_ORIENTATION, 1) not in (0, 1):
                 img = ImageOps.exif_transpose(img)
             return _to_gray(img)  # first frame of an animation
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"image too large (possible decompression bomb): {exc}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise over_limit(max_pixels) from None  # PIL's limit is ours (or above): _bomb_checks
     except UnidentifiedImageError:
         raise ImageError("not an image (unknown or unsupported file format)") from None
     except OSError as exc:
@@ -231,7 +265,8 @@ def preprocess(gray: np.ndarray, options: ImageOptions = ImageOptions()) -> np.n
         if h > 2 and w > 2
         else work.ravel()
     )
-    work = np.clip(work - float(np.median(border)), 0, None)
+    work -= float(np.median(border))
+    np.maximum(work, 0.0, out=work)  # in place: no second float copy of a big photo
     peak = float(work.max())
     if peak <= 0:
         return _foreground(np.zeros((size, size), dtype=np.uint8), pre)  # blank picture
@@ -306,7 +341,7 @@ def _batch(
     size = options.preprocessing.size
     images = np.zeros((len(items), size, size), dtype=np.uint8)
     errors: list[str | None] = [None] * len(items)
-    with _bomb_checks():
+    with _bomb_checks(options.max_pixels):
         for i, item in enumerate(items):
             try:
                 images[i] = preprocess(decode(item, options.max_pixels), options)

@@ -15,6 +15,31 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
+from mnist_edge.runtime.errors import ConfigError
+
+MAX_PIXELS = 120_000_000
+"""The largest picture, in pixels, that is decoded unless told otherwise (``max_pixels``).
+
+A guard against decompression bombs (a small file that claims a huge picture),
+set to take the full-resolution photos of today's phone cameras up to 108 MP;
+docs/inference.md (Picture size) gives the memory a decode of that size needs.
+Every front end has an option to raise it (``--max-pixels``, ``max_pixels=``).
+Here, in a light module, so the CLIs can show it before the image libraries load.
+"""
+
+
+def check_max_pixels(max_pixels: int) -> int:
+    """``max_pixels`` when it is a whole number >= 1 (the one check of every front end).
+
+    Raises:
+        ConfigError: (field ``max_pixels``) anything else.
+    """
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ConfigError(
+            f"max_pixels must be a whole number >= 1, not {max_pixels!r}", "max_pixels"
+        )
+    return max_pixels
+
 
 @dataclass(frozen=True)
 class Source:

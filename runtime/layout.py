@@ -80,8 +80,14 @@ def model_name(
 
 
 def int8_sibling(model: str | os.PathLike[str]) -> Path:
-    """The quantized file beside ``model``: ``dir/NAME.onnx`` -> ``dir/NAME.int8.onnx``."""
+    """The quantized file beside ``model``: ``dir/NAME.onnx`` -> ``dir/NAME.int8.onnx``.
+
+    A file already named as int8 (``int8`` among the dotted parts of its name,
+    ``mnist.int8.onnx``, ``mnist.int8.batch8.onnx``) is its own int8 file.
+    """
     model = Path(model)
+    if "int8" in model.name.split(".")[1:]:
+        return model
     return model.with_name(model.name.removesuffix(".onnx") + ".int8.onnx")
 
 

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,73 @@ SUFFIX_FORMATS = {
     ".parquet": "parquet",
 }
 """The format an output file's name implies (``-o results.csv``); other names imply none."""
+
+STDOUT = "-"
+"""The output named ``-`` is standard output (as the input ``-`` is standard input)."""
+
+
+def to_stdout(output: str | os.PathLike[str] | None) -> bool:
+    """Whether ``output`` means standard output: no output given, or ``-``."""
+    return output is None or os.fspath(output) == STDOUT
+
+
+def check_streams(fmt: str, output: str | os.PathLike[str] | None) -> None:
+    """Refuse a format that cannot stream to standard output when ``output`` is it.
+
+    The one check (and message) of both engines: table, csv and jsonl stream;
+    Parquet is a file (a folder of them) and needs a path.
+
+    Raises:
+        ConfigError: (field ``fmt``) ``fmt`` is not one of :data:`FORMATS` and
+            ``output`` is standard output (:func:`to_stdout`).
+    """
+    from mnist_edge.runtime.errors import ConfigError
+
+    if fmt not in FORMATS and to_stdout(output):
+        raise ConfigError(
+            f"{fmt} cannot go to standard output (the output is '-' or not given); give "
+            f"an output path, or pick a format that streams: {', '.join(FORMATS)}",
+            "fmt",
+        )
+
+
+def check_output_file(output: str | os.PathLike[str]) -> None:
+    """Refuse, before any work, an output file that could not be written where it is asked for.
+
+    A file is made and removed beside it (as the atomic write will), so what the
+    folder allows is tested, not guessed: a missing folder, a file used as a
+    folder, a folder with no write permission, a read-only or virtual file system.
+
+    Raises:
+        OutputPathError: (field ``output``) the reason, and what to do.
+    """
+    from mnist_edge.runtime.atomic import temp_prefix
+    from mnist_edge.runtime.errors import OutputPathError
+
+    path = os.fspath(output)
+    if os.path.isdir(path):
+        raise OutputPathError(f"{path} is a folder; name a file (in it, or elsewhere)")
+    if os.path.exists(path) and not os.path.isfile(path):  # a device or pipe: written in place
+        if not os.access(path, os.W_OK):
+            raise OutputPathError(f"cannot write {path}: permission denied")
+        return
+    folder = os.path.dirname(path) or os.curdir
+    if not os.path.exists(folder):
+        raise OutputPathError(
+            f"cannot write {path}: the folder {folder} does not exist; create it first"
+        )
+    if not os.path.isdir(folder):
+        raise OutputPathError(f"cannot write {path}: {folder} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=temp_prefix(path), suffix=".tmp")
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise OutputPathError(
+            f"cannot write {path}: no file can be made in {folder} ({reason}); "
+            "write it somewhere else"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def output_format(
@@ -76,10 +144,10 @@ def plural(count: int, noun: str) -> str:
 
 @contextlib.contextmanager
 def open_text_output(output: str | os.PathLike[str] | None) -> Iterator[TextIO]:
-    """stdout for ``None``; else ``output``, written atomically (temp file + rename on success)."""
+    """stdout for ``None`` or ``-``; else ``output``, written atomically (temp file + rename on success)."""
     from mnist_edge.runtime.atomic import atomic_path
 
-    if output is None:
+    if output is None or to_stdout(output):  # None spelled out for mypy
         yield sys.stdout
         return
     with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8", newline="") as stream:

@@ -33,7 +33,7 @@ from itertools import chain, islice
 from typing import TYPE_CHECKING, TextIO
 
 from mnist_edge.runtime.errors import ConfigError
-from mnist_edge.runtime.inputs import Source, expand_inputs
+from mnist_edge.runtime.inputs import MAX_PIXELS, Source, check_max_pixels, expand_inputs
 from mnist_edge.runtime.messages import (
     ArrayFile,
     Classified,
@@ -79,11 +79,14 @@ class PipelineConfig:
             the model). Large tasks keep the per-task cost down.
         max_in_flight: worker tasks queued ahead of the consumer; ``None`` = 4 per worker.
         inline_limit: with ``workers=None``, runs of at most this many inputs stay in-process.
-        top_k: alternatives to report per image (0 = none).
+        top_k: alternatives to report per image (0 = none); checked against the
+            model's classes when the model opens (:func:`~mnist_edge.runtime.classifier.check_top_k`).
         infer_in_workers: on CPU, each worker process also runs the model (one
             thread each), so every core decodes and infers and only results cross
             processes. Other providers always infer in this process.
         invert: ``auto`` inverts dark-on-light pictures; ``always``/``never`` force it.
+        max_pixels: pictures with more pixels are refused, each with its error
+            (decompression bombs); default :data:`~mnist_edge.runtime.inputs.MAX_PIXELS`.
 
     Raises:
         ConfigError: a value out of range.
@@ -97,6 +100,7 @@ class PipelineConfig:
     top_k: int = 0
     infer_in_workers: bool = True
     invert: str = "auto"
+    max_pixels: int = MAX_PIXELS
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "chunk_size", "inline_limit"):
@@ -108,8 +112,7 @@ class PipelineConfig:
                 raise ConfigError(
                     f"{name} must be >= {0 if name == 'workers' else 1} or None, not {value}", name
                 )
-        if self.top_k < 0:
-            raise ConfigError(f"top_k must be >= 0, not {self.top_k}", "top_k")
+        check_max_pixels(self.max_pixels)
         if self.invert not in INVERT_MODES:
             raise ConfigError(
                 f"invert must be one of {', '.join(INVERT_MODES)}, not {self.invert!r}", "invert"
@@ -129,33 +132,47 @@ class Pipeline:
                 print(result.path, result.label or result.error)
 
     Args:
-        model: the ONNX file.
+        model: the ONNX file, or ``None`` for the default model (as
+            :func:`~mnist_edge.runtime.layout.model_path` picks it).
         inputs: files, folders, globs, or ``-`` for paths on ``stdin``
-            (see :func:`~mnist_edge.runtime.inputs.expand_inputs`).
+            (see :func:`~mnist_edge.runtime.inputs.expand_inputs`); one path alone
+            is one input.
         config: decoding and batching.
         session: provider and threads for the model in this process.
         stdin: where ``-`` reads paths from.
 
     Raises:
-        ModelError: the model is missing, not ONNX, or not an mnist-edge classifier
-            this runtime can feed. Nothing of ``inputs`` is read before this check.
+        ModelError: the model is missing, not ONNX, not a path, or not an mnist-edge
+            classifier this runtime can feed. Nothing of ``inputs`` is read before this check.
         ProviderError: the provider is not available.
+        ConfigError: ``config.top_k`` is more than the model's classes
+            (:func:`~mnist_edge.runtime.classifier.check_top_k`).
         DecoderError: ``config.workers`` asked for processes and they could not start.
     """
 
     def __init__(
         self,
-        model: str | os.PathLike[str],
-        inputs: Iterable[str],
+        model: str | os.PathLike[str] | None,
+        inputs: Iterable[str] | str | os.PathLike[str],
         config: PipelineConfig | None = None,
         session: SessionConfig | None = None,
         stdin: TextIO | None = None,
     ) -> None:
-        from mnist_edge.runtime.session import SessionConfig
+        from mnist_edge.runtime.layout import model_path
+        from mnist_edge.runtime.session import ModelError, SessionConfig
 
         self.config = config = config or PipelineConfig()
         session = session or SessionConfig()
         self.pool: WorkerPool | None = None
+        if model is None:
+            model = model_path(None)
+        if not isinstance(model, (str, os.PathLike)):
+            raise ModelError(
+                f"model must be the path of an ONNX file (str or os.PathLike) or None for "
+                f"the default model, not {model!r}"
+            )
+        if isinstance(inputs, (str, os.PathLike)):
+            inputs = [os.fspath(inputs)]
         self._sources: Iterator[Source] = expand_inputs(inputs, stdin)
         if config.workers != 0 and os.path.isfile(model):  # a missing model is reported first
             head = list(islice(self._sources, config.inline_limit + 1))
@@ -163,7 +180,12 @@ class Pipeline:
             if config.workers is not None or len(head) > config.inline_limit:
                 self.pool = WorkerPool(config.workers or usable_cores(), config.infer_in_workers)
         try:
-            self.classifier, self.options = open_model(model, session, config.invert)
+            self.classifier, self.options = open_model(
+                model, session, config.invert, config.max_pixels
+            )
+            from mnist_edge.runtime.classifier import check_top_k
+
+            check_top_k(config.top_k, len(self.classifier.classes))
         except BaseException:
             self.close()
             raise
@@ -236,13 +258,17 @@ class Pipeline:
 
 
 def open_model(
-    model: str | os.PathLike[str] | Classifier, session: SessionConfig, invert: str
+    model: str | os.PathLike[str] | Classifier,
+    session: SessionConfig,
+    invert: str,
+    max_pixels: int = MAX_PIXELS,
 ) -> tuple[Classifier, ImageOptions]:
     """The classifier (``model`` itself when it is one) and how pictures are made ready for it.
 
     Raises:
         ModelError, ProviderError: see :class:`Pipeline`.
-        ConfigError: a forced ``invert`` for a pixels-in model (its graph decides).
+        ConfigError: a forced ``invert`` for a pixels-in model (its graph decides), or
+            ``max_pixels`` < 1.
     """
     from mnist_edge.runtime.classifier import Classifier
     from mnist_edge.runtime.images import ImageOptions
@@ -256,8 +282,11 @@ def open_model(
             "in its name to force it",
             "invert",
         )
+    check_max_pixels(max_pixels)  # before the model's preprocessing is judged below
     try:
-        options = ImageOptions(preprocessing=classifier.metadata.preprocessing, invert=invert)
+        options = ImageOptions(
+            preprocessing=classifier.metadata.preprocessing, invert=invert, max_pixels=max_pixels
+        )
     except ValueError as exc:
         raise ModelError(
             f"{classifier.path}: {exc}; it was made by a newer mnist-edge than this runtime"

@@ -103,6 +103,52 @@ def test_invert_and_top_k_are_checked(model) -> None:
     assert never["label"] == _label(255 - digit(7))
 
 
+@pytest.mark.parametrize(
+    "top_k", [11, -1, 2.5, True, "3"], ids=["11", "negative", "float", "bool", "text"]
+)
+def test_top_k_outside_0_to_the_classes_is_refused_not_cut(model, top_k) -> None:
+    message = f"top_k must be 0 (none) to 10 (the model's classes), not {top_k!r}"
+    with pytest.raises(ConfigError) as info:
+        classify([digit(0)], model=model, top_k=top_k)
+    assert str(info.value) == message and info.value.field == "top_k"
+    predictions = Classifier(model).predict(digit(0)[None])
+    with pytest.raises(ConfigError) as info:
+        predictions.records(top_k)
+    assert str(info.value) == message
+    (every,) = classify([digit(0)], model=model, top_k=10)
+    assert sorted(t["label"] for t in every["top_k"]) == [str(i) for i in range(10)]
+
+
+def test_max_pixels_refuses_bigger_picture_files(model, tmp_path) -> None:
+    path = tmp_path / "big.png"
+    Image.fromarray(digit(3)).resize((60, 50)).save(path)  # 3,000 pixels
+    (refused,) = classify(path, model=model, max_pixels=2999)
+    assert "60x50 = 3,000 pixels, over the limit of 2,999 pixels" in refused["error"]
+    (taken,) = classify(path, model=model, max_pixels=3000)
+    assert taken["label"] == classify(path, model=model)[0]["label"]
+    with pytest.raises(ConfigError, match="max_pixels must be a whole number >= 1, not 0"):
+        classify(path, model=model, max_pixels=0)
+
+
+def test_pipeline_takes_none_for_the_default_model_and_refuses_what_is_no_path(
+    model, tmp_path, monkeypatch
+) -> None:
+    from mnist_edge.runtime.layout import model_path
+    from mnist_edge.runtime.session import ModelError
+    from mnist_edge.runtime.stream import Pipeline, PipelineConfig
+
+    monkeypatch.chdir(tmp_path)  # no artifacts/ here: the bundled model
+    Image.fromarray(digit(2)).save(tmp_path / "2.png")
+    with Pipeline(None, "2.png", PipelineConfig(workers=0)) as pipeline:  # one path: one input
+        assert pipeline.classifier.path == model_path(None)
+        assert [r.path for r in pipeline] == ["2.png"]
+    for bad in (42, ["m.onnx"]):
+        with pytest.raises(ModelError, match="model must be the path of an ONNX file"):
+            Pipeline(bad, ["2.png"], PipelineConfig(workers=0))
+    with pytest.raises(ModelError, match="model must be the path of an ONNX file"):
+        Classifier(None)
+
+
 def test_a_missing_model_raises(tmp_path) -> None:
     from mnist_edge.runtime.session import ModelError
 

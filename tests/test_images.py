@@ -12,6 +12,7 @@ from helpers.models import digit
 from PIL import Image
 
 from mnist_edge.runtime.arrays import is_array_file, open_array_file
+from mnist_edge.runtime.errors import ConfigError
 from mnist_edge.runtime.idx import write_idx
 from mnist_edge.runtime.images import (
     ImageError,
@@ -24,6 +25,7 @@ from mnist_edge.runtime.images import (
     needs_inversion,
     preprocess,
 )
+from mnist_edge.runtime.inputs import MAX_PIXELS
 
 
 def _center_of_mass(img: np.ndarray) -> tuple[float, float]:
@@ -177,7 +179,7 @@ def _png_header_only(width: int, height: int) -> bytes:
         ("zero.png", b"", "empty file"),
         ("text.png", b"hello, not a picture\n" * 10, "not an image"),
         ("bomb.png", _png_header_only(30000, 30000), "decompression bomb"),
-        ("big.png", _png_header_only(12000, 5000), "over the limit"),
+        ("big.png", _png_header_only(12000, 11000), "over the limit"),
     ],
     ids=["zero-byte", "non-image", "bomb", "over-limit"],
 )
@@ -194,13 +196,54 @@ def test_bad_files_raise_image_error(tmp_path, name, content, reason):
         (b"", "empty file"),
         (b"hello, not a picture\n" * 10, "not an image"),
         (_png_header_only(30000, 30000), "decompression bomb"),
-        (_png_header_only(12000, 5000), "over the limit"),
+        (_png_header_only(12000, 11000), "over the limit"),
     ],
     ids=["zero-byte", "non-image", "bomb", "over-limit"],
 )
 def test_bad_bytes_raise_the_same_image_errors(content, reason):
     with pytest.raises(ImageError, match=reason):
         decode_image_bytes(content)
+
+
+@pytest.mark.parametrize(
+    ("width", "height"),
+    [(12000, 11000), (30000, 30000)],  # over MAX_PIXELS; over twice PIL's default limit
+    ids=["over-the-limit", "far-over"],
+)
+def test_pictures_over_the_limit_quote_one_number(width, height):
+    """Our limit, never PIL's own (89,478,485 / 178,956,970), whichever check fires first."""
+    with pytest.raises(ImageError) as info:
+        decode_image_bytes(_png_header_only(width, height))
+    message = str(info.value)
+    assert f"over the limit of {MAX_PIXELS:,} pixels" in message
+    assert "max_pixels" in message
+    for pil_number in ("89478485", "89,478,485", "178956970", "178,956,970"):
+        assert pil_number not in message
+
+
+def test_a_small_limit_refuses_and_a_raised_one_lets_through(tmp_path):
+    path = tmp_path / "digit.png"
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(path)  # 2,000 pixels
+    with pytest.raises(ImageError, match=r"50x40 = 2,000 pixels, over the limit of 1,999 pixels"):
+        decode_image(path, max_pixels=1999)
+    assert decode_image(path, max_pixels=2000).shape == (40, 50)
+    _, errors = load_batch([str(path)], ImageOptions(max_pixels=1999))
+    assert errors[0] is not None and "over the limit of 1,999 pixels" in errors[0]
+    # A 201-megapixel header (a 200 MP phone photo) passes a raised limit, PIL's own
+    # included, and fails only for what it is: a header with no picture data.
+    with pytest.raises(ImageError, match=r"truncated|corrupt|cannot read") as info:
+        decode_image_bytes(_png_header_only(16384, 12288), max_pixels=210_000_000)
+    assert "over the limit" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "bad", [0, -1, 2.5, True, "many"], ids=["0", "negative", "float", "bool", "text"]
+)
+def test_max_pixels_must_be_a_count(bad):
+    with pytest.raises(ConfigError, match="max_pixels must be a whole number >= 1"):
+        ImageOptions(max_pixels=bad)
+    with pytest.raises(ConfigError, match="max_pixels must be a whole number >= 1"):
+        decode_image_bytes(b"x", max_pixels=bad)
 
 
 def test_bytes_batch_equals_file_batch(tmp_path):

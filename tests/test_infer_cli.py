@@ -128,9 +128,11 @@ def test_output_file_takes_its_format_from_the_extension(model, folder, tmp_path
     [
         (["--format", "csv", "-o", "r.jsonl"], ["--format", "does not match", "(jsonl)"]),
         (["-o", "r.json"], ["-o", "one JSON record per line", ".jsonl"]),
-        (["-o", "r.parquet"], ["--format", "parquet needs --engine ray"]),
+        (["-o", "r.parquet"], ["-o", "names a parquet file", "--engine ray", "--format"]),
+        (["--format", "parquet", "-o", "r.out"], ["--format", "--engine ray only"]),
+        (["--format", "parquet", "-o", "-"], ["--format", "--engine ray only"]),
     ],
-    ids=["mismatch", "json", "parquet"],
+    ids=["mismatch", "json", "parquet-suffix", "parquet-format", "parquet-stdout"],
 )
 def test_output_format_conflicts_exit_2(model, folder, tmp_path, args, words):
     args = [a if not a.startswith("r.") else str(tmp_path / a) for a in args]
@@ -139,6 +141,41 @@ def test_output_format_conflicts_exit_2(model, folder, tmp_path, args, words):
     for word in words:
         assert word in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_output_dash_is_stdout(model, folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = _invoke(str(folder / "0.png"), "--model", str(model), "-o", "-", "-q")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split()[:3] == ["path", "label", "confidence"]
+    assert list(tmp_path.iterdir()) == []  # no file named -
+
+
+def test_top_k_zero_means_none(model, folder):
+    result = _invoke(
+        str(folder / "0.png"), "--model", str(model), "--format", "jsonl", "--top-k", "0"
+    )
+    assert result.exit_code == 0 and set(_jsonl(result.stdout)[0]) == {
+        "path",
+        "label",
+        "confidence",
+    }
+
+
+def test_max_pixels_refuses_each_big_picture_and_raising_it_lets_them_through(model, tmp_path):
+    Image.fromarray(digit(2)).resize((100, 100)).save(tmp_path / "big.png")  # 10,000 pixels
+    Image.fromarray(digit(1)).save(tmp_path / "small.png")  # 784 pixels
+    args = [str(tmp_path), "--model", str(model), "--format", "jsonl"]
+    refused = _invoke(*args, "--max-pixels", "9999")
+    assert refused.exit_code == 1
+    big, small = _jsonl(refused.stdout)
+    assert big["error"] == (
+        "picture is 100x100 = 10,000 pixels, over the limit of 9,999 pixels "
+        "(possible decompression bomb; max_pixels raises the limit)"
+    )
+    assert "label" in small
+    raised = _invoke(*args, "--max-pixels", "10000")
+    assert raised.exit_code == 0 and all("label" in r for r in _jsonl(raised.stdout))
 
 
 def test_summary_of_a_run_that_classified_nothing(model, tmp_path):
@@ -238,7 +275,7 @@ def test_npy_and_idx_inputs(model, tmp_path):
         (["--provider", "warp-drive"], ["unknown provider"]),
         (["--batch-size", "0"], ["--batch-size"]),
         (["--format", "xml"], ["--format"]),
-        (["--top-k", "11"], ["--top-k", "10 classes"]),
+        (["--top-k", "11"], ["--top-k", "0 (none) to 10 (the model's classes), not 11"]),
     ],
     ids=["cuda-missing", "unknown-provider", "batch-size", "format", "top-k"],
 )
@@ -266,8 +303,12 @@ def test_int8_flag_picks_the_int8_file_beside_the_model(tmp_path, folder):
     fp32 = linear_model(tmp_path / "m.onnx")
     result = CliRunner().invoke(main, [str(folder / "0.png"), "--model", str(fp32), "--int8"])
     assert result.exit_code == 2 and "m.int8.onnx" in result.output
-    linear_model(tmp_path / "m.int8.onnx")
+    int8 = linear_model(tmp_path / "m.int8.onnx")
     assert _invoke(str(folder / "0.png"), "--model", str(fp32), "--int8").exit_code == 0
+    # An int8 file named with --int8 is that file (not m.int8.int8.onnx).
+    named = _invoke(str(folder / "0.png"), "--model", str(int8), "--int8")
+    assert named.exit_code == 0, named.output
+    assert f"model {int8} (" in named.stderr
 
 
 def test_model_without_metadata_warns_once(tmp_path, folder):

@@ -40,6 +40,14 @@ def test_artifacts_folder_paths(tmp_path: Path) -> None:
 
 def test_int8_sibling() -> None:
     assert int8_sibling("models/m.onnx") == Path("models/m.int8.onnx")
+    assert int8_sibling("mnist.pixels.onnx") == Path("mnist.pixels.int8.onnx")
+
+
+@pytest.mark.parametrize(
+    "name", ["m.int8.onnx", "mnist.pixels.int8.onnx", "mnist.int8.batch8.onnx", "mnist.int8.ort"]
+)
+def test_an_int8_file_is_its_own_int8_sibling(name) -> None:
+    assert int8_sibling(f"models/{name}") == Path(f"models/{name}")
 
 
 def test_model_path_is_what_the_clis_run(tmp_path, monkeypatch) -> None:

@@ -5,17 +5,22 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 
 import pytest
 
-from mnist_edge.runtime.errors import ConfigError
+from mnist_edge.runtime.errors import ConfigError, OutputPathError
 from mnist_edge.runtime.messages import Result
 from mnist_edge.runtime.output import (
     ResultWriter,
     RunStats,
+    check_output_file,
+    check_streams,
     confidence_text,
+    open_text_output,
     output_format,
     plural,
+    to_stdout,
 )
 
 
@@ -60,6 +65,64 @@ def test_output_format_refuses_a_mismatch_and_json() -> None:
     with pytest.raises(ConfigError, match="one JSON record per line") as info:
         output_format(None, "r.json")
     assert info.value.field == "output"
+
+
+def test_dash_is_stdout(tmp_path, monkeypatch, capsys) -> None:
+    assert to_stdout(None) and to_stdout("-") and not to_stdout("r.csv")
+    monkeypatch.chdir(tmp_path)
+    with open_text_output("-") as stream:
+        stream.write("on stdout\n")
+    assert capsys.readouterr().out == "on stdout\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("output", [None, "-"], ids=["none", "dash"])
+def test_only_streaming_formats_go_to_stdout(output) -> None:
+    for fmt in ("table", "csv", "jsonl"):
+        check_streams(fmt, output)
+    check_streams("parquet", "out/")
+    with pytest.raises(ConfigError, match="parquet cannot go to standard output") as info:
+        check_streams("parquet", output)
+    assert info.value.field == "fmt" and "table, csv, jsonl" in str(info.value)
+
+
+def test_an_output_file_that_can_be_written_passes_and_leaves_nothing(tmp_path) -> None:
+    check_output_file(tmp_path / "r.csv")
+    (tmp_path / "old.csv").write_text("kept")
+    check_output_file(tmp_path / "old.csv")
+    assert [p.name for p in tmp_path.iterdir()] == ["old.csv"]
+    assert (tmp_path / "old.csv").read_text() == "kept"
+    check_output_file("/dev/null")  # a device is written in place
+
+
+@pytest.mark.parametrize(
+    ("where", "words"),
+    [
+        ("missing/r.csv", "the folder {tmp}/missing does not exist; create it first"),
+        ("plain.txt/r.csv", "{tmp}/plain.txt is a file, not a folder"),
+        ("", "{tmp}/ is a folder; name a file"),
+        ("/proc/r.csv", "no file can be made in /proc"),
+    ],
+    ids=["no-folder", "file-as-folder", "a-folder", "proc"],
+)
+def test_an_output_file_that_cannot_be_written_is_refused(tmp_path, where, words) -> None:
+    (tmp_path / "plain.txt").write_text("x")
+    with pytest.raises(OutputPathError) as info:
+        check_output_file(where if where.startswith("/") else f"{tmp_path}/{where}")
+    assert words.format(tmp=tmp_path) in str(info.value)
+    assert info.value.field == "output" and info.value.exit_code == 2
+
+
+def test_a_folder_without_write_permission_is_refused(tmp_path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root writes anywhere
+            pytest.skip("running as root: permissions do not stop writes")
+        with pytest.raises(OutputPathError, match=r"no file can be made in .*Permission denied"):
+            check_output_file(locked / "r.csv")
+    finally:
+        locked.chmod(0o700)
 
 
 RESULTS = [

@@ -10,9 +10,11 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import struct
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -208,8 +210,18 @@ def test_classify_returns_mnist_infer_records(
 
 
 def _bomb() -> bytes:
-    """A 8000x8000 PNG of a few KiB: 64 M pixels, over the 40 M limit."""
-    return png(np.zeros((8000, 8000), np.bool_), mode="1")
+    """A 16000x16000 black PNG of a few dozen KiB: 256 M pixels, over the default limit."""
+    side = 16_000
+    rows = zlib.compressobj(9)
+    idat = b"".join(rows.compress(b"\0" * (1 + side // 8) * 1000) for _ in range(side // 1000))
+    idat += rows.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 BAD = {
@@ -236,7 +248,7 @@ BAD = {
     ),
     "not a file upload": ("/v1/classify", {"Content-Type": "application/json"}, b"{}", 415, "multipart/form-data"),
     "top_k too big": (
-        "/v1/classify?top_k=11", *reversed(multipart([("a.png", png(digit(0)))])), 400, "top_k must be in [0, 10]",
+        "/v1/classify?top_k=11", *reversed(multipart([("a.png", png(digit(0)))])), 400, "top_k must be 0 (none) to 10 (the model's classes), not 11",
     ),
     "deeply nested JSON": (
         "/v2/models/mnist/infer", {}, b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "nests deeper than 32 levels",

@@ -245,7 +245,7 @@ def test_a_missing_model_is_reported_before_any_input_is_read(tmp_path):
         ("batch_size", 0, "batch_size must be >= 1"),
         ("workers", -1, "workers must be >= 0"),
         ("max_in_flight", 0, "max_in_flight must be >= 1"),
-        ("top_k", -2, "top_k must be >= 0"),
+        ("max_pixels", 0, "max_pixels must be a whole number >= 1"),
         ("invert", "sometimes", "invert must be one of auto, always, never"),
     ],
 )

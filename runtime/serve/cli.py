@@ -23,6 +23,7 @@ from mnist_edge.runtime.frontend import (
     ModelChoice,
     invert_option,
     load_classifier,
+    max_pixels_option,
     model_errors,
     model_options,
     threads_option,
@@ -98,6 +99,7 @@ def _bind(host: str, port: int) -> socket.socket:
 )
 @threads_option()
 @invert_option("uploaded pictures (/v1/classify)")
+@max_pixels_option()
 @click.option(
     "--graceful-timeout",
     type=click.IntRange(0, None),
@@ -120,6 +122,7 @@ def main(
     max_body_mb: float,
     threads: int | None,
     invert: str,
+    max_pixels: int,
     graceful_timeout: int,
     access_log: bool,
 ) -> None:
@@ -141,13 +144,14 @@ def main(
 
     choice = ModelChoice(model, int8)
     path = choice.path
-    classifier = load_classifier(choice, SessionConfig(provider=provider, threads=threads))
     config = ServeConfig(
         batch=BatchConfig(max_batch=max_batch, max_wait_ms=max_wait_ms),
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         invert=invert,
+        max_pixels=max_pixels,
         metrics=metrics,
-    )
+    )  # checked before the model loads
+    classifier = load_classifier(choice, SessionConfig(provider=provider, threads=threads))
     with model_errors(choice):
         service = ModelService(classifier, config)
     grpc_server: GrpcServer | None = None

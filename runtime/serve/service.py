@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mnist_edge.runtime import __version__
-from mnist_edge.runtime.classifier import Classifier, Predictions
+from mnist_edge.runtime.classifier import Classifier, Predictions, check_top_k
 from mnist_edge.runtime.errors import ConfigError
 from mnist_edge.runtime.images import ImageError, ImageOptions, decode_image_bytes, load_bytes_batch
+from mnist_edge.runtime.inputs import check_max_pixels
 from mnist_edge.runtime.messages import results
 from mnist_edge.runtime.output import json_record
 from mnist_edge.runtime.serve.batcher import BatchConfig, DynamicBatcher
@@ -58,7 +59,8 @@ class ServeConfig:
         decode_threads: threads decoding uploaded pictures (off the event loop).
         invert: picture inversion for classify (``auto``, ``always``, ``never``);
             a pixels-in model inverts inside its graph, so it takes only ``auto``.
-        max_pixels: pictures with more pixels are refused (decompression bombs).
+        max_pixels: pictures with more pixels are refused (decompression bombs); for a
+            pixels-in model also the most values of an infer request's picture.
         metrics: keep Prometheus metrics (:mod:`.metrics`, ``GET /metrics``).
     """
 
@@ -77,6 +79,7 @@ class ServeConfig:
         for name in ("max_body_bytes", "max_request_rows", "max_files", "decode_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, not {getattr(self, name)}", name)
+        check_max_pixels(self.max_pixels)
         if not self.model_name or "/" in self.model_name:
             raise ConfigError(
                 f"model_name must be a non-empty name without '/', not {self.model_name!r}",
@@ -274,12 +277,11 @@ class ModelService:
         return {self.outputs[0].name: probabilities, "label": label}
 
     def check_top_k(self, top_k: int) -> int:
-        classes = len(self.classifier.classes)
-        if not 0 <= top_k <= classes:
-            raise ProtocolError(
-                f"top_k must be in [0, {classes}] (the model's classes), not {top_k}"
-            )
-        return top_k
+        """``top_k`` if the model can list that many labels, else :class:`ProtocolError` (400)."""
+        try:
+            return check_top_k(top_k, len(self.classifier.classes))
+        except ConfigError as exc:
+            raise ProtocolError(str(exc)) from None
 
     async def classify(self, files: list[tuple[str, bytes]], top_k: int = 0) -> Classified:
         """Pictures -> the records ``mnist-infer --format jsonl`` writes, one per picture.
