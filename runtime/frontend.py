@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from mnist_edge.runtime.command import click_error, option_for
+from mnist_edge.runtime.command import click_error
 from mnist_edge.runtime.errors import ConfigError, MnistEdgeError, ModelError
 from mnist_edge.runtime.inputs import MAX_PIXELS
 from mnist_edge.runtime.layout import model_path
@@ -171,21 +171,6 @@ class ModelChoice:
     def option(self) -> str:
         """The option to blame when that file is missing or bad."""
         return "--int8" if self.int8 and self.model is None else "--model"
-
-
-def config_error(
-    exc: ConfigError, options: Mapping[str, str] | None = None, default: str | None = None
-) -> click.UsageError:
-    """The click error (exit 2) for a bad config value: it names the option of ``exc.field``.
-
-    Args:
-        options: fields whose option is not ``--`` + the field with dashes.
-        default: the option to name when ``exc`` has no field; without one, a plain usage error.
-    """
-    option = option_for(exc.field, options) or default
-    if option is None:
-        return click.UsageError(str(exc))
-    return click.BadParameter(str(exc), param_hint=option)
 
 
 @contextlib.contextmanager

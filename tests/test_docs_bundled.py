@@ -114,6 +114,6 @@ def test_list_models_without_onnx_runtime_is_one_line(monkeypatch: pytest.Monkey
     result = CliRunner().invoke(main, ["--list-models"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        "Error: mnist-infer needs onnxruntime, which are not installed; install them with: "
-        "pip install '.[cpu]' (in the mnist-edge checkout)"
+        "Error: mnist-infer needs onnxruntime, which are not installed; install mnist-edge "
+        "with the cpu extra (from a clone: pip install '.[cpu]')"
     ]

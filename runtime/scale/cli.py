@@ -25,6 +25,7 @@ from mnist_edge.runtime.frontend import (
     ModelChoice,
     check_top_k,
     invert_option,
+    max_pixels_option,
     model_errors,
     model_options,
     top_k_option,
@@ -73,6 +74,7 @@ def config_from(params: dict[str, Any]) -> RayConfig:
     f"{BLOCK_MAX} files each]",
 )
 @invert_option()
+@max_pixels_option()
 @click.option(
     "--format",
     "fmt",

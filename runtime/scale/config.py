@@ -10,6 +10,7 @@ import onnxruntime as ort
 
 from mnist_edge.runtime.errors import ConfigError, MnistEdgeError
 from mnist_edge.runtime.extras import require_extras
+from mnist_edge.runtime.inputs import MAX_PIXELS, check_max_pixels
 from mnist_edge.runtime.metadata import INVERT_MODES
 from mnist_edge.runtime.session import (
     GPU_PROVIDERS,
@@ -69,7 +70,7 @@ class RayConfig:
     cpus_per_actor: float = 0.5
     gpus_per_actor: float | None = None
     invert: str = "auto"
-    max_pixels: int = 40_000_000
+    max_pixels: int = MAX_PIXELS
     top_k: int = 0
     rows_per_file: int = 100_000
     model_batch: InitVar[int | None] = None
@@ -98,16 +99,13 @@ class RayConfig:
             raise ConfigError(
                 f"gpus_per_actor must be >= 0, not {self.gpus_per_actor}", "gpus_per_actor"
             )
-        if self.top_k < 0:
-            raise ConfigError(f"top_k must be >= 0, not {self.top_k}", "top_k")
         if not self.auto:
             self._check_gpus()
         if self.invert not in INVERT_MODES:
             raise ConfigError(
                 f"invert must be one of {', '.join(INVERT_MODES)}, not {self.invert!r}", "invert"
             )
-        if self.max_pixels < 1:
-            raise ConfigError(f"max_pixels must be >= 1, not {self.max_pixels}", "max_pixels")
+        check_max_pixels(self.max_pixels)
 
     def _check_gpus(self) -> None:
         gpu = self.provider_name in GPU_PROVIDERS
@@ -217,7 +215,7 @@ def import_ray() -> Any:
         import ray.data
     except ImportError as exc:
         raise RayEngineError(
-            f"Ray Data is installed but does not import ({exc}); reinstall the scale extra: "
-            "pip install '.[scale]' (in the mnist-edge checkout)"
+            f"Ray Data is installed but does not import ({exc}); reinstall mnist-edge "
+            "with the scale extra (from a clone: pip install '.[scale]')"
         ) from None
     return ray

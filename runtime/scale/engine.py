@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from mnist_edge.runtime.classifier import check_top_k
 from mnist_edge.runtime.errors import ConfigError
 from mnist_edge.runtime.images import ImageOptions
 from mnist_edge.runtime.inputs import Source
@@ -197,6 +198,7 @@ def plan_job(
     ray = import_ray()
     classifier = classifier or load_model(model)
     config = (config or RayConfig()).resolved(classifier.metadata.precision)
+    check_top_k(config.top_k, len(classifier.classes))
     if not ray.is_initialized():
         ray.init()
     check_resources(ray, config)

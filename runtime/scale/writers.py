@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, cast
 
 import click
 
-from mnist_edge.runtime.output import FORMATS, open_text_output
+from mnist_edge.runtime.output import FORMATS, check_streams, open_text_output
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -34,18 +34,12 @@ def stdout_target(output: str | None, fmt: str) -> str | None:
     """``-o`` as the writers take it: ``None`` for standard output (no ``-o``, or ``-o -``).
 
     Raises:
-        click.BadParameter: ``-o -`` with a format that is not a stream (Parquet is a
-            folder of files), naming ``-o``.
+        ConfigError: ``-o -`` with a format that is not a stream (Parquet is a folder of
+            files): the local engine's check and message (:func:`check_streams`).
     """
     if output != STDOUT:
         return output
-    if fmt not in FORMATS:
-        raise click.BadParameter(
-            f"- (standard output) takes a stream of rows, and {fmt} is not one "
-            f"(it writes a folder of files): give -o FOLDER, or --format "
-            f"{'|'.join(FORMATS)} for standard output",
-            param_hint="-o",
-        )
+    check_streams(fmt, output)
     return None
 
 
