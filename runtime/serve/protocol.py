@@ -167,8 +167,9 @@ def _json_object(data: bytes, what: str, max_values: int) -> dict[str, Any]:
             f"{what} nests deeper than {MAX_JSON_DEPTH} levels; "
             "send each tensor's 'data' as a flat list of numbers"
         )
-    values = skeleton.count(b",") + 1
-    if values > max_values + _JSON_SLACK_VALUES:
+    # values are one more than the commas, and there are no more commas than bytes
+    bound = max_values + _JSON_SLACK_VALUES
+    if len(skeleton) + 1 > bound and (values := skeleton.count(b",") + 1) > bound:
         raise ProtocolError(
             f"{what} holds about {values} values, more than the model's input allows per "
             f"request ({max_values}); send fewer images per request",
