@@ -61,7 +61,7 @@ def c_kernels(tmp_path_factory) -> tuple[ctypes.CDLL, ctypes.CDLL]:
     fp32.call_softmax.argtypes = [PTR, INT, PTR]
     fp32.call_softmax.restype = INT
     int8.call_requantize.argtypes = [PTR, PTR, INT, INT, PTR]
-    int8.call_conv_relu_pool_q.argtypes = [PTR, INT, INT, INT, PTR, PTR, PTR, INT, INT, INT, INT, PTR]  # fmt: skip
+    int8.call_conv_relu_pool_q.argtypes = [PTR, INT, INT, INT, PTR, PTR, PTR, INT, INT, INT, INT, PTR, PTR]  # fmt: skip
     int8.call_dense_q.argtypes = [PTR, INT, PTR, PTR, PTR, INT, PTR]
     int8.call_quantize_input.argtypes = [PTR, INT, PTR, PTR]
     return fp32, int8
@@ -93,11 +93,14 @@ def _io(name: str, elem: int, shape: list[int]) -> onnx.ValueInfoProto:
 
 
 # (in_h, in_w, in_c, out_c, k, pool): the model's two layers, odd sizes where the floor of
-# the pool drops a row and a column, a 5x5 kernel with a 3x3 pool, no pool, a thin map.
+# the pool drops a row and a column, a 5x5 kernel with a 3x3 pool, no pool, a thin map. The
+# int8 kernel takes 4 bytes and 4 channels a step: these filters (k * k * in_c bytes: 9, 288,
+# 27, 45, 50, 4, 4) and channel counts (32, 64, 5, 7, 4, 3, 2) leave every remainder of both.
 SHAPES = {
     "mnist-conv1 28x28x1-32": (28, 28, 1, 32, 3, 2),
     "mnist-conv2 13x13x32-64": (13, 13, 32, 64, 3, 2),
     "odd 9x7x3-5": (9, 7, 3, 5, 3, 2),
+    "remainders 8x9x5-7": (8, 9, 5, 7, 3, 2),
     "k5 pool3 12x11x2-4": (12, 11, 2, 4, 5, 3),
     "k1 pool1 5x6x4-3": (5, 6, 4, 3, 1, 1),
     "thin 4x15x1-2 k2": (4, 15, 1, 2, 2, 2),
@@ -278,9 +281,10 @@ def test_conv_relu_pool_q_equals_qlinearconv(c_kernels, shape, quants, tmp_path)
     scales = multipliers(x_quant.scale, p["w_scale"], y_quant.scale)
     hwc = np.ascontiguousarray(xq[0].transpose(1, 2, 0))
     got = np.full(want.shape, 0xAB, np.uint8)
+    patches = np.zeros(pool * pool * k * k * c, np.uint8)  # the scratch mnist_model.c plans
     int8.call_conv_relu_pool_q(
         _ptr(hwc), h, w, c, _ptr(ohwi), _ptr(bias), _ptr(scales), oc, k, pool,
-        y_quant.zero_point, _ptr(got),
+        y_quant.zero_point, _ptr(patches), _ptr(got),
     )  # fmt: skip
     np.testing.assert_array_equal(got, want)
     assert len(np.unique(want)) > 2, "outputs all clamped: the case tests nothing"

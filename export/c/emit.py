@@ -49,23 +49,35 @@ def c_array(name: str, values: np.ndarray, size: str) -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    """The two activation buffers ``mnist_classify`` ping-pongs between (elements each)."""
+    """The buffers ``mnist_classify`` keeps on its stack.
+
+    ``a`` and ``b`` are the two activation buffers the layers ping-pong between (elements
+    each); ``patches`` the int8 conv kernel's scratch, bytes (0 for fp32).
+    """
 
     a: int
     b: int
     element_bytes: int
+    patches: int = 0
 
     @property
     def bytes(self) -> int:
-        return (self.a + self.b) * self.element_bytes
+        return (self.a + self.b) * self.element_bytes + self.patches
 
 
 def plan(net: Network) -> Plan:
-    """Layer i reads buffer i % 2 and writes the other: the input and every second output share one."""
+    """Layer i reads buffer i % 2 and writes the other: the input and every second output share one.
+
+    The int8 conv kernel copies the inputs under one pooled output (pool * pool patches of
+    k * k * in_c bytes) into ``patches``: the largest layer's size, shared by all.
+    """
     sizes = [net.height * net.width] + [c.out_h * c.out_w * c.out_c for c in net.convs]
     a = max(sizes[0::2])
     b = max(sizes[1::2])
-    return Plan(a, b, 1 if net.precision == "int8" else 4)
+    if net.precision == "fp32":
+        return Plan(a, b, 4)
+    patches = max(c.pool**2 * c.kernel**2 * c.in_c for c in net.convs)
+    return Plan(a, b, 1, patches)
 
 
 def sizes_enum(net: Network, p: Plan) -> str:
@@ -83,8 +95,10 @@ def sizes_enum(net: Network, p: Plan) -> str:
         f"    DENSE_IN = {net.dense.inputs},",
         f"    CLASSES = {net.classes},",
         f"    BUFFER_A = {p.a}, /* the input, then every second layer's output */",
-        f"    BUFFER_B = {p.b}",
+        f"    BUFFER_B = {p.b}" + ("," if p.patches else ""),
     ]
+    if p.patches:
+        rows.append(f"    PATCHES = {p.patches} /* conv_relu_pool_q's scratch */")
     return "/* Sizes, read from the ONNX file. */\nenum {\n" + "\n".join(rows) + "\n};\n"
 
 
@@ -117,6 +131,7 @@ def classify(net: Network) -> str:
     body = [
         f"    {elem} a[BUFFER_A];",
         f"    {elem} b[BUFFER_B];",
+        *(["    uint8_t patches[PATCHES];"] if int8 else []),
         "    float logits[CLASSES];",
         "",
         "    quantize_input(pixels, INPUT_H * INPUT_W, input_table, a);"
@@ -129,7 +144,7 @@ def classify(net: Network) -> str:
         args = f"{src}, {h}, {w}, CONV{i}_IN_C, conv{i}_weights, conv{i}_bias"
         if int8:
             zero = c.out_quant.zero_point if c.out_quant else 0
-            call = f"conv_relu_pool_q({args}, conv{i}_scales,\n                     CONV{i}_OUT_C, CONV{i}_K, POOL{i}, {zero}, {dst});"  # fmt: skip
+            call = f"conv_relu_pool_q({args}, conv{i}_scales,\n                     CONV{i}_OUT_C, CONV{i}_K, POOL{i}, {zero}, patches, {dst});"  # fmt: skip
         else:
             call = f"conv_relu_pool({args},\n                   CONV{i}_OUT_C, CONV{i}_K, POOL{i}, {dst});"
         body.append(f"    {call}")
@@ -155,7 +170,7 @@ def model_source(net: Network, source: str, input_table: np.ndarray | None) -> s
         [
             f"/* mnist_model.c: {source} ({net.precision}) as C99, written by `mnist-export --c`.\n"
             " * The weights, shapes and scales are the ONNX file's; regenerate rather than edit. */\n",
-            '#include <math.h>\n#include <stdint.h>\n\n#include "mnist.h"\n',
+            '#include <math.h>\n#include <stdint.h>\n#include <string.h>\n\n#include "mnist.h"\n',
             sizes_enum(net, plan(net)),
             weights(net, input_table),
             kernels,

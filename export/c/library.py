@@ -28,7 +28,8 @@ class CLibrary:
         precision: ``"fp32"`` or ``"int8"``.
         model: the ONNX file it was emitted from, and its SHA-256.
         weight_bytes: the ``static const`` weights, tables and scales.
-        buffer_bytes: ``mnist_classify``'s activation buffers (on the caller's stack).
+        buffer_bytes: ``mnist_classify``'s activation buffers and int8 conv patches (on the
+            caller's stack).
         target: the Cortex-M4 measurement, or None without arm-none-eabi-gcc.
     """
 
@@ -93,10 +94,12 @@ def frame_dir() -> Path:
 
 
 def _memory_lines(net: Network, weights: int, buffers: int, t: TargetSize | None) -> list[str]:
+    p = plan(net)
+    patches = f"; conv patches: {p.patches}" if p.patches else ""
     lines = [
         f"weights: {weights} bytes of static const arrays (flash)",
         f"mnist_classify's activation buffers: {buffers} bytes on the caller's stack"
-        f" (a, b: {'uint8_t' if net.precision == 'int8' else 'float'}; logits: {CLASSES * 4})",
+        f" (a, b: {'uint8_t' if net.precision == 'int8' else 'float'}{patches}; logits: {CLASSES * 4})",
     ]
     if t is None:
         lines.append("Cortex-M4 figures not measured (arm-none-eabi-gcc was not installed)")

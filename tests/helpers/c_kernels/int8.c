@@ -2,6 +2,7 @@
  * them, each behind an exported wrapper so that tests/test_c_kernels.py can call it. */
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "kernels_int8.c"
 
@@ -17,10 +18,11 @@ void call_requantize(const int32_t *acc, const float *scales, int n, int zero_po
 
 void call_conv_relu_pool_q(const uint8_t *in, int in_h, int in_w, int in_c,
                            const int8_t *weights, const int32_t *bias, const float *scales,
-                           int out_c, int k, int pool, int out_zero_point, uint8_t *out)
+                           int out_c, int k, int pool, int out_zero_point, uint8_t *patches,
+                           uint8_t *out)
 {
     conv_relu_pool_q(in, in_h, in_w, in_c, weights, bias, scales, out_c, k, pool, out_zero_point,
-                     out);
+                     patches, out);
 }
 
 void call_dense_q(const uint8_t *in, int inputs, const int8_t *weights, const int32_t *bias,
