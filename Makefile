@@ -82,6 +82,7 @@ bench: $(STAMP) ## Benchmarks: training, model-only and end-to-end inference, se
 	@$(MAKE) --no-print-directory bench-openvino
 	@$(MAKE) --no-print-directory venv-mlserver || echo "bench: MLServer peer skipped (pip's message above)"
 	$(BIN)/python bench/bench_serve.py $(SERVE_BENCH_ARGS)
+	$(BIN)/python bench/serve_profile.py
 	$(BIN)/python bench/bench_ray.py $(RAY_BENCH_ARGS)
 	@$(MAKE) --no-print-directory bench-mcu
 
