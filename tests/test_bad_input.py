@@ -72,6 +72,7 @@ CASES = [
     case(INFER, "{picture} --model {file}", 2, "--model", "not a valid ONNX model"),
     case(INFER, "{picture} --model {tmp}", 2, "--model", "directory"),
     case(INFER, "{picture} --model {model} --int8", 2, "--model", "mnist.int8.onnx"),
+    case(INFER, "{picture} --model {file} --int8", 2, "--model", "does not end in .onnx or .ort"),
     case(INFER, "{picture} --model {model} --provider warp-drive", 2, "--provider", "unknown"),
     case(INFER, "{picture} --model {model} --provider cuda", 2, "--provider", "not available"),
     # where the results go
