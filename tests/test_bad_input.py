@@ -63,6 +63,7 @@ def case(command: str, args: str, exit_code: int, *words: str, per_input: bool =
 INFER = "mnist-infer"
 SERVE = "mnist-serve"
 TOP_K_RANGE = "top_k must be 0 (none) to 10 (the model's classes)"
+MAX_BATCH_RANGE = "1<=x<=8192"  # BatchConfig.max_queue_rows: the rows that may wait
 # mnist-serve rows end in {busy_port}: see the module's docstring.
 ON_BUSY_PORT = "--host 127.0.0.1 --port {busy_port} --no-grpc"
 
@@ -100,8 +101,8 @@ CASES = [
     case(INFER, "{empty_dir} --model {model}", 1, "empty directory", per_input=True),
     case(INFER, "{tmp}/none.png --model {model}", 1, "no such file", per_input=True),
     # mnist-serve: each fails before it would bind
-    case(SERVE, f"--max-batch 10000 {ON_BUSY_PORT}", 2, "--max-batch"),
-    case(SERVE, f"--max-batch 0 {ON_BUSY_PORT}", 2, "--max-batch"),
+    case(SERVE, f"--max-batch 10000 {ON_BUSY_PORT}", 2, "--max-batch", MAX_BATCH_RANGE),
+    case(SERVE, f"--max-batch 0 {ON_BUSY_PORT}", 2, "--max-batch", MAX_BATCH_RANGE),
     case(SERVE, f"--max-pixels 0 {ON_BUSY_PORT}", 2, "--max-pixels", ">= 1"),
     case(SERVE, f"--model {{tmp}}/none.onnx {ON_BUSY_PORT}", 2, "--model", "not found"),
     case(SERVE, f"--model {{model}} --int8 {ON_BUSY_PORT}", 2, "--model", "mnist.int8.onnx"),
@@ -162,6 +163,12 @@ def test_bad_input_is_one_error_line(row: Case, places: dict[str, str], tmp_path
         assert len(errors) == 1, output
         assert all(word in errors[0] for word in row.words), output
     assert [p.name for p in tmp_path.iterdir()] == []  # nothing written where it was refused
+
+
+def test_max_batch_is_refused_in_the_options_words(places: dict[str, str]) -> None:
+    args = ["--max-batch", "10000", *ON_BUSY_PORT.format(busy_port=places["busy_port"]).split()]
+    result = CliRunner().invoke(_command(SERVE), args)
+    assert result.exit_code == 2 and "max_queue_rows" not in result.output  # no such option
 
 
 # ---------------------------------------------------------------- one refusal everywhere
