@@ -269,6 +269,18 @@ def test_one_top_k_refusal_in_cli_api_and_server(places, server, top_k: int) -> 
     assert (status, answer) == (400, {"error": message})
 
 
+def test_a_top_k_that_is_no_number_gets_the_one_refusal(places, server) -> None:
+    from mnist_edge.runtime import classify
+    from mnist_edge.runtime.errors import ConfigError
+
+    message = f"{TOP_K_RANGE}, not 'abc'"
+    with pytest.raises(ConfigError) as info:
+        classify(places["picture"], model=places["model"], top_k="abc")
+    assert str(info.value) == message
+    status, answer = _classify(server, Path(places["picture"]), "?top_k=abc")
+    assert (status, answer) == (400, {"error": message})
+
+
 def test_the_top_k_range_ends_at_the_classes(places, server) -> None:
     from mnist_edge.runtime import classify
 
