@@ -65,7 +65,7 @@ CPU = ("cpu",)
 PAGE_EXTRAS: dict[str, tuple[str, ...]] = {"serving.md": ("cpu", "serve")}
 # extras -> the variable naming a real venv with that install (else: this venv, guarded)
 REAL_VENVS = {CPU: "MNIST_EDGE_DOCS_CPU_VENV", ("cpu", "serve"): "MNIST_EDGE_DOCS_SERVE_VENV"}
-SERVE_PORTS = (8000, 8001)  # mnist-serve's defaults, which the examples talk to
+SERVE_PORTS = (8000, 8001, 8002, 8003)  # mnist-serve's defaults, and serving.md's second server
 STOP_TIMEOUT = 15
 
 
@@ -377,7 +377,7 @@ def test_the_examples_a_pip_user_relies_on_are_run() -> None:
     """The tour and the inference page have blocks that run; every skipped block says why."""
     names = {p.name: len(runnable(p)) for p in RUN_PAGES}
     assert names.get("README.md", 0) >= 2 and names.get("inference.md", 0) >= 3, names
-    assert names.get("serving.md", 0) >= 4, names  # the server, curl, tritonclient.grpc
+    assert names.get("serving.md", 0) >= 6, names  # the servers, curl, tritonclient.grpc
     for page in PAGES:
         for block in blocks(page):
             assert not block.marker.startswith("<!-- not run") or NOT_RUN.fullmatch(block.marker), (
