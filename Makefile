@@ -129,14 +129,20 @@ test-openvino: $(STAMP) ## OpenVINO tests (tests/test_openvino.py) in .venv-open
 	else echo "test-openvino: skipped, onnxruntime-openvino cannot be installed here (pip's message above)"; fi
 
 # The docs' examples as a pip user runs them: a venv with `pip install '.[cpu]'` alone (not editable,
-# no torch), refreshed from the tree each time. `make test` runs the same blocks in .venv, torch hidden.
+# no torch), and one with '.[cpu,serve]' for serving.md, refreshed from the tree each time.
+# `make test` runs the same blocks in .venv, the other extras hidden.
 CPU_VENV ?= build/venv-cpu
+SERVE_VENV ?= build/venv-serve
 .PHONY: test-docs-cpu
-test-docs-cpu: $(STAMP) ## The docs' examples in an empty folder with a cpu-only install (build/venv-cpu: pip install '.[cpu]')
+test-docs-cpu: $(STAMP) ## The docs' examples in an empty folder with a pip install (build/venv-cpu: '.[cpu]'; build/venv-serve: '.[cpu,serve]')
 	@test -x $(CPU_VENV)/bin/python || $(PYTHON) -m venv $(CPU_VENV)
 	$(CPU_VENV)/bin/python -m pip install --quiet --disable-pip-version-check '.[cpu]'
 	$(CPU_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall .
-	MNIST_EDGE_DOCS_CPU_VENV=$(CPU_VENV) $(BIN)/python -m pytest tests/test_docs_run.py $(ARGS)
+	@test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check '.[cpu,serve]'
+	$(SERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall .
+	MNIST_EDGE_DOCS_CPU_VENV=$(CPU_VENV) MNIST_EDGE_DOCS_SERVE_VENV=$(SERVE_VENV) \
+	  $(BIN)/python -m pytest tests/test_docs_run.py $(ARGS)
 
 # The runtime on aarch64 Linux: an arm64 Debian root (debootstrap + qemu-user-static, cached in
 # ~/.cache/mnist-edge), the project installed there with '.[cpu,serve]', answers compared with this

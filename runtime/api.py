@@ -57,7 +57,8 @@ def classify(
             when it exists in the working folder, else the bundled reference model.
         top_k: also list the K most probable labels per picture: 0 (none) to the
             model's number of classes.
-        int8: with ``model=None`` (or a path), use the int8 file (``NAME.int8.onnx``).
+        int8: with ``model=None`` (or a path), use the int8 file (``NAME.int8.onnx``,
+            :func:`~mnist_edge.runtime.layout.int8_sibling`).
         invert: ``"auto"`` inverts dark-on-light pictures; ``"always"``/``"never"``
             force it (MNIST-style white-on-black input needs ``auto`` or ``never``).
         provider: ONNX Runtime execution provider (``"auto"``, ``"cpu"``, ``"cuda"``, ...).

@@ -33,7 +33,7 @@ from mnist_edge.runtime.session import (
 )
 
 
-def check_top_k(top_k: int, classes: int) -> int:
+def check_top_k(top_k: object, classes: int) -> int:
     """``top_k`` as an int when a model of ``classes`` classes can list that many labels.
 
     The one range (0, for none, to the number of classes) and the one refusal for
@@ -46,7 +46,7 @@ def check_top_k(top_k: int, classes: int) -> int:
     if (
         isinstance(top_k, bool)
         or not isinstance(top_k, numbers.Integral)
-        or not 0 <= top_k <= classes
+        or not 0 <= int(top_k) <= classes
     ):
         raise ConfigError(
             f"top_k must be 0 (none) to {classes} (the model's classes), not {top_k!r}", "top_k"

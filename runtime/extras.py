@@ -58,6 +58,33 @@ def missing_modules(extra: str) -> list[str]:
     return [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
 
 
+def install_advice(*extras: str) -> str:
+    """How to add ``extras``, in words true for a pip install and a clone alike."""
+    spec = ",".join(extras)
+    noun = "extra" if len(extras) == 1 else "extras"
+    return f"install mnist-edge with the {spec} {noun} (from a clone: pip install '.[{spec}]')"
+
+
+def ort_build_advice(distribution: str, extra: str | None = None) -> str:
+    """How to switch ONNX Runtime to ``distribution``: the other builds go first (one folder).
+
+    Args:
+        distribution: the build to install (``onnxruntime-gpu``, ``onnxruntime-directml``, ...).
+        extra: the mnist-edge extra that brings it (:data:`ORT_BUILDS`), if one does.
+    """
+    others = [d for d in installed_ort_distributions() if d != distribution]
+    if extra is not None:
+        get = f"{install_advice(extra)}, which brings {distribution}"
+    else:
+        get = f"pip install {distribution} (no mnist-edge extra brings it)"
+    if not others:
+        return get
+    return (
+        f"uninstall {' and '.join(others)} first (`pip uninstall -y {' '.join(others)}`; "
+        f"ONNX Runtime builds share one module folder), then {get}"
+    )
+
+
 def require_extras(command: str, *extras: str) -> None:
     """Raise :class:`MissingExtraError` naming the extras ``command`` lacks and the fix.
 
@@ -67,11 +94,9 @@ def require_extras(command: str, *extras: str) -> None:
     lacking = [e for e in extras if missing_modules(e)]
     if lacking:
         modules = sorted({m for e in lacking for m in missing_modules(e)})
-        spec = ",".join(lacking)
         raise MissingExtraError(
-            f"{command} needs {', '.join(modules)}, which are not installed; install "
-            f"mnist-edge with the {spec} {'extra' if len(lacking) == 1 else 'extras'} "
-            f"(from a clone: pip install '.[{spec}]')"
+            f"{command} needs {', '.join(modules)}, which are not installed; "
+            f"{install_advice(*lacking)}"
         )
 
 

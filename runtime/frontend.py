@@ -90,7 +90,8 @@ def model_options(verb: str) -> Callable[[F], F]:
                 "--int8",
                 is_flag=True,
                 help=f"{verb} the quantized model (mnist.int8.onnx beside the default model, "
-                "or NAME.int8.onnx beside --model; a --model named *.int8.onnx is itself).",
+                "or NAME.int8.onnx beside --model, as mnist-export names it: mnist.int8.batch8.onnx for "
+                "mnist.batch8.onnx; a --model named *.int8.onnx is itself).",
             ),
             click.option(
                 "--provider",

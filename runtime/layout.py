@@ -29,6 +29,7 @@ file's path by name (``mnist_edge.runtime.bundled_model``).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,16 +80,37 @@ def model_name(
     return ".".join(parts) + suffix
 
 
-def int8_sibling(model: str | os.PathLike[str]) -> Path:
-    """The quantized file beside ``model``: ``dir/NAME.onnx`` -> ``dir/NAME.int8.onnx``.
+# The interface parts of a variant's name, which follow its precision (model_name's order).
+INTERFACE_PART = re.compile(r"batch[0-9]+|uint8")
+MODEL_SUFFIXES = ("onnx", "ort")
 
-    A file already named as int8 (``int8`` among the dotted parts of its name,
-    ``mnist.int8.onnx``, ``mnist.int8.batch8.onnx``) is its own int8 file.
+
+def int8_sibling(model: str | os.PathLike[str]) -> Path:
+    """The quantized file beside ``model``, named as :func:`model_name` (mnist-export) names it.
+
+    ``int8`` goes after the name's stem (and ``pixels``) and before its interface parts
+    (``batchN``, ``uint8``); the suffix stays: ``m.onnx`` -> ``m.int8.onnx``,
+    ``mnist.batch8.uint8.onnx`` -> ``mnist.int8.batch8.uint8.onnx``, ``mnist.ort`` ->
+    ``mnist.int8.ort``. A file already named as int8 (``int8`` among the dotted parts of
+    its name, ``mnist.int8.onnx``, ``mnist.int8.batch8.onnx``) is its own int8 file.
+
+    Raises:
+        ModelError: the name ends in neither ``.onnx`` nor ``.ort``, so it names no int8 file.
     """
     model = Path(model)
-    if "int8" in model.name.split(".")[1:]:
+    stem, *middle = model.name.split(".")
+    suffix = middle.pop() if middle else ""
+    if suffix not in MODEL_SUFFIXES:
+        raise ModelError(
+            f"{model} does not end in .onnx or .ort, so it names no int8 file; "
+            "give the int8 file itself as the model"
+        )
+    if "int8" in middle:
         return model
-    return model.with_name(model.name.removesuffix(".onnx") + ".int8.onnx")
+    at = len(middle)
+    while at and INTERFACE_PART.fullmatch(middle[at - 1]):
+        at -= 1
+    return model.with_name(".".join([stem, *middle[:at], "int8", *middle[at:], suffix]))
 
 
 def model_path(model: str | os.PathLike[str] | None, int8: bool = False) -> Path:

@@ -71,7 +71,8 @@ def check_output_file(output: str | os.PathLike[str]) -> None:
     folder, a folder with no write permission, a read-only or virtual file system.
 
     Raises:
-        OutputPathError: (field ``output``) the reason, and what to do.
+        OutputPathError: (field ``output``) the reason, and what to do. The one way both
+            engines report an output that cannot be written.
     """
     from mnist_edge.runtime.atomic import temp_prefix
     from mnist_edge.runtime.errors import OutputPathError

@@ -32,7 +32,7 @@ from mnist_edge.runtime.errors import (
     SessionConfigError,
     first_line,
 )
-from mnist_edge.runtime.extras import OrtConflictWarning, ort_conflict
+from mnist_edge.runtime.extras import ORT_BUILDS, OrtConflictWarning, ort_build_advice, ort_conflict
 from mnist_edge.runtime.metadata import ModelMetadata
 from mnist_edge.runtime.processes import usable_cores
 
@@ -64,13 +64,22 @@ CUDNN_CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 # OpenVINO's INFERENCE_PRECISION_HINT values; and the device families it names.
 OPENVINO_PRECISIONS = ("f32", "bf16", "f16")
 OPENVINO_DEVICES = ("CPU", "GPU", "NPU", "AUTO", "HETERO", "MULTI")
-INSTALL_HINTS = {
-    "gpu": "install the GPU build instead of the CPU one: "
-    "`pip uninstall onnxruntime && pip install '.[gpu]'` (the `gpu` extra, onnxruntime-gpu)",
-    "openvino": "install the OpenVINO build instead of the stock one: "
-    "`pip uninstall -y onnxruntime onnxruntime-gpu && pip install '.[openvino]'` "
-    "(the `openvino` extra, onnxruntime-openvino)",
-}
+# Where a provider's ONNX Runtime build comes from: the mnist-edge extra that brings it,
+# else the PyPI distribution; providers in neither come from builds outside PyPI.
+PROVIDER_EXTRAS = {"cuda": "gpu", "tensorrt": "gpu", "openvino": "openvino"}
+PROVIDER_DISTRIBUTIONS = {"directml": "onnxruntime-directml", "qnn": "onnxruntime-qnn"}
+
+
+def install_hint(provider: str) -> str:
+    """How to get the ONNX Runtime build with ``provider`` (a short name), for a pip install or a clone."""
+    if provider in PROVIDER_EXTRAS:
+        extra = PROVIDER_EXTRAS[provider]
+        return ort_build_advice(ORT_BUILDS[extra], extra)
+    if provider in PROVIDER_DISTRIBUTIONS:
+        return ort_build_advice(PROVIDER_DISTRIBUTIONS[provider])
+    if provider == "coreml":
+        return "run on macOS, where the cpu extra's onnxruntime includes it"
+    return "install an ONNX Runtime build that includes it (no mnist-edge extra brings one)"
 
 
 class MissingMetadataWarning(UserWarning):
@@ -134,14 +143,9 @@ def resolve_provider(
     if full not in available and conflict:
         raise ProviderError(f"provider {requested!r} is not available here: {conflict}")
     if full not in available:
-        if full in GPU_PROVIDERS:
-            hint = INSTALL_HINTS["gpu"]
-        elif full == OPENVINO:
-            hint = INSTALL_HINTS["openvino"]
-        else:
-            hint = "install an onnxruntime build that includes it"
         raise ProviderError(
-            f"provider {requested!r} is not available here; available: {names}. To get it, {hint}"
+            f"provider {requested!r} is not available here; available: {names}. "
+            f"To get it, {install_hint(short_name(full))}"
         )
     return full
 

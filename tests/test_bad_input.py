@@ -63,6 +63,7 @@ def case(command: str, args: str, exit_code: int, *words: str, per_input: bool =
 INFER = "mnist-infer"
 SERVE = "mnist-serve"
 TOP_K_RANGE = "top_k must be 0 (none) to 10 (the model's classes)"
+MAX_BATCH_RANGE = "1<=x<=8192"  # BatchConfig.max_queue_rows: the rows that may wait
 # mnist-serve rows end in {busy_port}: see the module's docstring.
 ON_BUSY_PORT = "--host 127.0.0.1 --port {busy_port} --no-grpc"
 
@@ -72,6 +73,7 @@ CASES = [
     case(INFER, "{picture} --model {file}", 2, "--model", "not a valid ONNX model"),
     case(INFER, "{picture} --model {tmp}", 2, "--model", "directory"),
     case(INFER, "{picture} --model {model} --int8", 2, "--model", "mnist.int8.onnx"),
+    case(INFER, "{picture} --model {file} --int8", 2, "--model", "does not end in .onnx or .ort"),
     case(INFER, "{picture} --model {model} --provider warp-drive", 2, "--provider", "unknown"),
     case(INFER, "{picture} --model {model} --provider cuda", 2, "--provider", "not available"),
     # where the results go
@@ -99,8 +101,8 @@ CASES = [
     case(INFER, "{empty_dir} --model {model}", 1, "empty directory", per_input=True),
     case(INFER, "{tmp}/none.png --model {model}", 1, "no such file", per_input=True),
     # mnist-serve: each fails before it would bind
-    case(SERVE, f"--max-batch 10000 {ON_BUSY_PORT}", 2, "--max-batch"),
-    case(SERVE, f"--max-batch 0 {ON_BUSY_PORT}", 2, "--max-batch"),
+    case(SERVE, f"--max-batch 10000 {ON_BUSY_PORT}", 2, "--max-batch", MAX_BATCH_RANGE),
+    case(SERVE, f"--max-batch 0 {ON_BUSY_PORT}", 2, "--max-batch", MAX_BATCH_RANGE),
     case(SERVE, f"--max-pixels 0 {ON_BUSY_PORT}", 2, "--max-pixels", ">= 1"),
     case(SERVE, f"--model {{tmp}}/none.onnx {ON_BUSY_PORT}", 2, "--model", "not found"),
     case(SERVE, f"--model {{model}} --int8 {ON_BUSY_PORT}", 2, "--model", "mnist.int8.onnx"),
@@ -161,6 +163,12 @@ def test_bad_input_is_one_error_line(row: Case, places: dict[str, str], tmp_path
         assert len(errors) == 1, output
         assert all(word in errors[0] for word in row.words), output
     assert [p.name for p in tmp_path.iterdir()] == []  # nothing written where it was refused
+
+
+def test_max_batch_is_refused_in_the_options_words(places: dict[str, str]) -> None:
+    args = ["--max-batch", "10000", *ON_BUSY_PORT.format(busy_port=places["busy_port"]).split()]
+    result = CliRunner().invoke(_command(SERVE), args)
+    assert result.exit_code == 2 and "max_queue_rows" not in result.output  # no such option
 
 
 # ---------------------------------------------------------------- one refusal everywhere
@@ -258,6 +266,18 @@ def test_one_top_k_refusal_in_cli_api_and_server(places, server, top_k: int) -> 
         Pipeline(places["model"], [places["picture"]], PipelineConfig(top_k=top_k, workers=0))
     assert str(info.value) == message
     status, answer = _classify(server, Path(places["picture"]), f"?top_k={top_k}")
+    assert (status, answer) == (400, {"error": message})
+
+
+def test_a_top_k_that_is_no_number_gets_the_one_refusal(places, server) -> None:
+    from mnist_edge.runtime import classify
+    from mnist_edge.runtime.errors import ConfigError
+
+    message = f"{TOP_K_RANGE}, not 'abc'"
+    with pytest.raises(ConfigError) as info:
+        classify(places["picture"], model=places["model"], top_k="abc")
+    assert str(info.value) == message
+    status, answer = _classify(server, Path(places["picture"]), "?top_k=abc")
     assert (status, answer) == (400, {"error": message})
 
 

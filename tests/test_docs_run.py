@@ -1,4 +1,7 @@
-"""The docs' shell and Python examples run after ``pip install '.[cpu]'``, in an empty folder.
+"""The docs' shell and Python examples run after the page's install, in an empty folder.
+
+A page's install is ``pip install '.[cpu]'``, or what it says it needs
+(:data:`PAGE_EXTRAS`: serving.md's examples need ``'.[cpu,serve]'``).
 
 Every ``sh`` and ``python`` block of the pages runs, unless it visibly belongs
 to a clone or to another install, or carries a marker on the line before its
@@ -7,7 +10,8 @@ fence:
 * a clone or install block: a shell block with a ``make``, ``pip`` or
   ``.venv*/bin/...`` command (what a reader sees needs the checkout);
 * ``<!-- not run: REASON -->``: a block that needs what this test does not
-  have (a GPU, a cluster, object storage, another extra); the reason is required.
+  have (a GPU, a cluster, object storage, another extra, a server that runs
+  until stopped); the reason is required.
 
 A page's blocks run in page order in one fresh empty folder, as a reader
 following the page would run them, with the project's console scripts first on
@@ -17,11 +21,20 @@ before it prints: each of its lines must appear in that block's stdout, in
 order, with runs of spaces matching any spaces, ``...`` matching anything and a
 decimal number any decimal number (:func:`matches`).
 
+A block may leave a process in the background (``mnist-serve > serve.log 2>&1 &``,
+then a block that waits for it to answer): every block runs in a process group
+of its own, and the groups still alive are ended (SIGTERM, then SIGKILL) when the
+page is done. A page whose blocks start ``mnist-serve`` talks to it on the ports
+the docs use (:data:`SERVE_PORTS`); when one of them is taken here, the page is
+skipped, saying so.
+
 The cpu install has no torch (nor onnx, fastapi, ray, ...), and this test runs
 in the development venv, which has them all: a ``sitecustomize`` makes every
-module that only the other extras bring fail to import, as it would there.
+module that only the other extras bring fail to import, as it would there (for
+serving.md, every module that neither the cpu nor the serve extra brings).
 ``MNIST_EDGE_DOCS_CPU_VENV=DIR`` runs the blocks with a real cpu-only venv
-instead (``python3 -m venv DIR && DIR/bin/pip install '.[cpu]'``), no guard.
+instead (``python3 -m venv DIR && DIR/bin/pip install '.[cpu]'``), no guard, and
+``MNIST_EDGE_DOCS_SERVE_VENV=DIR`` serving.md's with a real ``'.[cpu,serve]'`` one.
 """
 
 from __future__ import annotations
@@ -29,8 +42,11 @@ from __future__ import annotations
 import importlib.metadata as md
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -40,17 +56,34 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
-# serving.md's examples talk to a running mnist-serve (the serve extra); they are not run here.
-NOT_COVERED = {"serving.md"}
-PAGES = [
-    REPO / "README.md",
-    *(p for p in sorted((REPO / "docs").glob("*.md")) if p.name not in NOT_COVERED),
-]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 NOT_RUN = re.compile(r"<!--\s*not run:\s*(.*?)\s*-->")
 OUTPUT = re.compile(r"<!--\s*output\s*-->")
 BLOCK_TIMEOUT = 120
-CPU_VENV = os.environ.get("MNIST_EDGE_DOCS_CPU_VENV")
-BIN = Path(CPU_VENV).resolve() / "bin" if CPU_VENV else Path(sys.executable).parent
+CPU = ("cpu",)
+# The pages whose examples need more than the cpu extra, as they say.
+PAGE_EXTRAS: dict[str, tuple[str, ...]] = {"serving.md": ("cpu", "serve")}
+# extras -> the variable naming a real venv with that install (else: this venv, guarded)
+REAL_VENVS = {CPU: "MNIST_EDGE_DOCS_CPU_VENV", ("cpu", "serve"): "MNIST_EDGE_DOCS_SERVE_VENV"}
+SERVE_PORTS = (8000, 8001, 8002, 8003)  # mnist-serve's defaults, and serving.md's second server
+STOP_TIMEOUT = 15
+
+
+def extras_of(page: Path) -> tuple[str, ...]:
+    return PAGE_EXTRAS.get(page.name, CPU)
+
+
+def real_venv(extras: tuple[str, ...]) -> Path | None:
+    folder = os.environ.get(REAL_VENVS[extras])
+    return Path(folder).resolve() if folder else None
+
+
+def bin_of(extras: tuple[str, ...]) -> Path:
+    venv = real_venv(extras)
+    return venv / "bin" if venv else Path(sys.executable).parent
+
+
+CPU_VENV = real_venv(CPU)
 
 
 @dataclass(frozen=True)
@@ -160,11 +193,11 @@ def _installed(name: str) -> bool:
 
 
 @cache
-def blocked_modules() -> frozenset[str]:
-    """Top-level modules installed here that no distribution of ``mnist-edge[cpu]`` provides."""
+def blocked_modules(extras: tuple[str, ...] = CPU) -> frozenset[str]:
+    """Top-level modules installed here that no distribution of ``mnist-edge[extras]`` provides."""
     all_extras = set(md.metadata("mnist-edge").get_all("Provides-Extra") or [])
-    cpu = _closure("mnist-edge", {"cpu"})
-    other = _closure("mnist-edge", all_extras - {"gpu", "openvino"}) - cpu
+    installed = _closure("mnist-edge", set(extras))
+    other = _closure("mnist-edge", all_extras - {"gpu", "openvino"}) - installed
     return frozenset(
         module
         for module, dists in md.packages_distributions().items()
@@ -191,35 +224,89 @@ sys.meta_path.insert(0, _NotInTheCpuInstall())
 """
 
 
-@pytest.fixture(scope="module")
-def cpu_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The environment of a cpu-only install: our console scripts on PATH, other extras hidden."""
+def install_env(extras: tuple[str, ...], guards: Path) -> dict[str, str]:
+    """The environment of ``pip install '.[extras]'``: our console scripts on PATH, other extras hidden."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PATH"] = f"{bin_of(extras)}{os.pathsep}{env.get('PATH', '')}"
     env["NO_COLOR"] = "1"
-    if not CPU_VENV:
-        guard = tmp_path_factory.mktemp("cpu-guard")
-        (guard / "sitecustomize.py").write_text(GUARD.format(blocked=sorted(blocked_modules())))
+    if not real_venv(extras):
+        guard = guards / "-".join(extras)
+        guard.mkdir(exist_ok=True)
+        blocked = sorted(blocked_modules(extras))
+        (guard / "sitecustomize.py").write_text(GUARD.format(blocked=blocked))
         env["PYTHONPATH"] = str(guard)
     return env
 
 
-def run_block(block: Block, folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+@pytest.fixture(scope="module")
+def guards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("install-guards")
+
+
+@pytest.fixture(scope="module")
+def cpu_env(guards: Path) -> dict[str, str]:
+    return install_env(CPU, guards)
+
+
+def run_block(
+    block: Block, folder: Path, env: dict[str, str], groups: list[int] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run one block in ``folder``; its process group goes into ``groups`` (see :func:`end_groups`)."""
     if block.language == "sh":
         command = ["bash", "-e", "-o", "pipefail", "-c", block.text]
     else:
         script = folder.parent / f"{folder.name}-block{block.line}.py"
         script.write_text(block.text, encoding="utf-8")
-        command = [str(BIN / "python"), str(script)]
-    return subprocess.run(
+        command = [str(bin_of(extras_of(block.page)) / "python"), str(script)]
+    with subprocess.Popen(
         command,
         cwd=folder,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=BLOCK_TIMEOUT,
-        check=False,
-    )
+        start_new_session=True,  # its own process group: what it leaves behind can be ended
+    ) as process:
+        if groups is not None:
+            groups.append(process.pid)
+        try:
+            stdout, stderr = process.communicate(timeout=BLOCK_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def _alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def end_groups(groups: list[int]) -> None:
+    """End what the blocks left running (a server in the background): SIGTERM, then SIGKILL."""
+    for group in filter(_alive, groups):
+        os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while any(map(_alive, groups)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for group in filter(_alive, groups):
+        os.killpg(group, signal.SIGKILL)
+
+
+def taken_port(page: Path) -> int | None:
+    """A port of :data:`SERVE_PORTS` already in use here, when ``page``'s blocks start mnist-serve."""
+    if not any(re.search(r"^\s*mnist-serve\b", b.text, re.M) for b in runnable(page)):
+        return None
+    for port in SERVE_PORTS:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return port
+    return None
 
 
 DECIMAL = re.compile(r"(\d+\.\d+)")
@@ -255,30 +342,42 @@ RUN_PAGES = [p for p in PAGES if runnable(p)]
 
 
 @pytest.mark.parametrize("page", RUN_PAGES, ids=[p.name for p in RUN_PAGES])
-def test_the_pages_examples_run_after_a_cpu_install(
-    page: Path, tmp_path: Path, cpu_env: dict[str, str]
-) -> None:
+def test_the_pages_examples_run_after_its_install(page: Path, tmp_path: Path, guards: Path) -> None:
+    if (port := taken_port(page)) is not None:
+        pytest.skip(f"port {port} is in use here; {page.name}'s examples serve on it")
     folder = tmp_path / "empty"
     folder.mkdir()
     shown = outputs(page)
-    for block in runnable(page):
-        done = run_block(block, folder, cpu_env)
-        assert done.returncode == 0, (
-            f"{block.where} exited {done.returncode} in an empty folder after pip install "
-            f"'.[cpu]':\n{block.text}--- stdout\n{done.stdout[-2000:]}--- stderr\n{done.stderr[-3000:]}"
+    env, groups = install_env(extras_of(page), guards), []
+    try:
+        for block in runnable(page):
+            _run_and_check(block, folder, env, groups, shown)
+    finally:
+        end_groups(groups)
+
+
+def _run_and_check(
+    block: Block, folder: Path, env: dict[str, str], groups: list[int], shown: dict[int, Block]
+) -> None:
+    done = run_block(block, folder, env, groups)
+    assert done.returncode == 0, (
+        f"{block.where} exited {done.returncode} in an empty folder after pip install "
+        f"'.[{','.join(extras_of(block.page))}]':\n{block.text}--- stdout\n"
+        f"{done.stdout[-2000:]}--- stderr\n{done.stderr[-3000:]}"
+    )
+    if block.line in shown:
+        missing = matches(shown[block.line].text, done.stdout)
+        assert missing is None, (
+            f"{shown[block.line].where}: the output shown is not what {block.where} prints; "
+            f"no line like {missing!r} in:\n{done.stdout}"
         )
-        if block.line in shown:
-            missing = matches(shown[block.line].text, done.stdout)
-            assert missing is None, (
-                f"{shown[block.line].where}: the output shown is not what {block.where} prints; "
-                f"no line like {missing!r} in:\n{done.stdout}"
-            )
 
 
 def test_the_examples_a_pip_user_relies_on_are_run() -> None:
     """The tour and the inference page have blocks that run; every skipped block says why."""
     names = {p.name: len(runnable(p)) for p in RUN_PAGES}
     assert names.get("README.md", 0) >= 2 and names.get("inference.md", 0) >= 3, names
+    assert names.get("serving.md", 0) >= 6, names  # the servers, curl, tritonclient.grpc
     for page in PAGES:
         for block in blocks(page):
             assert not block.marker.startswith("<!-- not run") or NOT_RUN.fullmatch(block.marker), (
@@ -303,6 +402,32 @@ def test_the_cpu_install_guard_hides_the_other_extras(
     probe = Block(REPO / "README.md", 0, "sh", "mnist-infer --version\n", "")
     done = run_block(probe, tmp_path, cpu_env)
     assert done.returncode == 0 and done.stdout.startswith("mnist-infer")
+
+
+def test_the_serve_install_guard_hides_what_the_serve_extra_lacks(
+    tmp_path: Path, guards: Path
+) -> None:
+    serve = ("cpu", "serve")
+    if not real_venv(serve):
+        blocked = blocked_modules(serve)
+        assert {"torch", "onnx", "ray", "geventhttpclient"} <= blocked
+        assert not {"fastapi", "uvicorn", "grpc", "tritonclient", "onnxruntime"} & blocked
+    env = install_env(serve, guards)
+    page = REPO / "docs" / "serving.md"
+    probe = Block(page, 0, "python", "import tritonclient.grpc, fastapi\n", "")
+    assert run_block(probe, tmp_path, env).returncode == 0
+    probe = Block(page, 0, "python", "import tritonclient.http\n", "")
+    done = run_block(probe, tmp_path, env)  # tritonclient[http]: the dev extra's
+    assert done.returncode == 1 and "No module named" in done.stderr
+
+
+def test_what_a_block_leaves_running_is_ended(tmp_path: Path, cpu_env: dict[str, str]) -> None:
+    groups: list[int] = []
+    block = Block(REPO / "README.md", 0, "sh", "sleep 300 > /dev/null 2>&1 &\n", "")
+    assert run_block(block, tmp_path, cpu_env, groups).returncode == 0
+    assert _alive(groups[0])
+    end_groups(groups)
+    assert not _alive(groups[0])
 
 
 def test_clone_blocks_are_told_apart() -> None:

@@ -43,11 +43,37 @@ def test_int8_sibling() -> None:
     assert int8_sibling("mnist.pixels.onnx") == Path("mnist.pixels.int8.onnx")
 
 
+VARIANTS = [
+    {},
+    {"fixed_batch": 8},
+    {"uint8_input": True},
+    {"fixed_batch": 1, "uint8_input": True},
+    {"pixels": True},
+    {"suffix": ".ort"},
+    {"fixed_batch": 8, "uint8_input": True, "suffix": ".ort"},
+]
+
+
+@pytest.mark.parametrize("kwargs", VARIANTS, ids=[model_name(**k) for k in VARIANTS])
+def test_the_int8_sibling_is_the_file_export_writes(kwargs) -> None:
+    fp32, int8 = model_name("fp32", **kwargs), model_name("int8", **kwargs)
+    assert int8_sibling(f"models/{fp32}") == Path(f"models/{int8}")
+
+
 @pytest.mark.parametrize(
     "name", ["m.int8.onnx", "mnist.pixels.int8.onnx", "mnist.int8.batch8.onnx", "mnist.int8.ort"]
 )
 def test_an_int8_file_is_its_own_int8_sibling(name) -> None:
     assert int8_sibling(f"models/{name}") == Path(f"models/{name}")
+
+
+@pytest.mark.parametrize("name", ["model", "model.bin", "mnist.onnx.bak"])
+def test_a_name_that_is_no_model_file_names_no_int8_file(name) -> None:
+    from mnist_edge.runtime.errors import ModelError
+
+    with pytest.raises(ModelError, match=r"does not end in \.onnx or \.ort") as info:
+        int8_sibling(f"models/{name}")
+    assert info.value.field == "model"
 
 
 def test_model_path_is_what_the_clis_run(tmp_path, monkeypatch) -> None:

@@ -146,3 +146,27 @@ def test_cuda_matches_cpu(model):
         Classifier(model).predict(IMAGES).probabilities,
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize(
+    "provider, words",
+    [
+        ("cuda", ["the gpu extra", "pip install '.[gpu]'", "onnxruntime-gpu"]),
+        ("tensorrt", ["the gpu extra", "pip install '.[gpu]'", "onnxruntime-gpu"]),
+        ("openvino", ["the openvino extra", "pip install '.[openvino]'", "onnxruntime-openvino"]),
+        ("directml", ["pip install onnxruntime-directml", "no mnist-edge extra"]),
+        ("qnn", ["pip install onnxruntime-qnn", "no mnist-edge extra"]),
+        ("rocm", ["no mnist-edge extra"]),
+    ],
+)
+def test_a_missing_provider_names_the_install_that_brings_it(provider, words, monkeypatch) -> None:
+    from mnist_edge.runtime import extras
+
+    monkeypatch.setattr(extras, "installed_ort_distributions", lambda: ["onnxruntime"])
+    with pytest.raises(ProviderError) as info:
+        resolve_provider(provider, available=["CPUExecutionProvider"])
+    message = str(info.value)
+    assert all(w in message for w in words), message
+    if provider != "rocm":  # the builds share one folder: the installed one goes first
+        assert "`pip uninstall -y onnxruntime`" in message, message
+    assert provider == "openvino" or "openvino" not in message, message

@@ -198,16 +198,21 @@ def test_bad_input_gives_one_error_line(local_ray, model, inputs, tmp_path):
     assert not Path("-").exists()
     error = _one_error(_invoke(png, "--model", str(model), "--provider", "nope", *out), 2)
     assert _blames(error, "--provider") and "unknown provider 'nope'" in error
-    assert "Parquet folder" in _one_error(_invoke(png, "--model", str(model)), 2)  # needs -o
+    error = _one_error(_invoke(png, "--model", str(model)), 2)
+    assert _blames(error, "-o") and "Parquet folder" in error  # needs -o
     (tmp_path / "file").write_text("x")
     error = _one_error(_invoke(png, "--model", str(model), "-o", str(tmp_path / "file")), 2)
-    assert "not a folder" in error
+    assert _blames(error, "-o") and "not a folder" in error
     error = _one_error(_invoke(png, "--model", str(model), "-o", str(tmp_path)), 2)
-    assert "holds files other than Parquet" in error  # Parquet replaces only a Parquet folder
+    assert _blames(error, "-o") and "holds files other than Parquet" in error  # only Parquet
+    error = _one_error(
+        _invoke(png, "--model", str(model), "--format", "csv", "-o", str(tmp_path)), 2
+    )
+    assert _blames(error, "-o") and "is a folder; name a file" in error  # as the local engine
     error = _one_error(
         _invoke(png, "--model", str(model), "-o", str(tmp_path / "x.csv" / "y.csv")), 2
     )
-    assert "is not a folder" in error  # a text file needs an existing folder
+    assert _blames(error, "-o") and "x.csv does not exist" in error  # output.check_output_file
     error = _one_error(_invoke(png, "--model", str(model), "--top-k", "11", "--format", "jsonl"), 2)
     assert _blames(error, "--top-k")
     args = ["--provider", "cuda", "--gpus-per-actor", "1", "--format", "jsonl"]

@@ -372,7 +372,7 @@ def test_unstacked_batcher_runs_each_request_alone_in_one_hand_over() -> None:
 
 
 def test_config_is_checked() -> None:
-    with pytest.raises(ValueError, match="max_batch must be >= 1"):
+    with pytest.raises(ValueError, match=r"max_batch must be 1 to max_queue_rows \(8192\), not 0"):
         BatchConfig(max_batch=0)
     with pytest.raises(ValueError, match="max_queue_rows"):
         BatchConfig(max_batch=64, max_queue_rows=8)

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-import click
-
-from mnist_edge.runtime.output import FORMATS, check_streams, open_text_output
+from mnist_edge.runtime.errors import OutputPathError
+from mnist_edge.runtime.output import FORMATS, check_output_file, check_streams, open_text_output
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -66,10 +65,12 @@ class Output:
         """Refuse an output the run could not write, before any cluster work.
 
         Raises:
-            click.UsageError, click.BadParameter: the target does not suit the format.
+            OutputPathError: (field ``output``) the target does not suit the format, or
+                a text format's file could not be written there (:func:`check_output_file`,
+                the local engine's check).
         """
         if self.fmt == PARQUET and self.target is None:
-            raise click.UsageError(
+            raise OutputPathError(
                 "--engine ray writes a Parquet folder: give -o FOLDER (or --format "
                 f"{'|'.join(FORMATS)} for standard output)"
             )
@@ -79,40 +80,29 @@ class Output:
         if self.fmt == PARQUET and not remote:
             check_parquet_target(Path(self.target))
         elif self.fmt != PARQUET and remote:
-            raise click.BadParameter(
+            raise OutputPathError(
                 f"{self.target}: --format {self.fmt} writes a local file; "
-                "use --format parquet for URIs",
-                param_hint="-o",
+                "use --format parquet for URIs"
             )
         elif self.fmt != PARQUET:
-            check_file_target(Path(self.target))
-
-
-def check_file_target(target: Path) -> None:
-    """A text format's ``-o`` must be a file in an existing folder."""
-    if target.is_dir():
-        raise click.BadParameter(f"{target} is a folder; give a file", param_hint="-o")
-    if not target.parent.is_dir():
-        raise click.BadParameter(f"{target.parent} is not a folder", param_hint="-o")
+            check_output_file(self.target)
 
 
 def check_parquet_target(target: Path) -> None:
     """A Parquet run may create ``target``, or replace a folder of an earlier run (only Parquet files)."""
     if not target.exists():
         if not target.parent.is_dir():
-            raise click.BadParameter(f"{target.parent} is not a folder", param_hint="-o")
+            raise OutputPathError(f"{target.parent} is not a folder")
         return
     if not target.is_dir():
-        raise click.BadParameter(
-            f"{target} exists and is not a folder; --engine ray writes a Parquet folder there",
-            param_hint="-o",
+        raise OutputPathError(
+            f"{target} exists and is not a folder; --engine ray writes a Parquet folder there"
         )
     others = [p.name for p in target.iterdir() if p.suffix != ".parquet"]
     if others:
-        raise click.BadParameter(
+        raise OutputPathError(
             f"{target} holds files other than Parquet ({others[0]}, ...); "
-            "choose a new or empty folder",
-            param_hint="-o",
+            "choose a new or empty folder"
         )
 
 

@@ -53,7 +53,8 @@ class BatchConfig:
     """How requests are coalesced.
 
     Attributes:
-        max_batch: most rows in one model call (a single request with more runs alone).
+        max_batch: most rows in one model call (a single request with more runs alone),
+            1 to ``max_queue_rows``.
         max_wait_ms: longest the oldest waiting request is held for others to join
             (0: never held; it goes as soon as the model is idle).
         max_queue_rows: rows allowed to wait; beyond it requests are refused (overload).
@@ -64,16 +65,14 @@ class BatchConfig:
     max_queue_rows: int = 8192
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1:
-            raise ConfigError(f"max_batch must be >= 1, not {self.max_batch}", "max_batch")
+        if not 1 <= self.max_batch <= self.max_queue_rows:
+            raise ConfigError(
+                f"max_batch must be 1 to max_queue_rows ({self.max_queue_rows}), not {self.max_batch}",
+                "max_batch",
+            )
         if not 0 <= self.max_wait_ms <= 10_000:
             raise ConfigError(
                 f"max_wait_ms must be in [0, 10000], not {self.max_wait_ms}", "max_wait_ms"
-            )
-        if self.max_queue_rows < self.max_batch:
-            raise ConfigError(
-                f"max_batch ({self.max_batch}) must be <= max_queue_rows ({self.max_queue_rows})",
-                "max_batch",
             )
 
 

@@ -28,6 +28,7 @@ from mnist_edge.runtime.frontend import (
     model_options,
     threads_option,
 )
+from mnist_edge.runtime.serve.batcher import BatchConfig
 
 if TYPE_CHECKING:
     from mnist_edge.runtime.serve.grpc_service import GrpcServer
@@ -77,8 +78,8 @@ def _bind(host: str, port: int) -> socket.socket:
 )
 @click.option(
     "--max-batch",
-    type=click.IntRange(1, 1 << 16),
-    default=64,
+    type=click.IntRange(1, BatchConfig.max_queue_rows),  # no more rows may wait
+    default=BatchConfig.max_batch,
     show_default=True,
     help="Most images in one model call (dynamic batching).",
 )
@@ -137,7 +138,6 @@ def main(
     import uvicorn
 
     from mnist_edge.runtime.serve.app import create_app
-    from mnist_edge.runtime.serve.batcher import BatchConfig
     from mnist_edge.runtime.serve.headers import BoundedHttpToolsProtocol
     from mnist_edge.runtime.serve.service import ModelService, ServeConfig
     from mnist_edge.runtime.session import SessionConfig

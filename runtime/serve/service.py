@@ -276,8 +276,12 @@ class ModelService:
         label = np.array(probabilities.argmax(), np.int64)  # the graph's ArgMax: first on ties
         return {self.outputs[0].name: probabilities, "label": label}
 
-    def check_top_k(self, top_k: int) -> int:
-        """``top_k`` if the model can list that many labels, else :class:`ProtocolError` (400)."""
+    def check_top_k(self, top_k: object) -> int:
+        """``top_k`` if the model can list that many labels, else :class:`ProtocolError` (400).
+
+        The message is :func:`~mnist_edge.runtime.classifier.check_top_k`'s, for any value
+        (``"abc"`` as ``-1`` or ``11``).
+        """
         try:
             return check_top_k(top_k, len(self.classifier.classes))
         except ConfigError as exc:
