@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -26,6 +27,8 @@ from click.testing import CliRunner
 from helpers.models import digit, linear_model
 from helpers.serve_process import ServerProcess, serving
 from PIL import Image
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from mnist_edge.runtime.cli import main as mnist_infer
@@ -321,7 +324,8 @@ def test_tritonclient_reads_the_errors(
 
 
 def _good_or_bad(i: int, x: np.ndarray) -> tuple[str, bytes, dict[str, str], bool]:
-    """Request i of the load: 1 in 6 is bad (malformed, wrong name, corrupt picture)."""
+    """Request i of the load: 1 in 4 is bad (malformed, wrong name, corrupt picture);
+    paths ``grpc:`` go over gRPC (the body a serialized ``ModelInferRequest``)."""
     kind = i % 12
     if kind == 5:
         return "/v2/models/mnist/infer", b'{"inputs": [', {}, False
@@ -331,6 +335,13 @@ def _good_or_bad(i: int, x: np.ndarray) -> tuple[str, bytes, dict[str, str], boo
     if kind == 11:
         body, ctype = multipart([("bad.png", b"\x89PNG\r\n\x1a\n-garbage-")])
         return "/v1/classify", body, {"Content-Type": ctype}, False
+    if kind in (1, 3, 9):  # gRPC: raw contents (good), or an input the model does not have
+        request = pb.ModelInferRequest(model_name="mnist")
+        request.inputs.add(
+            name="nope" if kind == 9 else "image", datatype="FP32", shape=list(x.shape)
+        )
+        request.raw_input_contents.append(x.astype("<f4").tobytes())
+        return "grpc:", request.SerializeToString(), {}, kind != 9
     if kind % 2 == 0:
         body, headers = binary_request(x)
         return "/v2/models/mnist/infer", body, headers, True
@@ -343,10 +354,21 @@ def _good_or_bad(i: int, x: np.ndarray) -> tuple[str, bytes, dict[str, str], boo
     return "/v2/models/mnist/infer", json.dumps({"inputs": [entry]}).encode(), {}, True
 
 
+def _grpc_answer(stub: service_pb2_grpc.GRPCInferenceServiceStub, body: bytes, good: bool,
+                 expected: np.ndarray) -> bool:  # fmt: skip
+    """Whether the gRPC answer to ``body`` is right: the probabilities, or INVALID_ARGUMENT."""
+    try:
+        reply = stub.ModelInfer(pb.ModelInferRequest.FromString(body), timeout=30)
+    except grpc.RpcError as exc:
+        return not good and exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+    probabilities = np.frombuffer(reply.raw_output_contents[0], "<f4").reshape(expected.shape)
+    return good and np.array_equal(probabilities, expected)
+
+
 def _load(
     server: ServerProcess, session: ort.InferenceSession, count: int, clients: int, deadline: float
 ) -> dict[str, int]:
-    """``count`` requests from ``clients`` threads (keep-alive connections); checks every answer."""
+    """``count`` requests from ``clients`` threads (keep-alive connections, a gRPC channel each)."""
     tally = {"good": 0, "bad": 0, "wrong": 0}
     lock = threading.Lock()
     xs = [images(1 + i % 4, seed=i) for i in range(16)]
@@ -354,21 +376,27 @@ def _load(
 
     def worker(start: int) -> None:
         conn = server.connection()
+        channel = grpc.insecure_channel(server.grpc_url)
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         for i in range(start, count, clients):
             if time.monotonic() > deadline:
                 break
             path, body, headers, good = _good_or_bad(i, xs[i % 16])
-            conn.request("POST", path, body, headers)
-            response = conn.getresponse()
-            ok = (response.status == 200) == good
-            if good and ok:
-                ok = np.array_equal(read_probabilities(response), expected[i % 16])
+            if path == "grpc:":
+                ok = _grpc_answer(stub, body, good, expected[i % 16])
             else:
-                ok = ok and "error" in json.loads(response.read())
+                conn.request("POST", path, body, headers)
+                response = conn.getresponse()
+                ok = (response.status == 200) == good
+                if good and ok:
+                    ok = np.array_equal(read_probabilities(response), expected[i % 16])
+                else:
+                    ok = ok and "error" in json.loads(response.read())
             with lock:
                 tally["good" if good else "bad"] += 1
                 tally["wrong"] += 0 if ok else 1
         conn.close()
+        channel.close()
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
     for t in threads:
@@ -378,7 +406,7 @@ def _load(
     return tally
 
 
-def test_load_with_bad_requests_mixed_in_keeps_answers_right_and_memory_flat(
+def test_load_over_http_and_grpc_with_bad_requests_keeps_answers_right_and_memory_flat(
     server: ServerProcess, session: ort.InferenceSession
 ) -> None:
     deadline = time.monotonic() + 240  # bounded in time as well as in count
