@@ -9,7 +9,7 @@ from typing import Any
 import onnxruntime as ort
 
 from mnist_edge.runtime.errors import ConfigError, MnistEdgeError
-from mnist_edge.runtime.extras import require_extras
+from mnist_edge.runtime.extras import install_advice, require_extras
 from mnist_edge.runtime.inputs import MAX_PIXELS, check_max_pixels
 from mnist_edge.runtime.metadata import INVERT_MODES
 from mnist_edge.runtime.session import (
@@ -215,7 +215,6 @@ def import_ray() -> Any:
         import ray.data
     except ImportError as exc:
         raise RayEngineError(
-            f"Ray Data is installed but does not import ({exc}); reinstall mnist-edge "
-            "with the scale extra (from a clone: pip install '.[scale]')"
+            f"Ray Data is installed but does not import ({exc}); {install_advice('scale')} again"
         ) from None
     return ray
