@@ -24,11 +24,10 @@ from mnist_edge.runtime.classifier import Classifier
 from mnist_edge.runtime.serve.batcher import BatcherError
 from mnist_edge.runtime.serve.middleware import (
     JSON,
+    Body,
     DrainRequestBody,
     InferRoute,
     RecordMetrics,
-    check_encoding,
-    too_big,
 )
 from mnist_edge.runtime.serve.protocol import HEADER_LENGTH, ProtocolError, dumps, error_body
 from mnist_edge.runtime.serve.service import ModelService, ServeConfig
@@ -53,23 +52,16 @@ def _error(message: str, status: int) -> Response:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole request body, refusing (413) more than ``limit`` bytes without holding them.
+    """The whole request body within ``limit`` bytes (:meth:`Body.read`; the rest is
+    drained by :class:`DrainRequestBody` before the answer).
 
     Raises:
         ProtocolError: over the limit (413), or a compressed body (415).
     """
-    check_encoding(request.headers.get("content-encoding", ""))
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise ProtocolError(too_big(limit), status=413)
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise ProtocolError(too_big(limit), status=413)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    headers = request.headers
+    return await Body(request.receive).read(
+        headers.get("content-encoding", ""), headers.get("content-length", ""), limit
+    )
 
 
 def _replay(body: bytes) -> Receive:

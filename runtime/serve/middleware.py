@@ -2,8 +2,8 @@
 
 :class:`InferRoute` answers the protocol's hot path, ``POST .../infer``, without the
 framework's router and request objects; :class:`DrainRequestBody` and
-:class:`RecordMetrics` wrap every other route. :func:`check_encoding` and
-:func:`too_big` are the body checks both paths share.
+:class:`RecordMetrics` wrap every other route. :class:`Body` reads a request body
+within its limit, for both paths.
 """
 
 from __future__ import annotations
@@ -24,24 +24,6 @@ _BINARY_TYPE = [(b"content-type", b"application/octet-stream")]
 _HEADER_LENGTH_NAME = HEADER_LENGTH.lower()  # ASGI header names are lower case
 _READ_HEADERS = (b"content-length", b"content-encoding", _HEADER_LENGTH_NAME.encode())
 logger = logging.getLogger("mnist_edge.serve.http")
-
-
-def check_encoding(encoding: str) -> None:
-    """Refuse (415) a ``Content-Encoding`` other than identity."""
-    encoding = encoding.strip().lower()
-    if encoding not in ("", "identity"):
-        raise ProtocolError(
-            f"Content-Encoding {encoding!r} is not supported; send the body uncompressed",
-            status=415,
-        )
-
-
-def too_big(limit: int) -> str:
-    """The 413 message for a body over ``limit`` bytes."""
-    return (
-        f"request body over the limit of {limit} bytes; send fewer images per request "
-        "or raise the server's body limit"
-    )
 
 
 class DrainRequestBody:
@@ -131,11 +113,15 @@ class InferRoute:
         start = time.perf_counter()
         service = self.service
         status = 200
-        body = _Body(receive)
+        body = Body(receive)
         try:
             try:
                 headers = _headers(scope)
-                data = await body.read(headers, service.config.max_body_bytes)
+                data = await body.read(
+                    headers.get("content-encoding", ""),
+                    headers.get("content-length", ""),
+                    service.config.max_body_bytes,
+                )
                 content, header_length = await service.infer(data, headers.get(_HEADER_LENGTH_NAME))
             except (ProtocolError, BatcherError) as exc:
                 status = exc.status
@@ -164,7 +150,7 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in _READ_HEADERS}
 
 
-class _Body:
+class Body:
     """A request's body from ASGI ``receive``, and whether it has been read to its end."""
 
     def __init__(self, receive: Receive) -> None:
@@ -179,23 +165,37 @@ class _Body:
         self.done = not message.get("more_body", False)
         return message.get("body", b"")
 
-    async def read(self, headers: dict[str, str], limit: int) -> bytes:
-        """The whole body, as :func:`read_body` reads it (a refusal leaves the rest unread).
+    async def read(self, encoding: str, declared: str, limit: int) -> bytes:
+        """The whole body, refusing more than ``limit`` bytes without holding them; a
+        refusal leaves the rest unread (:meth:`drain` it before answering).
+
+        Args:
+            encoding: the ``Content-Encoding`` header ("" if none).
+            declared: the ``Content-Length`` header ("" if none).
+            limit: the most bytes the body may have.
 
         Raises:
             ProtocolError: over the limit (413), or a compressed body (415).
         """
-        check_encoding(headers.get("content-encoding", ""))
-        declared = headers.get("content-length", "")
+        encoding = encoding.strip().lower()
+        if encoding not in ("", "identity"):
+            raise ProtocolError(
+                f"Content-Encoding {encoding!r} is not supported; send the body uncompressed",
+                status=415,
+            )
+        too_big = (
+            f"request body over the limit of {limit} bytes; send fewer images per request "
+            "or raise the server's body limit"
+        )
         if declared.isdigit() and int(declared) > limit:
-            raise ProtocolError(too_big(limit), status=413)
+            raise ProtocolError(too_big, status=413)
         chunks: list[bytes] = []
         total = 0
         while not self.done:
             chunk = await self._chunk()
             total += len(chunk)
             if total > limit:
-                raise ProtocolError(too_big(limit), status=413)
+                raise ProtocolError(too_big, status=413)
             chunks.append(chunk)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
