@@ -161,20 +161,23 @@ def _refuse_constant(name: str) -> float:
 
 def _json_object(data: bytes, what: str, max_values: int) -> dict[str, Any]:
     """Parse a JSON object after bounding its nesting and its count of values on the raw bytes."""
-    skeleton = _JSON_STRING.sub(b'""', data)
-    if _json_depth_over(skeleton, MAX_JSON_DEPTH):
-        raise ProtocolError(
-            f"{what} nests deeper than {MAX_JSON_DEPTH} levels; "
-            "send each tensor's 'data' as a flat list of numbers"
-        )
-    # values are one more than the commas, and there are no more commas than bytes
     bound = max_values + _JSON_SLACK_VALUES
-    if len(skeleton) + 1 > bound and (values := skeleton.count(b",") + 1) > bound:
-        raise ProtocolError(
-            f"{what} holds about {values} values, more than the model's input allows per "
-            f"request ({max_values}); send fewer images per request",
-            status=413,
-        )
+    # brackets and commas inside strings only add to the raw bytes' counts, so when those
+    # are within the bounds the strings need not be blanked (the common case)
+    if data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH or len(data) + 1 > bound:
+        skeleton = _JSON_STRING.sub(b'""', data)
+        if _json_depth_over(skeleton, MAX_JSON_DEPTH):
+            raise ProtocolError(
+                f"{what} nests deeper than {MAX_JSON_DEPTH} levels; "
+                "send each tensor's 'data' as a flat list of numbers"
+            )
+        # values are one more than the commas, and there are no more commas than bytes
+        if len(skeleton) + 1 > bound and (values := skeleton.count(b",") + 1) > bound:
+            raise ProtocolError(
+                f"{what} holds about {values} values, more than the model's input allows per "
+                f"request ({max_values}); send fewer images per request",
+                status=413,
+            )
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
