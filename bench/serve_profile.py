@@ -107,7 +107,12 @@ def parts(model: Path) -> list[tuple[str, float]]:
 
     thread, loop = asyncio.run(round_trips())
     found.append(("batcher round trip from a gRPC handler thread, ORT included", thread))
-    found.append(("batcher round trip from the event loop, ORT included", loop))
+    found.append(
+        (
+            "batcher round trip from the event loop (a lone image: run on the loop), ORT included",
+            loop,
+        )
+    )
     return found
 
 

@@ -328,7 +328,8 @@ def test_an_idle_model_takes_a_request_at_once_and_requests_gather_while_it_runs
     async def run() -> list[np.ndarray]:
         batcher.start()
         try:
-            first = asyncio.ensure_future(batcher.submit(np.ones((1, 2), np.float32)))
+            # two images: a lone one-image request runs on the loop itself (the test below)
+            first = asyncio.ensure_future(batcher.submit(np.ones((2, 2), np.float32)))
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, model.entered.wait, 10)  # the lone request runs
             later = [
@@ -343,9 +344,31 @@ def test_an_idle_model_takes_a_request_at_once_and_requests_gather_while_it_runs
             await batcher.aclose()
 
     results = asyncio.run(run())
-    assert model.calls == [1, 5]  # the five that came while the first ran: one call
+    assert model.calls == [2, 5]  # the five that came while the first ran: one call
     for i, r in enumerate(results[1:]):
         np.testing.assert_array_equal(r, np.full((1, 2), 2.0 * i))
+
+
+def test_a_lone_one_image_request_runs_on_the_event_loop_and_others_on_the_worker() -> None:
+    model = RecordingModel()
+    batcher = DynamicBatcher(model)
+
+    async def run() -> list[np.ndarray]:
+        batcher.start()
+        try:
+            lone = await batcher.submit(np.full((1, 2), 3, np.float32))  # idle model: runs here
+            two = await batcher.submit(np.ones((2, 2), np.float32))  # two images: the worker
+            return [lone, two]
+        finally:
+            await batcher.aclose()
+
+    lone, two = asyncio.run(run())
+    np.testing.assert_array_equal(lone, np.full((1, 2), 6.0))
+    np.testing.assert_array_equal(two, np.full((2, 2), 2.0))
+    assert model.calls == [1, 2]
+    assert model.threads == {"MainThread", "mnist-serve-batcher_0"}
+    stats = batcher.stats()
+    assert (stats.requests, stats.inference_count, stats.execution_count) == (2, 3, 2)
 
 
 def test_requests_of_one_event_loop_turn_go_together_without_a_wait() -> None:

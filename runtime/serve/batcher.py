@@ -200,6 +200,8 @@ class DynamicBatcher:
         self._queued_rows = 0  # rows in _waiting and _staged (the overload bound)
         self._accepting = False
         self._closing = False
+        self._running = False  # the worker is in a model call
+        self._lone = stack and self.config.max_wait_ms == 0
         # the event loop's requests of this loop turn, handed over together at its end
         self._staged: list[_Item] = []
         self._soon: asyncio.Handle | None = None
@@ -286,7 +288,12 @@ class DynamicBatcher:
         return item.result  # type: ignore[return-value]
 
     def _flush(self) -> None:
-        """On the event loop: hand this turn's requests to the worker together."""
+        """On the event loop: hand this turn's requests to the worker together.
+
+        A lone one-image request while the model is idle runs here instead: the
+        hand-over to the worker thread and back would cost it more than the model
+        call, and nothing else is waiting to join its batch.
+        """
         if self._soon is not None:
             self._soon.cancel()
             self._soon = None
@@ -294,9 +301,21 @@ class DynamicBatcher:
             return
         staged, self._staged = self._staged, []
         with self._cond:
-            self._waiting.extend(staged)
-            self._ready_rows += sum(i.count for i in staged)
-            self._cond.notify()
+            lone = (
+                self._lone
+                and len(staged) == 1
+                and staged[0].count == 1
+                and not self._waiting
+                and not self._running
+            )
+            if lone:
+                self._queued_rows -= staged[0].count
+            else:
+                self._waiting.extend(staged)
+                self._ready_rows += sum(i.count for i in staged)
+                self._cond.notify()
+        if lone:
+            self._execute(staged)
 
     # ------------------------------------------------------------ in the worker thread
 
@@ -323,11 +342,14 @@ class DynamicBatcher:
                 rows += item.count
             self._ready_rows -= rows
             self._queued_rows -= rows
+            self._running = True
             return batch
 
     def _work(self) -> None:
         while (batch := self._take()) is not None:
             self._execute(batch)
+            with self._cond:
+                self._running = False
 
     def _call(self, batch: list[_Item]) -> np.ndarray | list[np.ndarray]:
         if not self._stack:
