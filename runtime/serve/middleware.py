@@ -19,10 +19,11 @@ from mnist_edge.runtime.serve.protocol import HEADER_LENGTH, ProtocolError, erro
 from mnist_edge.runtime.serve.service import ModelService
 
 JSON = "application/json"
-_JSON_TYPE = [(b"content-type", JSON.encode())]
-_BINARY_TYPE = [(b"content-type", b"application/octet-stream")]
+_JSON_TYPE = (b"content-type", JSON.encode())
+_BINARY_TYPE = (b"content-type", b"application/octet-stream")
 _HEADER_LENGTH_NAME = HEADER_LENGTH.lower()  # ASGI header names are lower case
-_READ_HEADERS = (b"content-length", b"content-encoding", _HEADER_LENGTH_NAME.encode())
+_HEADER_LENGTH_KEY = _HEADER_LENGTH_NAME.encode()
+_READ_HEADERS = (b"content-length", b"content-encoding", _HEADER_LENGTH_KEY)
 logger = logging.getLogger("mnist_edge.serve.http")
 
 
@@ -131,13 +132,10 @@ class InferRoute:
                 status = 500
                 content, header_length = error_body("internal error"), None
             await body.drain()  # a client still sending cannot read an answer sent early
-            response = [*_JSON_TYPE, (b"content-length", b"%d" % len(content))]
+            kind = _JSON_TYPE if header_length is None else _BINARY_TYPE
+            response = [kind, (b"content-length", b"%d" % len(content))]
             if header_length is not None:
-                response = [
-                    *_BINARY_TYPE,
-                    (b"content-length", b"%d" % len(content)),
-                    (_READ_HEADERS[2], b"%d" % header_length),
-                ]
+                response.append((_HEADER_LENGTH_KEY, b"%d" % header_length))
             await send({"type": "http.response.start", "status": status, "headers": response})
             await send({"type": "http.response.body", "body": content})
         finally:
