@@ -51,7 +51,7 @@ from benchutil import (  # bench/ is sys.path[0] for scripts
     merge_section,
 )
 from helpers.serve_process import ServerProcess, start_server
-from serve_clients import requests_for, run_load
+from serve_clients import GRPC_KINDS, KINDS, requests_for, run_load
 from serve_peer import Peer, available, start_mlserver
 
 from mnist_edge.runtime.layout import Artifacts
@@ -66,6 +66,7 @@ PLAN = [
     (OURS, "http-binary"),
     (OURS, "grpc"),
     (PEER, "grpc"),
+    (OURS, "grpc-stream"),
 ]
 
 
@@ -99,7 +100,7 @@ def run_phase(
     rows0, calls0 = _stats(server)
     cpu0, own0 = _cpu_seconds(server.pid), time.process_time()
     start = time.perf_counter()
-    port = server.grpc_port if kind == "grpc" else server.port
+    port = server.grpc_port if kind in GRPC_KINDS else server.port
     assert port is not None
     load = run_load(kind, port, requests, labels, clients, count, seconds)
     wall = time.perf_counter() - start
@@ -148,7 +149,9 @@ def measure(
     """Both servers started at once; every (server, client kind, clients) phase interleaved
     over ``--rounds`` rounds. Returns the runs and the peer's version (None: no peer)."""
     threads = ["--threads", str(args.threads)] if args.threads else []
-    plan = [(s, k) for s, k in PLAN if s == OURS or (args.peer and available())]
+    plan = [
+        (s, k) for s, k in PLAN if k in args.kinds and (s == OURS or (args.peer and available()))
+    ]
     client_counts = [(1, args.serial_requests), (args.clients, args.concurrent_requests)]
     parts: dict[tuple[str, str, int], list[tuple[dict, np.ndarray]]] = {}
     codes: dict[str, int] = {}
@@ -277,12 +280,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=int, default=4, help="rounds the phases are interleaved over"
     )
+    parser.add_argument(
+        "--kinds",
+        type=lambda text: text.split(","),
+        default=list(KINDS),
+        help=f"client kinds to measure, comma-separated (default: {','.join(KINDS)})",
+    )
     parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip MLServer")
     parser.add_argument("--goal-p50-ms", type=float, default=0.6)
     parser.add_argument(
         "--threads", type=int, default=None, help="our server's ONNX Runtime threads"
     )
     args = parser.parse_args(argv)
+    if unknown := sorted(set(args.kinds) - set(KINDS)):
+        parser.error(f"unknown --kinds {','.join(unknown)}; choose from {','.join(KINDS)}")
     if not args.model.is_file():
         print(f"bench_serve: missing {args.model}; run `make train export` first", file=sys.stderr)
         return 2

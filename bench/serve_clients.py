@@ -10,6 +10,10 @@ wrong is caught. The same clients drive ``mnist-serve`` and the MLServer peer:
   sends by default (``mnist-serve`` only: MLServer has no such extension).
 * ``grpc``: ``grpc.aio`` calls on one channel with the tensor in
   ``raw_input_contents``, as ``tritonclient.grpc.aio`` sends it.
+* ``grpc-stream``: the same requests as messages of one ``ModelStreamInfer``
+  stream, as ``tritonclient.grpc.aio``'s ``stream_infer`` sends them; "clients"
+  is then the number of requests in flight on the stream (``mnist-serve`` only:
+  MLServer's stream answers the first request of a stream and ends).
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
 import numpy as np
 
-KINDS = ("http-json", "http-binary", "grpc")
+KINDS = ("http-json", "http-binary", "grpc", "grpc-stream")
+GRPC_KINDS = ("grpc", "grpc-stream")
 
 
 class Load:
@@ -153,10 +159,42 @@ async def _grpc_client(
         i += 1
 
 
+async def _grpc_stream(
+    stub: Any, requests: list[Any], labels: list[int], load: Load, in_flight: int
+) -> None:
+    """One stream, ``in_flight`` requests on it at a time; answers come in request order."""
+    import grpc
+
+    call = stub.ModelStreamInfer()
+    window = asyncio.Semaphore(in_flight)
+    sent: deque[tuple[int, float]] = deque()  # (request index, when written), in order
+
+    async def read() -> None:
+        while (reply := await call.read()) is not grpc.aio.EOF:
+            i, start = sent.popleft()
+            load.latencies.append(time.perf_counter() - start)
+            if reply.error_message or _grpc_label(reply.infer_response) != labels[i % len(labels)]:
+                load.wrong += 1
+            window.release()
+
+    reader = asyncio.create_task(read())
+    i = 0
+    while True:
+        await window.acquire()
+        if not load.take():
+            break
+        sent.append((i, time.perf_counter()))
+        await call.write(requests[i % len(requests)])
+        i += 1
+    await call.done_writing()
+    await reader
+    load.wrong += len(sent)  # written and never answered
+
+
 async def _phase(
     kind: str, port: int, requests: list[Any], labels: list[int], clients: int, load: Load
 ) -> Load:
-    if kind != "grpc":
+    if kind not in GRPC_KINDS:
         await asyncio.gather(
             *(_http_client(port, requests, labels, load, k) for k in range(clients))
         )
@@ -166,15 +204,18 @@ async def _phase(
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        await asyncio.gather(
-            *(_grpc_client(stub, requests, labels, load, k) for k in range(clients))
-        )
+        if kind == "grpc-stream":
+            await _grpc_stream(stub, requests, labels, load, clients)
+        else:
+            await asyncio.gather(
+                *(_grpc_client(stub, requests, labels, load, k) for k in range(clients))
+            )
     return load
 
 
 def requests_for(kind: str, port: int, xs: list[np.ndarray]) -> list[Any]:
     """The requests a phase of ``kind`` cycles through, one per input."""
-    if kind == "grpc":
+    if kind in GRPC_KINDS:
         return [grpc_request(x) for x in xs]
     return [http_request(port, x, binary=kind == "http-binary") for x in xs]
 
@@ -196,7 +237,7 @@ def run_load(
     coroutine: Coroutine[Any, Any, Load] = _phase(
         kind, port, requests, labels, clients, Load(count, seconds)
     )
-    if kind == "grpc":
+    if kind in GRPC_KINDS:
         return asyncio.run(coroutine)
     try:
         import uvloop

@@ -140,9 +140,9 @@ class BatchObserver(Protocol):
 
 
 class _Item:
-    """One request in the queue; answered through its event loop, or its lock (a thread)."""
+    """One request in the queue; answered through its event loop, its lock (a thread) or ``done``."""
 
-    __slots__ = ("count", "enqueued_ns", "future", "lock", "loop", "result", "rows")
+    __slots__ = ("count", "done", "enqueued_ns", "future", "lock", "loop", "result", "rows")
 
     def __init__(self, rows: np.ndarray, count: int) -> None:
         self.rows = rows  # (k, ...) model input, or one picture (stack=False)
@@ -151,6 +151,7 @@ class _Item:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.future: asyncio.Future[np.ndarray] | None = None
         self.lock: threading.Lock | None = None  # held until the answer is in `result`
+        self.done: Callable[[np.ndarray | BaseException], None] | None = None
         self.result: np.ndarray | BaseException | None = None
 
 
@@ -166,10 +167,10 @@ def _settle(items: list[_Item]) -> None:
 
 
 class DynamicBatcher:
-    """Coalesces concurrent :meth:`submit` and :meth:`submit_blocking` calls into calls of ``run``.
+    """Coalesces concurrent :meth:`submit`, :meth:`submit_blocking` and :meth:`submit_nowait` calls.
 
-    :meth:`start`, then any number of :meth:`submit` (from one event loop) and
-    :meth:`submit_blocking` (from any other thread), then ``await`` :meth:`aclose`
+    :meth:`start`, then any number of :meth:`submit` (from one event loop),
+    :meth:`submit_blocking` and :meth:`submit_nowait` (from any other thread), then ``await`` :meth:`aclose`
     on that event loop.
 
     Args:
@@ -287,6 +288,25 @@ class DynamicBatcher:
             raise item.result
         return item.result  # type: ignore[return-value]
 
+    def submit_nowait(
+        self, rows: np.ndarray, done: Callable[[np.ndarray | BaseException], None]
+    ) -> None:
+        """Queue ``rows`` from any thread without waiting: ``done(output or error)`` answers it.
+
+        ``done`` runs in the worker thread once the batch is computed, so it must
+        be quick (hand the answer to another thread); the error it may get is a
+        :class:`BatcherError` (the model call failed).
+
+        Raises:
+            BatcherError: stopped or too many rows waiting (503); ``done`` is then never called.
+        """
+        with self._cond:
+            item = self._admit(rows)
+            item.done = done
+            self._waiting.append(item)
+            self._ready_rows += item.count
+            self._cond.notify()
+
     def _flush(self) -> None:
         """On the event loop: hand this turn's requests to the worker together.
 
@@ -385,6 +405,8 @@ class DynamicBatcher:
         for item in batch:
             if item.lock is not None:
                 item.lock.release()
+            elif item.done is not None:
+                item.done(item.result)  # type: ignore[arg-type]
             elif item.loop is not None:
                 loops.setdefault(item.loop, []).append(item)
         for loop, items in loops.items():

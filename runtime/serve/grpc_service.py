@@ -6,7 +6,8 @@ thread-pool server beside the HTTP server's event loop, and both hand their
 requests to the one batcher of the :class:`ModelService`, so requests from both
 protocols batch together. Implemented: ``ServerLive``, ``ServerReady``, ``ModelReady``,
 ``ServerMetadata``, ``ModelMetadata``, ``ModelInfer`` (typed ``contents`` or
-``raw_input_contents`` in; ``raw_output_contents`` out, as Triton answers) and
+``raw_input_contents`` in; ``raw_output_contents`` out, as Triton answers),
+``ModelStreamInfer`` (many infer requests on one stream: ``grpc_stream.py``) and
 ``ModelStatistics``; the others answer ``UNIMPLEMENTED``.
 
 Errors carry the HTTP side's messages, as status codes: 404 ->
@@ -20,7 +21,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -31,6 +32,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from mnist_edge.runtime.errors import MnistEdgeError
 from mnist_edge.runtime.serve.batcher import BatcherError
+from mnist_edge.runtime.serve.grpc_stream import InferStreams, status_code
 from mnist_edge.runtime.serve.protocol import (
     ProtocolError,
     check_datatype,
@@ -61,19 +63,6 @@ logger = logging.getLogger("mnist_edge.serve.grpc")
 
 class GrpcBindError(MnistEdgeError, OSError):
     """The gRPC port cannot be bound (in use, or not an address of this host)."""
-
-
-def status_code(exc: ProtocolError | BatcherError) -> grpc.StatusCode:
-    """The gRPC status for an error the HTTP side answers with ``exc.status``."""
-    if exc.status == 404:
-        return grpc.StatusCode.NOT_FOUND
-    if exc.status == 503:
-        return grpc.StatusCode.UNAVAILABLE
-    if exc.status == 413:
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-    if 400 <= exc.status < 500:
-        return grpc.StatusCode.INVALID_ARGUMENT
-    return grpc.StatusCode.INTERNAL
 
 
 Reply = TypeVar("Reply")
@@ -113,8 +102,9 @@ def _rpc(endpoint: str) -> Callable[[Handler[Reply]], Handler[Reply]]:
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """``GRPCInferenceService`` over a :class:`ModelService`."""
 
-    def __init__(self, service: ModelService) -> None:
+    def __init__(self, service: ModelService, max_streams: int = DEFAULT_THREADS // 2) -> None:
         self.service = service
+        self.streams = InferStreams(self, max_streams)
 
     def _check_model(self, name: str, version: str) -> None:
         self.service.check_model(name, version or None)
@@ -170,15 +160,30 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_rpc("infer")
     def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
-        service = self.service
+        tensor, requested = self.prepare(request)
+        return self.reply(request, requested, self.service.run_blocking(tensor))
+
+    def ModelStreamInfer(
+        self, request_iterator: Iterator[Any], context: grpc.ServicerContext
+    ) -> Iterator[pb.ModelStreamInferResponse]:
+        return self.streams.serve(request_iterator, context)
+
+    def prepare(self, request: Any) -> tuple[np.ndarray, list[str]]:
+        """An infer request's checked input tensor and the names of the outputs it asks for.
+
+        Raises:
+            ProtocolError: unknown model, bad input or outputs (the HTTP side's messages).
+        """
         self._check_model(request.model_name, request.model_version)
-        tensor = self._input(request)
-        requested = self._outputs(request)
-        results = service.run_blocking(tensor)
+        return self._input(request), self._outputs(request)
+
+    def reply(
+        self, request: Any, requested: list[str], results: dict[str, np.ndarray]
+    ) -> pb.ModelInferResponse:
+        """The answer to ``request``: the ``requested`` outputs in ``raw_output_contents``."""
+        config = self.service.config
         reply = pb.ModelInferResponse(
-            model_name=service.config.model_name,
-            model_version=service.config.model_version,
-            id=request.id,
+            model_name=config.model_name, model_version=config.model_version, id=request.id
         )
         for name in requested:
             array = results[name]
@@ -276,7 +281,10 @@ class GrpcServer:
 
     Each call runs in one of ``threads`` handler threads and waits there for its
     batch (:meth:`ModelService.run_blocking`), so up to ``threads`` gRPC calls
-    join one batch. grpcio's C core does the network I/O outside the GIL.
+    join one batch. An open ``ModelStreamInfer`` call holds one handler thread
+    for its life (and a reader thread of its own), so at most ``threads // 2``
+    streams are open at once and the other half of the threads stay for unary
+    calls. grpcio's C core does the network I/O outside the GIL.
 
     Args:
         service: the model service (shared with the HTTP app).
@@ -285,7 +293,7 @@ class GrpcServer:
         max_message_bytes: largest request message (the HTTP body limit).
         grace: seconds the calls in flight get to finish when it stops.
         threads: handler threads (the most gRPC calls in the server at once;
-            more wait in grpcio's queue).
+            more wait in grpcio's queue); half of them, at most, for streams.
     """
 
     def __init__(
@@ -304,6 +312,7 @@ class GrpcServer:
         self.threads = threads
         self.port = port
         self._server: grpc.Server | None = None
+        self._servicer: InferenceServicer | None = None
         self._stopped: threading.Event | None = None
 
     async def bind(self) -> int:
@@ -322,9 +331,8 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),  # a busy port is an error, not a second listener
             ],
         )
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.service), server
-        )
+        servicer = InferenceServicer(self.service, max_streams=max(1, self.threads // 2))
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
         try:
             bound = server.add_insecure_port(self.address)
         except RuntimeError as exc:  # grpcio raises when the port cannot be bound
@@ -332,6 +340,7 @@ class GrpcServer:
         if bound == 0:
             raise GrpcBindError(f"cannot listen on {self.address} for gRPC")
         self._server = server
+        self._servicer = servicer
         self.port = bound
         return bound
 
@@ -343,8 +352,14 @@ class GrpcServer:
             self._server.start()
 
     def begin_stop(self) -> None:
-        """Refuse new calls now; the calls in flight get ``grace`` seconds (idempotent)."""
+        """Refuse new calls now; the calls in flight get ``grace`` seconds (idempotent).
+
+        Open streams take no further requests: each answers those it has taken,
+        then ends with ``UNAVAILABLE``.
+        """
         if self._stopped is None and self._server is not None:
+            if self._servicer is not None:
+                self._servicer.streams.stop()
             self._stopped = self._server.stop(self.grace)
 
     async def stop(self) -> None:

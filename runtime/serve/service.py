@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -268,6 +269,22 @@ class ModelService:
             BatcherError: shutting down, overloaded, or the model call failed.
         """
         return self._outputs_of(self.batcher.submit_blocking(tensor))
+
+    def run_nowait(
+        self,
+        tensor: np.ndarray,
+        done: Callable[[dict[str, np.ndarray] | BaseException], None],
+    ) -> None:
+        """:meth:`run` without waiting: ``done`` gets the outputs (or the error), in the worker thread.
+
+        Raises:
+            BatcherError: shutting down or overloaded (``done`` is then never called).
+        """
+
+        def answer(out: np.ndarray | BaseException) -> None:
+            done(out if isinstance(out, BaseException) else self._outputs_of(out))
+
+        self.batcher.submit_nowait(tensor, answer)
 
     def _outputs_of(self, probabilities: np.ndarray) -> dict[str, np.ndarray]:
         """The model's output, (rows, classes) or (classes,) -> every output by name."""
