@@ -1,8 +1,8 @@
 """Dynamic batching: concurrent requests coalesced into one model call in one worker thread.
 
 Requests come from the event loop (``await batcher.submit(rows)``, the HTTP
-side) and from threads (``batcher.submit_blocking(rows)``, the gRPC server's
-handler threads); both join one queue that the worker thread takes from. When
+side) and from any thread or other loop (``batcher.submit_nowait(rows, done)``,
+the gRPC server's event loop); both join one queue that the worker thread takes from. When
 the model is idle, a request goes to it at once, together with whatever else is
 already waiting (an event loop hands over the requests of one loop turn
 together); requests gather only while a batch runs, so under load the next
@@ -140,9 +140,9 @@ class BatchObserver(Protocol):
 
 
 class _Item:
-    """One request in the queue; answered through its event loop, its lock (a thread) or ``done``."""
+    """One request in the queue; answered through its event loop's future or its ``done``."""
 
-    __slots__ = ("count", "done", "enqueued_ns", "future", "lock", "loop", "result", "rows")
+    __slots__ = ("count", "done", "enqueued_ns", "future", "loop", "result", "rows")
 
     def __init__(self, rows: np.ndarray, count: int) -> None:
         self.rows = rows  # (k, ...) model input, or one picture (stack=False)
@@ -150,7 +150,6 @@ class _Item:
         self.enqueued_ns = time.perf_counter_ns()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.future: asyncio.Future[np.ndarray] | None = None
-        self.lock: threading.Lock | None = None  # held until the answer is in `result`
         self.done: Callable[[np.ndarray | BaseException], None] | None = None
         self.result: np.ndarray | BaseException | None = None
 
@@ -167,11 +166,11 @@ def _settle(items: list[_Item]) -> None:
 
 
 class DynamicBatcher:
-    """Coalesces concurrent :meth:`submit`, :meth:`submit_blocking` and :meth:`submit_nowait` calls.
+    """Coalesces concurrent :meth:`submit` and :meth:`submit_nowait` calls into calls of ``run``.
 
-    :meth:`start`, then any number of :meth:`submit` (from one event loop),
-    :meth:`submit_blocking` and :meth:`submit_nowait` (from any other thread), then ``await`` :meth:`aclose`
-    on that event loop.
+    :meth:`start`, then any number of :meth:`submit` (from one event loop) and
+    :meth:`submit_nowait` (from any other thread or loop), then ``await``
+    :meth:`aclose` on that event loop.
 
     Args:
         run: the model call: (n, ...) input -> (n, ...) output (rows in order);
@@ -272,21 +271,6 @@ class DynamicBatcher:
         if self._soon is None:  # at the end of this loop turn, with the requests it brings
             self._soon = loop.call_soon(self._flush)
         return await item.future
-
-    def submit_blocking(self, rows: np.ndarray) -> np.ndarray:
-        """:meth:`submit` for a thread that is not running an event loop; waits for the answer."""
-        lock = threading.Lock()
-        lock.acquire()
-        with self._cond:
-            item = self._admit(rows)
-            item.lock = lock
-            self._waiting.append(item)
-            self._ready_rows += item.count
-            self._cond.notify()
-        lock.acquire()  # released by the worker once the answer is in
-        if isinstance(item.result, BaseException):
-            raise item.result
-        return item.result  # type: ignore[return-value]
 
     def submit_nowait(
         self, rows: np.ndarray, done: Callable[[np.ndarray | BaseException], None]
@@ -403,9 +387,7 @@ class DynamicBatcher:
         self._count(batch, rows, calls, start, end)
         loops: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
         for item in batch:
-            if item.lock is not None:
-                item.lock.release()
-            elif item.done is not None:
+            if item.done is not None:
                 item.done(item.result)  # type: ignore[arg-type]
             elif item.loop is not None:
                 loops.setdefault(item.loop, []).append(item)

@@ -2,9 +2,9 @@
 
 The service is the one ``tritonclient[grpc]`` ships compiled from the public
 proto (``GRPCInferenceService``); :class:`GrpcServer` runs it with grpcio's
-thread-pool server beside the HTTP server's event loop, and both hand their
-requests to the one batcher of the :class:`ModelService`, so requests from both
-protocols batch together. Implemented: ``ServerLive``, ``ServerReady``, ``ModelReady``,
+asyncio server (``grpc.aio``) on an event loop of its own, in its own thread
+beside the HTTP server's loop, and both hand their requests to the one batcher
+of the :class:`ModelService`, so requests from both protocols batch together. Implemented: ``ServerLive``, ``ServerReady``, ``ModelReady``,
 ``ServerMetadata``, ``ModelMetadata``, ``ModelInfer`` (typed ``contents`` or
 ``raw_input_contents`` in; ``raw_output_contents`` out, as Triton answers),
 ``ModelStreamInfer`` (many infer requests on one stream: ``grpc_stream.py``) and
@@ -18,11 +18,13 @@ client errors -> ``INVALID_ARGUMENT``, a failed model call -> ``INTERNAL``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import grpc
@@ -57,7 +59,7 @@ CONTENTS_FIELD = {
     "FP64": "fp64_contents",
 }
 METADATA_BYTES = 16 * 1024  # gRPC request metadata (headers) bound
-DEFAULT_THREADS = 64  # as many calls as the default --max-batch can take in one batch
+MAX_STREAMS = 32  # open ModelStreamInfer calls at once
 logger = logging.getLogger("mnist_edge.serve.grpc")
 
 
@@ -66,26 +68,27 @@ class GrpcBindError(MnistEdgeError, OSError):
 
 
 Reply = TypeVar("Reply")
-Handler = Callable[[Any, Any, grpc.ServicerContext], Reply]
+Result = TypeVar("Result")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Reply]]
 
 
 def _rpc(endpoint: str) -> Callable[[Handler[Reply]], Handler[Reply]]:
     """Turn the service's errors into status codes and count the call in the metrics."""
 
     def wrap(method: Handler[Reply]) -> Handler[Reply]:
-        def handler(self: Any, request: Any, context: grpc.ServicerContext) -> Reply:
+        async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Reply:
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                return method(self, request, context)
+                return await method(self, request, context)
             except (ProtocolError, BatcherError) as exc:
                 code = status_code(exc)
-                context.abort(code, str(exc))
+                await context.abort(code, str(exc))
                 raise  # abort() raises; this line only satisfies the type checker
             except Exception:  # a bug here: logged, and the client hears no details
                 code = grpc.StatusCode.INTERNAL
                 logger.exception("mnist-serve: %s failed", endpoint)
-                context.abort(code, "internal error")
+                await context.abort(code, "internal error")
                 raise
             finally:
                 metrics = self.service.metrics
@@ -102,7 +105,7 @@ def _rpc(endpoint: str) -> Callable[[Handler[Reply]], Handler[Reply]]:
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """``GRPCInferenceService`` over a :class:`ModelService`."""
 
-    def __init__(self, service: ModelService, max_streams: int = DEFAULT_THREADS // 2) -> None:
+    def __init__(self, service: ModelService, max_streams: int = MAX_STREAMS) -> None:
         self.service = service
         self.streams = InferStreams(self, max_streams)
 
@@ -110,27 +113,27 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.service.check_model(name, version or None)
 
     @_rpc("live")
-    def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     @_rpc("ready")
-    def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
+    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.service.ready)
 
     @_rpc("model_ready")
-    def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
+    async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
         self._check_model(request.name, request.version)
         return pb.ModelReadyResponse(ready=self.service.ready)
 
     @_rpc("server_metadata")
-    def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+    async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
         meta = self.service.server_metadata()
         return pb.ServerMetadataResponse(
             name=meta["name"], version=meta["version"], extensions=meta["extensions"]
         )
 
     @_rpc("model_metadata")
-    def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
+    async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
         self._check_model(request.name, request.version)
         meta = self.service.model_metadata()
 
@@ -151,7 +154,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         )
 
     @_rpc("statistics")
-    def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
+    async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
         if request.name:  # an empty name asks for every model
             self._check_model(request.name, request.version)
         return pb.ModelStatisticsResponse(
@@ -159,14 +162,26 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         )
 
     @_rpc("infer")
-    def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
         tensor, requested = self.prepare(request)
-        return self.reply(request, requested, self.service.run_blocking(tensor))
+        return self.reply(request, requested, await self.run(tensor))
 
-    def ModelStreamInfer(
-        self, request_iterator: Iterator[Any], context: grpc.ServicerContext
-    ) -> Iterator[pb.ModelStreamInferResponse]:
-        return self.streams.serve(request_iterator, context)
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        async for answer in self.streams.serve(request_iterator, context):
+            yield answer
+
+    def run(self, tensor: np.ndarray) -> asyncio.Future[dict[str, np.ndarray]]:
+        """A checked input through the batcher, answered on this (the gRPC) event loop.
+
+        Raises:
+            BatcherError: shutting down or overloaded (at once), or the model call failed.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
+        self.service.run_nowait(tensor, functools.partial(_answer_on, loop, future))
+        return future
 
     def prepare(self, request: Any) -> tuple[np.ndarray, list[str]]:
         """An infer request's checked input tensor and the names of the outputs it asks for.
@@ -244,6 +259,27 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return names
 
 
+def _answer_on(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[dict[str, np.ndarray]],
+    out: dict[str, np.ndarray] | BaseException,
+) -> None:
+    """In the batcher's worker thread: hand ``out`` to ``future`` on its event loop."""
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(_settle, future, out)
+
+
+def _settle(
+    future: asyncio.Future[dict[str, np.ndarray]], out: dict[str, np.ndarray] | BaseException
+) -> None:
+    if future.done():  # the call was cancelled (the client went)
+        return
+    if isinstance(out, BaseException):
+        future.set_exception(out)
+    else:
+        future.set_result(out)
+
+
 def _datatype(array: np.ndarray) -> str:
     return {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}[array.dtype]
 
@@ -277,14 +313,13 @@ def _statistics(stats: dict[str, Any]) -> pb.ModelStatistics:
 
 
 class GrpcServer:
-    """grpcio's thread-pool server for one :class:`ModelService`, beside the HTTP event loop.
+    """grpcio's asyncio server for one :class:`ModelService`, on an event loop of its own.
 
-    Each call runs in one of ``threads`` handler threads and waits there for its
-    batch (:meth:`ModelService.run_blocking`), so up to ``threads`` gRPC calls
-    join one batch. An open ``ModelStreamInfer`` call holds one handler thread
-    for its life (and a reader thread of its own), so at most ``threads // 2``
-    streams are open at once and the other half of the threads stay for unary
-    calls. grpcio's C core does the network I/O outside the GIL.
+    The loop runs in a thread of its own, beside the HTTP server's loop: each
+    call hands its checked input to the batcher and awaits the answer there,
+    so any number of calls wait for one batch at no cost of a thread each.
+    grpcio's C core does the network I/O outside the GIL. The methods are
+    called from the HTTP server's event loop.
 
     Args:
         service: the model service (shared with the HTTP app).
@@ -292,8 +327,7 @@ class GrpcServer:
         port: TCP port; 0 picks a free one (see :attr:`port` after :meth:`bind`).
         max_message_bytes: largest request message (the HTTP body limit).
         grace: seconds the calls in flight get to finish when it stops.
-        threads: handler threads (the most gRPC calls in the server at once;
-            more wait in grpcio's queue); half of them, at most, for streams.
+        max_streams: most ``ModelStreamInfer`` calls open at once.
     """
 
     def __init__(
@@ -303,27 +337,39 @@ class GrpcServer:
         port: int,
         max_message_bytes: int,
         grace: float,
-        threads: int = DEFAULT_THREADS,
+        max_streams: int = MAX_STREAMS,
     ) -> None:
         self.service = service
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.max_message_bytes = max_message_bytes
         self.grace = grace
-        self.threads = threads
         self.port = port
-        self._server: grpc.Server | None = None
-        self._servicer: InferenceServicer | None = None
-        self._stopped: threading.Event | None = None
+        self._servicer = InferenceServicer(service, max_streams)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: grpc.aio.Server | None = None
+        self._stopped: concurrent.futures.Future[None] | None = None
 
     async def bind(self) -> int:
-        """Make the server and bind its port; returns the port.
+        """Start the server's event loop, make the server and bind its port; returns the port.
 
         Raises:
             GrpcBindError: the address cannot be bound.
         """
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="mnist-serve-grpc", daemon=True)
+        thread.start()
+        self._loop, self._thread = loop, thread
+        try:
+            self.port = await self._on_loop(self._bind())
+        except BaseException:
+            await self._end_loop()
+            raise
+        return self.port
+
+    async def _bind(self) -> int:
         limit = self.max_message_bytes
-        server = grpc.server(
-            ThreadPoolExecutor(self.threads, thread_name_prefix="mnist-serve-grpc"),
+        server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -331,8 +377,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),  # a busy port is an error, not a second listener
             ],
         )
-        servicer = InferenceServicer(self.service, max_streams=max(1, self.threads // 2))
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, server)
         try:
             bound = server.add_insecure_port(self.address)
         except RuntimeError as exc:  # grpcio raises when the port cannot be bound
@@ -340,16 +385,14 @@ class GrpcServer:
         if bound == 0:
             raise GrpcBindError(f"cannot listen on {self.address} for gRPC")
         self._server = server
-        self._servicer = servicer
-        self.port = bound
         return bound
 
     async def start(self) -> None:
         """Start answering (binds first if :meth:`bind` was not called)."""
-        if self._server is None:
+        if self._loop is None:
             await self.bind()
         if self._server is not None:
-            self._server.start()
+            await self._on_loop(self._server.start())
 
     def begin_stop(self) -> None:
         """Refuse new calls now; the calls in flight get ``grace`` seconds (idempotent).
@@ -357,13 +400,31 @@ class GrpcServer:
         Open streams take no further requests: each answers those it has taken,
         then ends with ``UNAVAILABLE``.
         """
-        if self._stopped is None and self._server is not None:
-            if self._servicer is not None:
-                self._servicer.streams.stop()
-            self._stopped = self._server.stop(self.grace)
+        if self._stopped is None and self._loop is not None and self._server is not None:
+            self._stopped = asyncio.run_coroutine_threadsafe(self._stop(), self._loop)
+
+    async def _stop(self) -> None:
+        self._servicer.streams.stop()
+        if self._server is not None:
+            await self._server.stop(self.grace)
 
     async def stop(self) -> None:
-        """:meth:`begin_stop`, then wait (off the event loop) until the calls in flight are done."""
+        """:meth:`begin_stop`, then wait until the calls in flight are done and end the loop."""
         self.begin_stop()
         if self._stopped is not None:
-            await asyncio.to_thread(self._stopped.wait)
+            await asyncio.wrap_future(self._stopped)
+        await self._end_loop()
+
+    async def _on_loop(self, coroutine: Coroutine[Any, Any, Result]) -> Result:
+        """Run ``coroutine`` on the server's event loop; await its result on the caller's."""
+        if self._loop is None:
+            raise RuntimeError("the gRPC server's event loop is not running")
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self._loop))
+
+    async def _end_loop(self) -> None:
+        loop, thread = self._loop, self._thread
+        self._loop = self._thread = None
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            await asyncio.to_thread(thread.join)
+            loop.close()

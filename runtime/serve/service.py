@@ -262,14 +262,6 @@ class ModelService:
         """
         return self._outputs_of(await self.batcher.submit(tensor))
 
-    def run_blocking(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
-        """:meth:`run` from a thread without an event loop (the gRPC server's handlers).
-
-        Raises:
-            BatcherError: shutting down, overloaded, or the model call failed.
-        """
-        return self._outputs_of(self.batcher.submit_blocking(tensor))
-
     def run_nowait(
         self,
         tensor: np.ndarray,
