@@ -325,7 +325,8 @@ def test_tritonclient_reads_the_errors(
 
 def _good_or_bad(i: int, x: np.ndarray) -> tuple[str, bytes, dict[str, str], bool]:
     """Request i of the load: 1 in 4 is bad (malformed, wrong name, corrupt picture);
-    paths ``grpc:`` go over gRPC (the body a serialized ``ModelInferRequest``)."""
+    paths ``grpc:`` go over gRPC (the body a serialized ``ModelInferRequest``), as a
+    ``ModelInfer`` call or, for ``grpc-stream:``, as the one request of a stream."""
     kind = i % 12
     if kind == 5:
         return "/v2/models/mnist/infer", b'{"inputs": [', {}, False
@@ -341,7 +342,8 @@ def _good_or_bad(i: int, x: np.ndarray) -> tuple[str, bytes, dict[str, str], boo
             name="nope" if kind == 9 else "image", datatype="FP32", shape=list(x.shape)
         )
         request.raw_input_contents.append(x.astype("<f4").tobytes())
-        return "grpc:", request.SerializeToString(), {}, kind != 9
+        stream = kind == 3 or (kind == 9 and i % 24 == 21)
+        return "grpc-stream:" if stream else "grpc:", request.SerializeToString(), {}, kind != 9
     if kind % 2 == 0:
         body, headers = binary_request(x)
         return "/v2/models/mnist/infer", body, headers, True
@@ -355,12 +357,20 @@ def _good_or_bad(i: int, x: np.ndarray) -> tuple[str, bytes, dict[str, str], boo
 
 
 def _grpc_answer(stub: service_pb2_grpc.GRPCInferenceServiceStub, body: bytes, good: bool,
-                 expected: np.ndarray) -> bool:  # fmt: skip
-    """Whether the gRPC answer to ``body`` is right: the probabilities, or INVALID_ARGUMENT."""
+                 expected: np.ndarray, stream: bool) -> bool:  # fmt: skip
+    """Whether the gRPC answer to ``body`` is right: the probabilities, or INVALID_ARGUMENT
+    (on a stream: an error message)."""
+    request = pb.ModelInferRequest.FromString(body)
     try:
-        reply = stub.ModelInfer(pb.ModelInferRequest.FromString(body), timeout=30)
+        if stream:
+            (answer,) = stub.ModelStreamInfer(iter([request]), timeout=30)
+            if answer.error_message:
+                return not good and "unknown input 'nope'" in answer.error_message
+            reply = answer.infer_response
+        else:
+            reply = stub.ModelInfer(request, timeout=30)
     except grpc.RpcError as exc:
-        return not good and exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+        return not good and not stream and exc.code() == grpc.StatusCode.INVALID_ARGUMENT
     probabilities = np.frombuffer(reply.raw_output_contents[0], "<f4").reshape(expected.shape)
     return good and np.array_equal(probabilities, expected)
 
@@ -382,8 +392,9 @@ def _load(
             if time.monotonic() > deadline:
                 break
             path, body, headers, good = _good_or_bad(i, xs[i % 16])
-            if path == "grpc:":
-                ok = _grpc_answer(stub, body, good, expected[i % 16])
+            if path.startswith("grpc"):
+                stream = path == "grpc-stream:"
+                ok = _grpc_answer(stub, body, good, expected[i % 16], stream)
             else:
                 conn.request("POST", path, body, headers)
                 response = conn.getresponse()
