@@ -371,6 +371,61 @@ def test_a_lone_one_image_request_runs_on_the_event_loop_and_others_on_the_worke
     assert (stats.requests, stats.inference_count, stats.execution_count) == (2, 3, 2)
 
 
+def test_a_request_whose_caller_has_others_in_flight_runs_on_the_worker() -> None:
+    model = RecordingModel()
+    batcher = DynamicBatcher(model)
+
+    async def run() -> np.ndarray:
+        batcher.start()
+        try:
+            return await batcher.submit(np.full((1, 2), 3, np.float32), alone=False)
+        finally:
+            await batcher.aclose()
+
+    np.testing.assert_array_equal(asyncio.run(run()), np.full((1, 2), 6.0))
+    assert model.threads == {"mnist-serve-batcher_0"}
+
+
+def test_requests_from_two_event_loops_in_two_threads_share_batches() -> None:
+    model = GatedModel()
+    batcher = DynamicBatcher(model)
+    batcher.start()
+    results: dict[str, list[np.ndarray]] = {}
+    go = threading.Barrier(2)
+
+    def loop_thread(name: str, value: float) -> None:
+        async def run() -> list[np.ndarray]:
+            go.wait(10)
+            return await asyncio.gather(
+                *(batcher.submit(np.full((1, 2), value, np.float32), alone=False) for _ in range(3))
+            )
+
+        results[name] = asyncio.run(run())
+
+    first = threading.Thread(target=loop_thread, args=("a", 1.0))
+    second = threading.Thread(target=loop_thread, args=("b", 5.0))
+    gated = threading.Thread(  # a first batch holds the worker while both loops submit
+        target=lambda: asyncio.run(batcher.submit(np.ones((2, 2), np.float32)))
+    )
+    gated.start()
+    assert model.entered.wait(10)
+    first.start()
+    second.start()
+    time.sleep(0.2)
+    model.gate.set()
+    for t in (gated, first, second):
+        t.join(10)
+
+    async def close() -> None:
+        await batcher.aclose()
+
+    asyncio.run(close())
+    assert model.calls == [2, 6]  # both loops' six requests in one batch
+    for name, value in (("a", 1.0), ("b", 5.0)):
+        for r in results[name]:
+            np.testing.assert_array_equal(r, np.full((1, 2), 2 * value))
+
+
 def test_requests_of_one_event_loop_turn_go_together_without_a_wait() -> None:
     model = RecordingModel()
     batcher = DynamicBatcher(model, BatchConfig(max_batch=64, max_wait_ms=0))

@@ -1,8 +1,8 @@
 """Dynamic batching: concurrent requests coalesced into one model call in one worker thread.
 
-Requests come from the event loop (``await batcher.submit(rows)``, the HTTP
-side) and from any thread or other loop (``batcher.submit_nowait(rows, done)``,
-the gRPC server's event loop); both join one queue that the worker thread takes from. When
+Requests come from event loops (``await batcher.submit(rows)``: the HTTP
+server's and the gRPC server's, each in its own thread); all join one queue
+that the worker thread takes from. When
 the model is idle, a request goes to it at once, together with whatever else is
 already waiting (an event loop hands over the requests of one loop turn
 together); requests gather only while a batch runs, so under load the next
@@ -140,9 +140,9 @@ class BatchObserver(Protocol):
 
 
 class _Item:
-    """One request in the queue; answered through its event loop's future or its ``done``."""
+    """One request in the queue, answered through the future on its event loop."""
 
-    __slots__ = ("count", "done", "enqueued_ns", "future", "loop", "result", "rows")
+    __slots__ = ("count", "enqueued_ns", "future", "loop", "result", "rows")
 
     def __init__(self, rows: np.ndarray, count: int) -> None:
         self.rows = rows  # (k, ...) model input, or one picture (stack=False)
@@ -150,8 +150,18 @@ class _Item:
         self.enqueued_ns = time.perf_counter_ns()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.future: asyncio.Future[np.ndarray] | None = None
-        self.done: Callable[[np.ndarray | BaseException], None] | None = None
         self.result: np.ndarray | BaseException | None = None
+
+
+class _Turn:
+    """One event loop's requests of its current turn, and the call that hands them over."""
+
+    __slots__ = ("alone", "soon", "staged")
+
+    def __init__(self) -> None:
+        self.staged: list[_Item] = []
+        self.alone = True  # no caller of this turn said it has other requests in flight
+        self.soon: asyncio.Handle | None = None
 
 
 def _settle(items: list[_Item]) -> None:
@@ -166,11 +176,11 @@ def _settle(items: list[_Item]) -> None:
 
 
 class DynamicBatcher:
-    """Coalesces concurrent :meth:`submit` and :meth:`submit_nowait` calls into calls of ``run``.
+    """Coalesces concurrent :meth:`submit` calls into calls of ``run``.
 
-    :meth:`start`, then any number of :meth:`submit` (from one event loop) and
-    :meth:`submit_nowait` (from any other thread or loop), then ``await``
-    :meth:`aclose` on that event loop.
+    :meth:`start`, then any number of :meth:`submit` or :meth:`enqueue` calls
+    from any number of event loops (each in its own thread), then ``await``
+    :meth:`aclose` on one of them once the others have stopped submitting.
 
     Args:
         run: the model call: (n, ...) input -> (n, ...) output (rows in order);
@@ -197,14 +207,15 @@ class DynamicBatcher:
         # guarded by _cond: the queue the worker takes from, rows queued or staged
         self._waiting: deque[_Item] = deque()
         self._ready_rows = 0  # rows in _waiting
-        self._queued_rows = 0  # rows in _waiting and _staged (the overload bound)
+        self._queued_rows = 0  # rows in _waiting and staged in a loop turn (the overload bound)
         self._accepting = False
         self._closing = False
         self._running = False  # the worker is in a model call
+        self._finished = False  # the worker has ended: what still arrives runs on its loop
         self._lone = stack and self.config.max_wait_ms == 0
-        # the event loop's requests of this loop turn, handed over together at its end
-        self._staged: list[_Item] = []
-        self._soon: asyncio.Handle | None = None
+        # each event loop's requests of its current turn, handed over together at its end
+        # (each loop touches only its own entry)
+        self._turns: dict[asyncio.AbstractEventLoop, _Turn] = {}
         self._thread: threading.Thread | None = None
         self._stats_lock = threading.Lock()
         self._stats = BatchStats()
@@ -215,6 +226,7 @@ class DynamicBatcher:
             self._accepting = True
             self._closing = False
             if self._thread is None:
+                self._finished = False
                 self._thread = threading.Thread(
                     target=self._work, name="mnist-serve-batcher_0", daemon=True
                 )
@@ -222,7 +234,9 @@ class DynamicBatcher:
 
     async def aclose(self) -> None:
         """Refuse new requests, run the waiting ones now, then end the worker thread."""
-        self._flush()
+        turn = self._turns.get(asyncio.get_running_loop())
+        if turn is not None:
+            self._flush(turn)
         with self._cond:
             self._accepting = False
             self._closing = True
@@ -252,8 +266,12 @@ class DynamicBatcher:
         self._queued_rows += count
         return _Item(rows, count)
 
-    async def submit(self, rows: np.ndarray) -> np.ndarray:
+    async def submit(self, rows: np.ndarray, alone: bool = True) -> np.ndarray:
         """Run the model on ``rows`` (k, ...) together with whatever else is waiting.
+
+        ``alone=False`` tells that the caller has other requests in flight
+        (which the batcher may not see yet): the request then never runs on the
+        event loop, so the loop goes on reading them while the worker computes.
 
         Returns:
             The model's output rows for this request, (k, ...) (``stack=False``:
@@ -262,64 +280,60 @@ class DynamicBatcher:
         Raises:
             BatcherError: stopped (503), too many rows waiting (503), or the model call failed (500).
         """
+        return await self.enqueue(rows, alone)
+
+    def enqueue(self, rows: np.ndarray, alone: bool = True) -> asyncio.Future[np.ndarray]:
+        """:meth:`submit` without awaiting: the future of the answer, on the running loop.
+
+        Raises:
+            BatcherError: stopped or too many rows waiting (503), at once; the
+                future may hold a failed model call's (500).
+        """
         with self._cond:
             item = self._admit(rows)
         loop = asyncio.get_running_loop()
         item.loop = loop
-        item.future = loop.create_future()
-        self._staged.append(item)
-        if self._soon is None:  # at the end of this loop turn, with the requests it brings
-            self._soon = loop.call_soon(self._flush)
-        return await item.future
+        future = item.future = loop.create_future()
+        turn = self._turns.get(loop)
+        if turn is None:
+            turn = self._turns[loop] = _Turn()
+        turn.staged.append(item)
+        turn.alone = turn.alone and alone
+        if turn.soon is None:  # at the end of this loop turn, with the requests it brings
+            turn.soon = loop.call_soon(self._flush, turn)
+        return future
 
-    def submit_nowait(
-        self, rows: np.ndarray, done: Callable[[np.ndarray | BaseException], None]
-    ) -> None:
-        """Queue ``rows`` from any thread without waiting: ``done(output or error)`` answers it.
-
-        ``done`` runs in the worker thread once the batch is computed, so it must
-        be quick (hand the answer to another thread); the error it may get is a
-        :class:`BatcherError` (the model call failed).
-
-        Raises:
-            BatcherError: stopped or too many rows waiting (503); ``done`` is then never called.
-        """
-        with self._cond:
-            item = self._admit(rows)
-            item.done = done
-            self._waiting.append(item)
-            self._ready_rows += item.count
-            self._cond.notify()
-
-    def _flush(self) -> None:
-        """On the event loop: hand this turn's requests to the worker together.
+    def _flush(self, turn: _Turn) -> None:
+        """On an event loop: hand this turn's requests to the worker together.
 
         A lone one-image request while the model is idle runs here instead: the
         hand-over to the worker thread and back would cost it more than the model
         call, and nothing else is waiting to join its batch.
         """
-        if self._soon is not None:
-            self._soon.cancel()
-            self._soon = None
-        if not self._staged:
+        if turn.soon is not None:
+            turn.soon.cancel()
+            turn.soon = None
+        if not turn.staged:
             return
-        staged, self._staged = self._staged, []
+        staged, turn.staged = turn.staged, []
+        alone, turn.alone = turn.alone, True
         with self._cond:
-            lone = (
+            lone = self._finished or (
                 self._lone
+                and alone
                 and len(staged) == 1
                 and staged[0].count == 1
                 and not self._waiting
                 and not self._running
             )
             if lone:
-                self._queued_rows -= staged[0].count
+                self._queued_rows -= sum(i.count for i in staged)
             else:
                 self._waiting.extend(staged)
                 self._ready_rows += sum(i.count for i in staged)
                 self._cond.notify()
         if lone:
-            self._execute(staged)
+            self._execute(staged, here=True)
 
     # ------------------------------------------------------------ in the worker thread
 
@@ -330,6 +344,7 @@ class DynamicBatcher:
             while not self._waiting and not self._closing:
                 self._cond.wait()
             if not self._waiting:
+                self._finished = True
                 return None
             if config.max_wait_ms > 0:
                 due = self._waiting[0].enqueued_ns + int(config.max_wait_ms * 1e6)
@@ -361,7 +376,8 @@ class DynamicBatcher:
         x = batch[0].rows if len(batch) == 1 else np.concatenate([i.rows for i in batch])
         return self._run(x)
 
-    def _execute(self, batch: list[_Item]) -> None:
+    def _execute(self, batch: list[_Item], here: bool = False) -> None:
+        """Run one batch and answer its requests (``here``: on the event loop they all came from)."""
         start = time.perf_counter_ns()
         out: np.ndarray | list[np.ndarray] | BatcherError
         try:
@@ -369,7 +385,7 @@ class DynamicBatcher:
         except Exception as exc:  # ORT raises its own types; every waiting request must hear
             if len(batch) > 1:  # run them one by one so only the request at fault fails
                 for item in batch:
-                    self._execute([item])
+                    self._execute([item], here)
                 return
             out = BatcherError(f"model call failed: {first_line(exc)[:300]}", status=500)
         end = time.perf_counter_ns()
@@ -385,11 +401,12 @@ class DynamicBatcher:
                 item.result = out[offset : offset + item.count]
                 offset += item.count
         self._count(batch, rows, calls, start, end)
+        if here:
+            _settle(batch)
+            return
         loops: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
         for item in batch:
-            if item.done is not None:
-                item.done(item.result)  # type: ignore[arg-type]
-            elif item.loop is not None:
+            if item.loop is not None:
                 loops.setdefault(item.loop, []).append(item)
         for loop, items in loops.items():
             # a closed loop raises RuntimeError: nobody is waiting there any more

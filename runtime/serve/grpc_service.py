@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import functools
 import logging
 import threading
 import time
@@ -108,6 +106,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, service: ModelService, max_streams: int = MAX_STREAMS) -> None:
         self.service = service
         self.streams = InferStreams(self, max_streams)
+        # requests in the batcher now, unary calls and stream messages (on the server's loop)
+        self.in_flight = 0
 
     def _check_model(self, name: str, version: str) -> None:
         self.service.check_model(name, version or None)
@@ -164,24 +164,18 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @_rpc("infer")
     async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
         tensor, requested = self.prepare(request)
-        return self.reply(request, requested, await self.run(tensor))
+        self.in_flight += 1
+        try:
+            results = await self.service.run(tensor, alone=self.in_flight == 1)
+        finally:
+            self.in_flight -= 1
+        return self.reply(request, requested, results)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         async for answer in self.streams.serve(request_iterator, context):
             yield answer
-
-    def run(self, tensor: np.ndarray) -> asyncio.Future[dict[str, np.ndarray]]:
-        """A checked input through the batcher, answered on this (the gRPC) event loop.
-
-        Raises:
-            BatcherError: shutting down or overloaded (at once), or the model call failed.
-        """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
-        self.service.run_nowait(tensor, functools.partial(_answer_on, loop, future))
-        return future
 
     def prepare(self, request: Any) -> tuple[np.ndarray, list[str]]:
         """An infer request's checked input tensor and the names of the outputs it asks for.
@@ -257,27 +251,6 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 )
             names.append(out.name)
         return names
-
-
-def _answer_on(
-    loop: asyncio.AbstractEventLoop,
-    future: asyncio.Future[dict[str, np.ndarray]],
-    out: dict[str, np.ndarray] | BaseException,
-) -> None:
-    """In the batcher's worker thread: hand ``out`` to ``future`` on its event loop."""
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-        loop.call_soon_threadsafe(_settle, future, out)
-
-
-def _settle(
-    future: asyncio.Future[dict[str, np.ndarray]], out: dict[str, np.ndarray] | BaseException
-) -> None:
-    if future.done():  # the call was cancelled (the client went)
-        return
-    if isinstance(out, BaseException):
-        future.set_exception(out)
-    else:
-        future.set_result(out)
 
 
 def _datatype(array: np.ndarray) -> str:

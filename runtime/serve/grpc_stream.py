@@ -54,13 +54,12 @@ def status_code(exc: ProtocolError | BatcherError) -> grpc.StatusCode:
 
 
 class Infers(Protocol):
-    """What a stream needs of the servicer: the unary call's checks, model call and answers."""
+    """What a stream needs of the servicer: the unary call's checks and answers, its service."""
 
     service: ModelService
+    in_flight: int  # requests in the batcher now (the model runs none on the loop unless 1)
 
     def prepare(self, request: Any) -> tuple[np.ndarray, list[str]]: ...
-
-    def run(self, tensor: np.ndarray) -> asyncio.Future[dict[str, np.ndarray]]: ...
 
     def reply(
         self, request: Any, requested: list[str], results: dict[str, np.ndarray]
@@ -76,7 +75,7 @@ class _Slot:
         self.request = request
         self.start = time.perf_counter()
         self.requested: list[str] = []
-        self.outputs: asyncio.Future[dict[str, np.ndarray]] | None = None  # None: refused
+        self.outputs: asyncio.Future[np.ndarray] | None = None  # the model's; None: refused
         self.error = ""
         self.code = grpc.StatusCode.OK
 
@@ -158,7 +157,9 @@ class _Stream:
         servicer = self._servicer
         try:
             tensor, slot.requested = servicer.prepare(request)
-            slot.outputs = servicer.run(tensor)
+            servicer.in_flight += 1
+            slot.outputs = servicer.service.enqueue(tensor, alone=servicer.in_flight == 1)
+            slot.outputs.add_done_callback(self._left)
         except (ProtocolError, BatcherError) as exc:
             slot.fail(status_code(exc), str(exc))
         except Exception:  # a bug here: logged, and the client hears no details
@@ -166,10 +167,13 @@ class _Stream:
             slot.fail(grpc.StatusCode.INTERNAL, "internal error")
         return slot
 
+    def _left(self, outputs: asyncio.Future[np.ndarray]) -> None:
+        self._servicer.in_flight -= 1
+
     async def _answer(self, slot: _Slot) -> pb.ModelStreamInferResponse:
         if slot.outputs is not None:
             try:
-                results = await slot.outputs
+                results = self._servicer.service.outputs_of(await slot.outputs)
             except BatcherError as exc:  # the model call failed
                 slot.fail(status_code(exc), str(exc))
             else:
@@ -184,8 +188,8 @@ class InferStreams:
     """The open ``ModelStreamInfer`` calls of one servicer: how many may be open, and stopping them.
 
     Args:
-        servicer: checks requests (``prepare``), runs them (``run``) and builds
-            answers (``reply``).
+        servicer: checks requests (``prepare``), runs them (its ``service``) and
+            builds answers (``reply``).
         max_streams: most streams open at once; one more is refused with
             ``RESOURCE_EXHAUSTED``.
         window: most requests of one stream read and not yet answered.

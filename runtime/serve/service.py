@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -254,31 +253,27 @@ class ModelService:
             self.config.model_name, self.config.model_version, request.id, outputs
         )
 
-    async def run(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
+    async def run(self, tensor: np.ndarray, alone: bool = True) -> dict[str, np.ndarray]:
         """A checked input tensor -> every output by name, through the batcher.
+
+        ``alone=False``: the caller has other requests in flight (see
+        :meth:`DynamicBatcher.submit`).
 
         Raises:
             BatcherError: shutting down, overloaded, or the model call failed.
         """
-        return self._outputs_of(await self.batcher.submit(tensor))
+        return self.outputs_of(await self.batcher.submit(tensor, alone))
 
-    def run_nowait(
-        self,
-        tensor: np.ndarray,
-        done: Callable[[dict[str, np.ndarray] | BaseException], None],
-    ) -> None:
-        """:meth:`run` without waiting: ``done`` gets the outputs (or the error), in the worker thread.
+    def enqueue(self, tensor: np.ndarray, alone: bool = True) -> asyncio.Future[np.ndarray]:
+        """:meth:`run` without awaiting: the future of the model's output (:meth:`outputs_of`).
 
         Raises:
-            BatcherError: shutting down or overloaded (``done`` is then never called).
+            BatcherError: shutting down or overloaded (at once); the future may
+                hold a failed model call's.
         """
+        return self.batcher.enqueue(tensor, alone)
 
-        def answer(out: np.ndarray | BaseException) -> None:
-            done(out if isinstance(out, BaseException) else self._outputs_of(out))
-
-        self.batcher.submit_nowait(tensor, answer)
-
-    def _outputs_of(self, probabilities: np.ndarray) -> dict[str, np.ndarray]:
+    def outputs_of(self, probabilities: np.ndarray) -> dict[str, np.ndarray]:
         """The model's output, (rows, classes) or (classes,) -> every output by name."""
         if not self.pixels_in:
             return {self.outputs[0].name: probabilities}
