@@ -6,10 +6,12 @@ Run from the repo root::
 
 Times (``timeit``, best of 5) the parts of one request of one image on each
 protocol: parsing and checking the body, building the answer, the model call,
-and the batcher's round trip from a gRPC handler thread and from the event loop.
-What a request costs the server in all (``server CPU per request`` in
-bench_serve.py's table) less these parts is the framework: uvicorn and the ASGI
-path, or grpcio. Prints the markdown table of docs/serving.md with the CPU flags.
+and the batcher's round trips from an event loop; and what grpcio alone costs
+(client and server in this process, a servicer that answers at once) per
+``ModelInfer`` call and per stream message. What a request costs the server in
+all (``server CPU per request`` in bench_serve.py's table) less these parts is
+the framework: uvicorn and the ASGI path, or grpcio. Prints the markdown table
+of docs/serving.md with the CPU flags.
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 import timeit
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 from benchutil import cpu_flags_line, cpu_name
 from serve_clients import grpc_request, http_request
 from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
 
 from mnist_edge.runtime.classifier import Classifier
 from mnist_edge.runtime.layout import Artifacts
@@ -40,6 +45,67 @@ NUMBER = 2_000  # calls per timing
 def best_us(call: Callable[[], Any], number: int = NUMBER) -> float:
     """Microseconds per call, best of 5 timings."""
     return min(timeit.repeat(call, number=number, repeat=5)) / number * 1e6
+
+
+class _Echo(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """Answers every infer request at once with ten zeros: grpcio's own cost, nothing else."""
+
+    @staticmethod
+    def _reply(request: Any) -> Any:
+        reply = pb.ModelInferResponse(model_name="mnist", model_version="1", id=request.id)
+        reply.outputs.add(name="probabilities", datatype="FP32", shape=[1, 10])
+        reply.raw_output_contents.append(bytes(40))
+        return reply
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        return self._reply(request)
+
+    async def ModelStreamInfer(self, requests: Any, context: Any) -> Any:
+        async for request in requests:
+            yield pb.ModelStreamInferResponse(infer_response=self._reply(request))
+
+
+def grpc_alone(request: Any, count: int = 4_000, in_flight: int = 64) -> tuple[float, float]:
+    """CPU µs (client and server together) per ``ModelInfer`` call and per stream message."""
+
+    async def run() -> tuple[float, float]:
+        server = grpc.aio.server()
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(_Echo(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+                async def unary() -> None:
+                    for _ in range(count // in_flight):
+                        await stub.ModelInfer(request)
+
+                async def stream() -> None:
+                    call = stub.ModelStreamInfer()
+                    for _ in range(count // in_flight):
+                        for _ in range(in_flight):
+                            await call.write(request)
+                        for _ in range(in_flight):
+                            await call.read()
+                    await call.done_writing()
+
+                async def cpu_us(work: Callable[[], Awaitable[Any]]) -> float:
+                    start = time.process_time()
+                    await work()
+                    return (time.process_time() - start) / count * 1e6
+
+                await asyncio.gather(*(unary() for _ in range(in_flight)))  # warm-up
+                per_call = min(
+                    [await cpu_us(lambda: asyncio.gather(*(unary() for _ in range(in_flight))))
+                     for _ in range(3)]
+                )  # fmt: skip
+                per_message = min([await cpu_us(stream) for _ in range(3)])
+        finally:
+            await server.stop(None)
+        return per_call, per_message
+
+    return asyncio.run(run())
 
 
 def parts(model: Path) -> list[tuple[str, float]]:
@@ -117,6 +183,11 @@ def parts(model: Path) -> list[tuple[str, float]]:
         ("batcher round trip from an event loop, 2 images (the worker thread runs them), "
          "ORT included", handed)
     )  # fmt: skip
+    per_call, per_message = grpc_alone(grpc_in)
+    found.append(("grpcio alone, client and server CPU together: one `ModelInfer` call "
+                  "(64 in flight)", per_call))  # fmt: skip
+    found.append(("grpcio alone, client and server CPU together: one stream message "
+                  "(64 in flight)", per_message))  # fmt: skip
     return found
 
 
