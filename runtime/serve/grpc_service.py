@@ -4,11 +4,12 @@ The service is the one ``tritonclient[grpc]`` ships compiled from the public
 proto (``GRPCInferenceService``); :class:`GrpcServer` runs it with grpcio's
 asyncio server (``grpc.aio``) on an event loop of its own, in its own thread
 beside the HTTP server's loop, and both hand their requests to the one batcher
-of the :class:`ModelService`, so requests from both protocols batch together. Implemented: ``ServerLive``, ``ServerReady``, ``ModelReady``,
-``ServerMetadata``, ``ModelMetadata``, ``ModelInfer`` (typed ``contents`` or
-``raw_input_contents`` in; ``raw_output_contents`` out, as Triton answers),
-``ModelStreamInfer`` (many infer requests on one stream: ``grpc_stream.py``) and
-``ModelStatistics``; the others answer ``UNIMPLEMENTED``.
+of the :class:`ModelService`, so requests from both protocols batch together.
+Implemented: ``ServerLive``, ``ServerReady``, ``ModelReady``, ``ServerMetadata``,
+``ModelMetadata``, ``ModelInfer`` (typed ``contents`` or ``raw_input_contents``
+in; ``raw_output_contents`` out, as Triton answers), ``ModelStreamInfer`` (many
+infer requests on one stream: ``grpc_stream.py``) and ``ModelStatistics``; the
+others answer ``UNIMPLEMENTED``.
 
 Errors carry the HTTP side's messages, as status codes: 404 ->
 ``NOT_FOUND``, 503 -> ``UNAVAILABLE``, 413 -> ``RESOURCE_EXHAUSTED``, other

@@ -57,7 +57,7 @@ class Infers(Protocol):
     """What a stream needs of the servicer: the unary call's checks and answers, its service."""
 
     service: ModelService
-    in_flight: int  # requests in the batcher now (the model runs none on the loop unless 1)
+    in_flight: int  # requests of the gRPC loop in the batcher now (0: a new one is alone)
 
     def prepare(self, request: Any) -> tuple[np.ndarray, list[str]]: ...
 
@@ -157,8 +157,8 @@ class _Stream:
         servicer = self._servicer
         try:
             tensor, slot.requested = servicer.prepare(request)
+            slot.outputs = servicer.service.enqueue(tensor, alone=servicer.in_flight == 0)
             servicer.in_flight += 1
-            slot.outputs = servicer.service.enqueue(tensor, alone=servicer.in_flight == 1)
             slot.outputs.add_done_callback(self._left)
         except (ProtocolError, BatcherError) as exc:
             slot.fail(status_code(exc), str(exc))
