@@ -28,6 +28,7 @@ import contextlib
 import copy
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -214,8 +215,10 @@ class DynamicBatcher:
         self._finished = False  # the worker has ended: what still arrives runs on its loop
         self._lone = stack and self.config.max_wait_ms == 0
         # each event loop's requests of its current turn, handed over together at its end
-        # (each loop touches only its own entry)
-        self._turns: dict[asyncio.AbstractEventLoop, _Turn] = {}
+        # (each loop touches only its own entry; a closed loop's goes with it)
+        self._turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Turn] = (
+            weakref.WeakKeyDictionary()
+        )
         self._thread: threading.Thread | None = None
         self._stats_lock = threading.Lock()
         self._stats = BatchStats()
