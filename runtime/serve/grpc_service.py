@@ -165,11 +165,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @_rpc("infer")
     async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
         tensor, requested = self.prepare(request)
-        self.in_flight += 1
-        try:
-            results = await self.service.run(tensor, alone=self.in_flight == 1)
-        finally:
-            self.in_flight -= 1
+        results = self.service.outputs_of(await self.enqueue(tensor))
         return self.reply(request, requested, results)
 
     async def ModelStreamInfer(
@@ -177,6 +173,23 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         async for answer in self.streams.serve(request_iterator, context):
             yield answer
+
+    def enqueue(self, tensor: np.ndarray) -> asyncio.Future[np.ndarray]:
+        """A checked input into the batcher, counted in :attr:`in_flight` until answered.
+
+        A request is alone (it may run on this loop while the model is idle) only
+        when no other gRPC request is in the batcher.
+
+        Raises:
+            BatcherError: shutting down or overloaded.
+        """
+        outputs = self.service.enqueue(tensor, alone=self.in_flight == 0)
+        self.in_flight += 1
+        outputs.add_done_callback(self._answered)
+        return outputs
+
+    def _answered(self, outputs: asyncio.Future[np.ndarray]) -> None:
+        self.in_flight -= 1
 
     def prepare(self, request: Any) -> tuple[np.ndarray, list[str]]:
         """An infer request's checked input tensor and the names of the outputs it asks for.

@@ -54,12 +54,13 @@ def status_code(exc: ProtocolError | BatcherError) -> grpc.StatusCode:
 
 
 class Infers(Protocol):
-    """What a stream needs of the servicer: the unary call's checks and answers, its service."""
+    """What a stream needs of the servicer: the unary call's checks, batcher entry and answers."""
 
     service: ModelService
-    in_flight: int  # requests of the gRPC loop in the batcher now (0: a new one is alone)
 
     def prepare(self, request: Any) -> tuple[np.ndarray, list[str]]: ...
+
+    def enqueue(self, tensor: np.ndarray) -> asyncio.Future[np.ndarray]: ...
 
     def reply(
         self, request: Any, requested: list[str], results: dict[str, np.ndarray]
@@ -157,18 +158,13 @@ class _Stream:
         servicer = self._servicer
         try:
             tensor, slot.requested = servicer.prepare(request)
-            slot.outputs = servicer.service.enqueue(tensor, alone=servicer.in_flight == 0)
-            servicer.in_flight += 1
-            slot.outputs.add_done_callback(self._left)
+            slot.outputs = servicer.enqueue(tensor)
         except (ProtocolError, BatcherError) as exc:
             slot.fail(status_code(exc), str(exc))
         except Exception:  # a bug here: logged, and the client hears no details
             logger.exception("mnist-serve: stream_infer failed")
             slot.fail(grpc.StatusCode.INTERNAL, "internal error")
         return slot
-
-    def _left(self, outputs: asyncio.Future[np.ndarray]) -> None:
-        self._servicer.in_flight -= 1
 
     async def _answer(self, slot: _Slot) -> pb.ModelStreamInferResponse:
         if slot.outputs is not None:
@@ -188,8 +184,8 @@ class InferStreams:
     """The open ``ModelStreamInfer`` calls of one servicer: how many may be open, and stopping them.
 
     Args:
-        servicer: checks requests (``prepare``), runs them (its ``service``) and
-            builds answers (``reply``).
+        servicer: checks requests (``prepare``), hands them to the batcher
+            (``enqueue``) and builds answers (``reply``).
         max_streams: most streams open at once; one more is refused with
             ``RESOURCE_EXHAUSTED``.
         window: most requests of one stream read and not yet answered.

@@ -253,19 +253,19 @@ class ModelService:
             self.config.model_name, self.config.model_version, request.id, outputs
         )
 
-    async def run(self, tensor: np.ndarray, alone: bool = True) -> dict[str, np.ndarray]:
+    async def run(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
         """A checked input tensor -> every output by name, through the batcher.
-
-        ``alone=False``: the caller has other requests in flight (see
-        :meth:`DynamicBatcher.submit`).
 
         Raises:
             BatcherError: shutting down, overloaded, or the model call failed.
         """
-        return self.outputs_of(await self.batcher.submit(tensor, alone))
+        return self.outputs_of(await self.batcher.submit(tensor))
 
     def enqueue(self, tensor: np.ndarray, alone: bool = True) -> asyncio.Future[np.ndarray]:
         """:meth:`run` without awaiting: the future of the model's output (:meth:`outputs_of`).
+
+        ``alone=False``: the caller has other requests in flight (see
+        :meth:`DynamicBatcher.submit`).
 
         Raises:
             BatcherError: shutting down or overloaded (at once); the future may
